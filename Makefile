@@ -1,0 +1,47 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need
+# into .venv first (re-installed only when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := build/demo
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Toy data for eight runs (a t0 jump at run 5, the beam spot moving at run 4, run 6 with low
+# statistics), then all four reference calibrations, then the closure check against the truth.
+demo: install
+	rm -rf $(DEMO)
+	$(BIN)/b2cal toy generate --storage $(DEMO)/storage --exp 1 --runs 1-8 \
+		--t0-jumps 5 --beamspot-changes 4 --low-stat 6=60 --seed 2026
+	$(BIN)/b2cal caf run --storage $(DEMO)/storage --exp 1 --runs 1-8 \
+		--calibrations ChannelGain,BeamSpot --output $(DEMO)/output
+	$(BIN)/b2cal toy closure --output $(DEMO)/output --truth $(DEMO)/storage/truth.json
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Every test, slow ones included (CI runs this).
+test: lint
+	$(BIN)/pytest
+
+# The quick loop while developing: no slow tests.
+test-fast: install
+	$(BIN)/pytest -m "not slow"
+
+bench: install
+	$(BIN)/python bench/collector_throughput.py
+	$(BIN)/python bench/engine_overhead.py
+
+clean:
+	rm -rf build $(VENV) *.egg-info

@@ -1,0 +1,256 @@
+"""Running calibrations: iterations of one calibration, and many in dependency order.
+
+This is what ``b2cal caf run`` does without Prefect (like basf2's ``b2caf-prompt-run``). Each
+step it takes (plan and run a collection, run the strategy, write outputs) is a function of
+files on disk, so the Prefect flows reuse the same steps as tasks, and a rerun with the same
+arguments resumes where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import traceback
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from b2cal.backends.base import Backend
+from b2cal.caf.atomic_file import atomic_write_json
+from b2cal.caf.calibration import AlgorithmResult, Calibration
+from b2cal.caf.chain import PayloadChain
+from b2cal.caf.graph import topological_order, upstream
+from b2cal.caf.iov import ExpRun
+from b2cal.caf.iteration import (
+    IterationResult,
+    NoProgress,
+    Progress,
+    iteration_payloads,
+    run_iteration,
+)
+from b2cal.caf.outputs import (
+    OUTPUTDB,
+    CalibrationOutcome,
+    files_digest,
+    read_outcome,
+    validate,
+    write_final_output,
+    write_outcome,
+)
+from b2cal.caf.strategies import RunRange
+from b2cal.catalog.storage import InputFile, find_files
+from b2cal.errors import B2CalError
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "b2cal-run.json"
+
+
+@dataclass(frozen=True)
+class CalibrationInput:
+    """What to calibrate: a run range of one experiment on a storage element."""
+
+    storage: Path
+    exp: int
+    first_run: int
+    last_run: int
+    open_ended: bool = False
+    input_databases: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.exp < 0 or self.first_run < 0:
+            raise B2CalError("experiment and run numbers must be >= 0")
+        if self.last_run < self.first_run:
+            raise B2CalError(f"invalid run range {self.first_run}-{self.last_run}")
+
+    @property
+    def requested(self) -> RunRange:
+        return RunRange(ExpRun(self.exp, self.first_run), ExpRun(self.exp, self.last_run))
+
+    def files(self, streams: Sequence[str]) -> list[InputFile]:
+        runs = range(self.first_run, self.last_run + 1)
+        return find_files(self.storage, self.exp, runs, streams)
+
+
+@dataclass
+class CalibrationRunner:
+    """Runs one calibration to its end: iterations, then final output and validation."""
+
+    calibration: Calibration
+    directory: Path
+    selection: CalibrationInput
+    files: list[InputFile]
+    upstream_databases: list[Path]
+    backend: Backend
+    calibration_run: str
+    progress: Progress = field(default_factory=NoProgress)
+    stop: threading.Event | None = None
+
+    def run(self) -> CalibrationOutcome:
+        cal = self.calibration
+        last: Path | None = None
+        iterations: list[IterationResult] = []
+        for iteration in range(cal.max_iterations):
+            iteration_dir = self.directory / "iterations" / str(iteration)
+            previous = [last / "localdb"] if last is not None else []
+            chain = [*previous, *self.upstream_databases, *self.selection.input_databases]
+            result = run_iteration(
+                cal,
+                iteration,
+                iteration_dir,
+                files=self.files,
+                chain=chain,
+                requested=self.selection.requested,
+                open_ended=self.selection.open_ended,
+                backend=self.backend,
+                progress=self.progress,
+                stop=self.stop,
+            )
+            iterations.append(result)
+            last = iteration_dir
+            if result.result is not AlgorithmResult.ITERATE:
+                break
+        final = iterations[-1]
+        converged = None
+        code = final.result
+        if cal.max_iterations > 1:
+            converged = code is AlgorithmResult.OK
+        if code is AlgorithmResult.ITERATE:  # limit reached: keep the last payloads (CAF)
+            code = AlgorithmResult.OK
+        outcome = CalibrationOutcome(
+            name=cal.name,
+            result=code,
+            iterations=len(iterations),
+            message=final.message,
+            converged=converged,
+            events=final.events,
+            jobs=final.jobs,
+            bad_files=final.bad_files,
+        )
+        if code is AlgorithmResult.OK:
+            assert last is not None
+            self._finish(outcome, last, final.iteration)
+        write_outcome(self.directory, outcome)
+        return outcome
+
+    def _finish(self, outcome: CalibrationOutcome, last: Path, iteration: int) -> None:
+        self.progress.stage(self.calibration.name, "writing output and validating")
+        payloads = iteration_payloads(last)
+        bad = {b.path for b in outcome.bad_files}
+        used = [f for f in self.files if str(f.path) not in bad]
+        chain = PayloadChain([*self.upstream_databases, *self.selection.input_databases])
+        write_final_output(
+            self.directory,
+            payloads,
+            calibration=self.calibration.name,
+            calibration_run=self.calibration_run,
+            iteration=iteration,
+            inputs_digest=files_digest(used),
+            upstream=chain.entries(),
+        )
+        outcome.iovs = sorted({iov for _, iov, _ in payloads}, key=lambda i: i.first)
+        outcome.validation = validate(self.calibration.validation, payloads)
+        if outcome.converged is False:
+            outcome.message = (
+                f"not converged after {outcome.iterations} iterations (max_iterations); "
+                "last payloads kept"
+            )
+
+
+def prepare_output(output: Path, arguments: Mapping[str, Any]) -> str:
+    """Claim ``output`` for a run with ``arguments``, or check that it was made with them.
+
+    Returns the calibration-run id (kept across resumes). Refuses an output folder that holds
+    the results of other arguments: mixing them would give payloads of no defined origin.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / RUN_FILE
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        before = recorded.get("arguments", {})
+        if before != dict(arguments):
+            keys = sorted(set(before) | set(arguments))
+            detail = "; ".join(
+                f"{k}: {before.get(k)!r} then, {arguments.get(k)!r} now"
+                for k in keys
+                if before.get(k) != arguments.get(k)
+            )
+            raise B2CalError(
+                f"output {output} was made with other arguments ({detail}); "
+                "use another --output or the same arguments to resume"
+            )
+        return str(recorded["calibration_run"])
+    if any(output.iterdir()):
+        raise B2CalError(f"output {output} is not empty and was not made by b2cal caf run")
+    run_id = uuid.uuid4().hex[:12]
+    atomic_write_json(path, {"arguments": dict(arguments), "calibration_run": run_id})
+    return run_id
+
+
+def run_calibrations(
+    calibrations: Mapping[str, Calibration],
+    selection: CalibrationInput,
+    output: Path,
+    backend: Backend,
+    *,
+    calibration_run: str,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, CalibrationOutcome]:
+    """Run every calibration after its dependencies, independent ones in parallel.
+
+    A calibration whose dependency did not end OK is not run (FAILURE, saying which). Finished
+    calibrations (OK or NOT_ENOUGH_DATA in ``result.json``) are not run again.
+    """
+    order = topological_order(calibrations)
+    shown: Progress = progress if progress is not None else NoProgress()
+    files = {name: selection.files(calibrations[name].input_streams) for name in order}
+    futures: dict[str, Future[CalibrationOutcome]] = {}
+
+    def drive(name: str) -> CalibrationOutcome:
+        calibration = calibrations[name]
+        for dep in calibration.depends_on:
+            dep_outcome = futures[dep].result()
+            if dep_outcome.result is not AlgorithmResult.OK:
+                shown.stage(name, f"not run: {dep} ended {dep_outcome.result.value}")
+                return CalibrationOutcome(
+                    name,
+                    AlgorithmResult.FAILURE,
+                    message=f"not run: dependency {dep} ended {dep_outcome.result.value}",
+                )
+        directory = output / name
+        done = read_outcome(directory)
+        if done is not None and done.result is not AlgorithmResult.FAILURE:
+            shown.stage(name, f"done earlier: {done.result.value}")
+            return done
+        runner = CalibrationRunner(
+            calibration=calibration,
+            directory=directory,
+            selection=selection,
+            files=files[name],
+            upstream_databases=[output / dep / OUTPUTDB for dep in upstream(name, calibrations)],
+            backend=backend,
+            calibration_run=calibration_run,
+            progress=shown,
+            stop=stop,
+        )
+        try:
+            outcome = runner.run()
+        except B2CalError as exc:  # includes CollectionFailed
+            outcome = CalibrationOutcome(name, AlgorithmResult.FAILURE, message=str(exc))
+        except Exception as exc:  # a bug in one calibration must not stop the others
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "error.log").write_text(traceback.format_exc())
+            message = f"internal error {type(exc).__name__}: {exc} (see {directory}/error.log)"
+            outcome = CalibrationOutcome(name, AlgorithmResult.FAILURE, message=message)
+        shown.stage(name, f"finished: {outcome.result.value}")
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=max(1, len(order)), thread_name_prefix="caf") as pool:
+        for name in order:  # dependencies are submitted first, so their futures exist
+            futures[name] = pool.submit(drive, name)
+        return {name: futures[name].result() for name in order}
