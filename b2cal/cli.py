@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from b2cal import __version__
@@ -197,6 +196,7 @@ def caf_run(
     _log_to(output / "b2cal.log")
     stop = threading.Event()
     with LocalBackend(workers) as backend, RichProgress(list(found)) as progress:
+        backend.start()
         try:
             outcomes = run_calibrations(
                 found,
@@ -247,11 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except B2CalError as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT
-    except click.exceptions.Abort:
+    except typer.Abort:
         _error("interrupted")
         return 130
-    except click.ClickException as exc:
-        _error(exc.format_message())
+    except typer.TyperException as exc:  # usage errors: missing option, bad value
+        format_message = getattr(exc, "format_message", None)
+        _error(format_message() if format_message else str(exc))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         _error("interrupted; rerun the same command to resume")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -18,10 +20,13 @@ from rich.progress import (
 from rich.table import Table
 
 from b2cal.caf.calibration import AlgorithmResult, Calibration
+from b2cal.caf.iov import IoV
 from b2cal.caf.outputs import CalibrationOutcome
 
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
+#: Tables are wide: when output goes to a file or CI log (no terminal, no COLUMNS), rich would
+#: squeeze them to 80 columns.
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 140
+console = Console(highlight=False, width=_WIDTH)
 
 _STYLE = {
     AlgorithmResult.OK: "green",
@@ -87,7 +92,7 @@ def outcome_table(outcomes: Mapping[str, CalibrationOutcome]) -> Table:
             name,
             f"[{style}]{outcome.result.value}",
             str(outcome.iterations),
-            "\n".join(str(iov) for iov in outcome.iovs) or "-",
+            iov_summary(outcome.iovs),
             str(outcome.jobs),
             str(outcome.events),
             str(len(outcome.bad_files)),
@@ -95,6 +100,26 @@ def outcome_table(outcomes: Mapping[str, CalibrationOutcome]) -> Table:
             outcome.message,
         )
     return table
+
+
+def iov_summary(iovs: Sequence[IoV]) -> str:
+    """IoVs as run ranges, e.g. ``e1: r1-4, r5, r6-∞`` (full ``e,r,e,r`` across experiments)."""
+    if not iovs:
+        return "-"
+    exps = {iov.exp_low for iov in iovs}
+    if len(exps) > 1 or any(iov.exp_high not in (-1, iov.exp_low) for iov in iovs):
+        return ", ".join(str(iov) for iov in iovs)
+
+    def runs(iov: IoV) -> str:
+        if iov.is_open_ended:
+            return f"r{iov.run_low}-∞"
+        if iov.run_high == -1:
+            return f"r{iov.run_low}-end"
+        if iov.run_high == iov.run_low:
+            return f"r{iov.run_low}"
+        return f"r{iov.run_low}-{iov.run_high}"
+
+    return f"e{exps.pop()}: " + ", ".join(runs(iov) for iov in iovs)
 
 
 def calibrations_table(calibrations: Sequence[Calibration]) -> Table:

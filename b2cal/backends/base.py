@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import enum
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 
 class JobState(enum.StrEnum):
@@ -59,6 +61,14 @@ class Backend(ABC):
         path = handle.directory / "job.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def wait(self, handles: Sequence[JobHandle], timeout: float) -> None:
+        """Block until one of ``handles`` may have changed state, at most ``timeout`` seconds.
+
+        The default just sleeps; backends that can be told when a job ends (the local pool)
+        return as soon as it does, so short jobs are not held back by a polling interval.
+        """
+        time.sleep(timeout)
+
     def error(self, handle: JobHandle) -> str:
         """Why a failed job failed, in one line: the error the job recorded, if any."""
         path = handle.directory / "status.json"
@@ -71,7 +81,7 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release the backend's resources (worker processes, connections)."""
 
-    def __enter__(self) -> Backend:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

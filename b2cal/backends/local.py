@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Sequence
+from concurrent import futures
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -18,6 +19,13 @@ from pathlib import Path
 from b2cal.backends.base import Backend, JobHandle, JobState
 from b2cal.caf.collection import JobStatus, run_collector_job
 from b2cal.errors import B2CalError
+
+
+def _warm_up() -> None:
+    """Import what collector jobs need, once per worker, before the first job arrives."""
+    import uproot  # noqa: F401
+
+    import b2cal.caf.collection  # noqa: F401
 
 
 def _run(job_dir: str) -> str:
@@ -44,7 +52,14 @@ class LocalBackend(Backend):
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            for _ in range(self.workers):  # start every worker now, while the caller plans
+                self._pool.submit(_warm_up)
         return self._pool
+
+    def start(self) -> None:
+        """Start the worker processes ahead of the first job (they take ~1 s to import)."""
+        with self._lock:
+            self._executor()
 
     def submit(self, job_dirs: Sequence[Path]) -> list[JobHandle]:
         handles = []
@@ -75,6 +90,13 @@ class LocalBackend(Backend):
         if future.exception() is not None:
             return JobState.FAILED
         return JobState.DONE if future.result() == "done" else JobState.FAILED
+
+    def wait(self, handles: Sequence[JobHandle], timeout: float) -> None:
+        with self._lock:
+            pending = [self._futures[h.job_id] for h in handles]
+        pending = [f for f in pending if not f.done()]
+        if pending:
+            futures.wait(pending, timeout=timeout, return_when=futures.FIRST_COMPLETED)
 
     def cancel(self, handles: Sequence[JobHandle]) -> None:
         with self._lock:

@@ -198,7 +198,7 @@ def run_collector_job(job_dir: Path) -> JobStatus:
         chain = PayloadChain([Path(p) for p in spec["chain"]])
         files = [InputFile.from_json(doc) for doc in spec["files"]]
         job_log.info("job %s: %d files, chain %s", job_dir, len(files), spec["chain"])
-        output, status = _collect(collector, files, chain, spec["iteration"], job_log)
+        output, status = collect_files(collector, files, chain, spec["iteration"], job_log)
         status.seconds = time.perf_counter() - start
         atomic_write_bytes(job_dir / OUTPUT, pickle.dumps(output, protocol=5))
         atomic_write_json(job_dir / STATUS, status.to_json())
@@ -214,13 +214,14 @@ def run_collector_job(job_dir: Path) -> JobStatus:
         handler.close()
 
 
-def _collect(
+def collect_files(
     collector: Collector,
     files: Sequence[InputFile],
     chain: PayloadChain,
     iteration: int,
-    job_log: logging.Logger,
+    job_log: logging.Logger = log,
 ) -> tuple[RunAccumulators, JobStatus]:
+    """Run ``collector`` over ``files`` in order: per-run accumulators, and what was read."""
     per_file: list[dict[Any, Accumulator]] = []
     status = JobStatus("done", files=len(files))
     for file in files:

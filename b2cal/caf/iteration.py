@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +161,7 @@ def collect(
     report: Callable[[int, int], None],
     *,
     retries: int = 1,
-    poll_seconds: float = 0.2,
+    poll_seconds: float = 0.5,
     stop: threading.Event | None = None,
 ) -> None:
     """Run every job that has not finished yet on ``backend``, retrying failed ones.
@@ -187,7 +186,7 @@ def collect(
             if stop is not None and stop.is_set():
                 backend.cancel(handles)
                 raise CollectionFailed("interrupted: collector jobs cancelled")
-            time.sleep(poll_seconds)
+            backend.wait(handles, poll_seconds)
         failed = [(job, h) for job, h in zip(todo, handles, strict=True) if not _ok(states, h)]
         if failed and attempt == retries:
             job, handle = failed[0]

@@ -1,0 +1,170 @@
+"""Helpers shared by the toy detector's reference calibrations: event columns, upstream payloads
+and the sanity checks of their validation hooks.
+
+Kept apart from the calibrations so each of them states only its physics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import awkward as ak
+import numpy as np
+import numpy.typing as npt
+
+from b2cal.caf.calibration import (
+    AlgorithmResult,
+    Events,
+    Execution,
+    PayloadDoc,
+    RunContext,
+    ValidationReport,
+)
+from b2cal.errors import B2CalError
+from b2cal.toy.calibrations.peak_fit import PeakFits
+from b2cal.toy.model import FloatArray
+
+#: How many problems a failed validation spells out in its message.
+_PROBLEMS_SHOWN = 5
+
+
+def float_column(events: Events, branch: str) -> FloatArray:
+    """All values of ``branch`` in the file, flattened over events, as float64.
+
+    Per-object branches are jagged (one list per event) and per-event ones flat; both come
+    out as one array in event order. float64 keeps sums and differences of float32 inputs exact.
+    """
+    return np.asarray(ak.flatten(events[branch], axis=None), dtype=np.float64)
+
+
+def int_column(events: Events, branch: str) -> npt.NDArray[np.int64]:
+    """Like :func:`float_column`, for integer branches (channel and module numbers)."""
+    return np.asarray(ak.flatten(events[branch], axis=None), dtype=np.int64)
+
+
+def upstream_payload(
+    run: RunContext, name: str, needed_by: str, vectors: Mapping[str, int]
+) -> dict[str, FloatArray]:
+    """The fields ``vectors`` (name -> length) of payload ``name`` valid for ``run``, as arrays.
+
+    A calibration that depends on another cannot fall back on defaults: its result would be
+    silently wrong. So a missing payload or a malformed field is an error the user must fix.
+    """
+    doc = run.payload(name)
+    if doc is None:
+        raise B2CalError(
+            f"{needed_by} needs the {name} payload for run {run.exprun}, but the database chain "
+            f"has none: calibrate {name} first or give an input global tag that holds it"
+        )
+    return {field: payload_vector(doc, name, field, size) for field, size in vectors.items()}
+
+
+def payload_vector(doc: PayloadDoc, name: str, field: str, size: int) -> FloatArray:
+    """Field ``field`` of payload ``doc`` as a flat array of ``size`` finite floats, or an error.
+
+    Matrices come out flattened (row-major); the caller reshapes them.
+    """
+    try:
+        values = np.asarray(doc[field], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise B2CalError(f"payload {name} has no numeric field {field!r}") from exc
+    if values.size != size or not np.all(np.isfinite(values)):
+        raise B2CalError(f"payload {name}: {field} must hold {size} finite numbers")
+    return values.reshape(-1)
+
+
+def not_enough_data(message: str, metrics: dict[str, Any]) -> Execution:
+    """The cheap data check failed: the engine merges the runs with the next ones and retries."""
+    return Execution(AlgorithmResult.NOT_ENOUGH_DATA, metrics=metrics, message=message)
+
+
+def histogram_rows(histogram: Any, axis: str) -> tuple[FloatArray, FloatArray]:
+    """Bin contents of a 2-D histogram (one row per channel or module) and edges of ``axis``."""
+    counts = np.asarray(histogram.values(), dtype=np.float64)
+    edges = np.asarray(histogram.axes[axis].edges, dtype=np.float64)
+    return counts, edges
+
+
+def too_few(
+    per_row: FloatArray, minimum: int, rows: str, entries: str, metrics: dict[str, Any]
+) -> Execution | None:
+    """NOT_ENOUGH_DATA if any row has fewer than ``minimum`` entries, saying how many; else None."""
+    sparse = int(np.count_nonzero(per_row < minimum))
+    if sparse == 0:
+        return None
+    return not_enough_data(f"{sparse} {rows} have fewer than {minimum} {entries}", metrics)
+
+
+def fit_failure(fits: PeakFits, what: str, first_label: int) -> Execution | None:
+    """A FAILURE naming the rows (``what`` ``first_label``, ...) whose fit failed, or None."""
+    failed = fits.failed()
+    if not failed:
+        return None
+    details = ", ".join(f"{what} {first_label + row} ({fits.fits[row].status})" for row in failed)
+    return Execution(
+        AlgorithmResult.FAILURE,
+        metrics={"failed_fits": len(failed)},
+        message=f"peak fit failed for {details}",
+    )
+
+
+class Checks:
+    """Collects the problems a validation hook finds, then turns them into a report."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def within(self, what: str, values: Iterable[float], low: float, high: float) -> None:
+        """Every value finite and inside ``[low, high]``."""
+        bad = [v for v in values if not (math.isfinite(v) and low <= v <= high)]
+        if bad:
+            self.problems.append(f"{what}: {len(bad)} value(s) not finite or outside {low}..{high}")
+
+    def positive(self, what: str, values: Iterable[float]) -> None:
+        """Every uncertainty finite and strictly positive."""
+        bad = [v for v in values if not (math.isfinite(v) and v > 0.0)]
+        if bad:
+            self.problems.append(f"{what}: {len(bad)} uncertainty(ies) not finite and positive")
+
+    def require(self, condition: bool, problem: str) -> None:
+        if not condition:
+            self.problems.append(problem)
+
+    def report(self, metrics: dict[str, Any]) -> ValidationReport:
+        shown = "; ".join(self.problems[:_PROBLEMS_SHOWN])
+        more = len(self.problems) - _PROBLEMS_SHOWN
+        message = shown + (f"; and {more} more" if more > 0 else "")
+        return ValidationReport(passed=not self.problems, metrics=metrics, message=message)
+
+
+def payloads_named(
+    payloads: Mapping[str, Sequence[PayloadDoc]], name: str, checks: Checks
+) -> Sequence[PayloadDoc]:
+    """The final payloads ``name`` (in IoV order); an absent or empty list is a problem."""
+    docs = payloads.get(name, ())
+    checks.require(len(docs) > 0, f"no {name} payload was produced")
+    return docs
+
+
+def vector_field(doc: PayloadDoc, field: str, size: int, checks: Checks) -> list[float]:
+    """Field ``field`` of ``doc`` as floats if it is a list of ``size`` numbers, else []."""
+    values = doc.get(field)
+    if not (
+        isinstance(values, list)
+        and len(values) == size
+        and all(isinstance(v, int | float) for v in values)
+    ):
+        checks.require(False, f"field {field} is not a list of {size} numbers")
+        return []
+    return [float(v) for v in values]
+
+
+def scalar_field(doc: PayloadDoc, field: str, checks: Checks) -> float | None:
+    """Field ``field`` of ``doc`` as a float if it is a number, else None (and a problem)."""
+    value = doc.get(field)
+    if not isinstance(value, int | float):
+        checks.require(False, f"field {field} is not a number")
+        return None
+    return float(value)

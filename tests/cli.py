@@ -1,0 +1,50 @@
+"""Running the real ``b2cal`` command in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+#: Calibration plugins for tests, found through entry points when this folder is on the path.
+PLUGINS = Path(__file__).parent / "plugins"
+B2CAL = Path(sys.executable).parent / "b2cal"
+
+
+def environment(plugins: bool) -> dict[str, str]:
+    env = dict(os.environ, COLUMNS="200")
+    if plugins:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), env.get("PYTHONPATH")]))
+    return env
+
+
+def b2cal(*args: str | Path, plugins: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(B2CAL), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environment(plugins),
+        timeout=600,
+    )
+
+
+def start_b2cal(*args: str | Path, plugins: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(B2CAL), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(plugins),
+        start_new_session=True,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Bad input: exit 1, a single ``error:`` line naming the culprit, no traceback."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
