@@ -31,8 +31,9 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Every test, slow ones included (CI runs this).
+# Every test, slow ones included (CI runs this). PostgreSQL and MariaDB are started if needed.
 test: lint
+	bash scripts/services.sh
 	$(BIN)/pytest
 
 # The quick loop while developing: no slow tests.

@@ -12,19 +12,21 @@ PLUGINS = Path(__file__).parent / "plugins"
 B2CAL = Path(sys.executable).parent / "b2cal"
 
 
-def environment(plugins: bool) -> dict[str, str]:
-    env = dict(os.environ, COLUMNS="200")
+def environment(plugins: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ, COLUMNS="200", **(extra or {}))
     if plugins:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), env.get("PYTHONPATH")]))
     return env
 
 
-def b2cal(*args: str | Path, plugins: bool = False) -> subprocess.CompletedProcess[str]:
+def b2cal(
+    *args: str | Path, plugins: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(B2CAL), *map(str, args)],
         capture_output=True,
         text=True,
-        env=environment(plugins),
+        env=environment(plugins, env),
         timeout=600,
     )
 

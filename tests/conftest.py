@@ -20,3 +20,34 @@ def small_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     storage = tmp_path_factory.mktemp("storage")
     generate_toy(storage, 1, [1, 2, 3, 4], files_per_run=2, events=600, seed=7, low_stat={3: 40})
     return storage
+
+
+#: Every conditions-database store the behavioural tests run against. The SQL ones are real
+#: servers on loopback (tests/sql_databases.py creates and drops a database per test); the
+#: nopayloaddb one is a fake of its REST API (tests/fake_nopayloaddb.py says why).
+SQL_STORES = ["sqlite", "postgresql", "mariadb"]
+ALL_STORES = [*SQL_STORES, "nopayloaddb"]
+
+
+def _open_store(kind: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    if kind == "nopayloaddb":
+        from fake_nopayloaddb import rest_store
+
+        return rest_store(tmp_path)
+    from sql_databases import embedded_store
+
+    return embedded_store(kind, tmp_path)
+
+
+@pytest.fixture(params=ALL_STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh, empty conditions database of every kind in turn."""
+    with _open_store(request.param, tmp_path) as opened:
+        yield opened
+
+
+@pytest.fixture(params=SQL_STORES)
+def sql_store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh embedded store on each SQL database (for what only the embedded store does)."""
+    with _open_store(request.param, tmp_path) as opened:
+        yield opened

@@ -1,0 +1,178 @@
+"""What the calibration group does with the conditions database, on any store.
+
+* **upload** a calibration output (``outputdb/``) into a staging tag — idempotent, so a retry
+  after a crash is safe; each payload keeps the provenance written beside it;
+* **import** / **export** basf2 local databases (``database.txt`` + payload files, copied as
+  they are);
+* **promote** a VALIDATED staging tag into a RUNNING tag from a given run;
+* **diff** two tags.
+
+Promotion and state changes are deliberate actions of the calibration coordinator; nothing here
+runs on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from b2cal.caf.atomic_file import atomic_write_bytes
+from b2cal.caf.iov import ExpRun, IoV
+from b2cal.caf.localdb import DATABASE_TXT, PayloadEntry, payload_filename, read_database_txt
+from b2cal.cdb.model import CdbError, ForbiddenChange, Payload, TagState
+from b2cal.cdb.rules import IoVChange, gaps_and_overlaps
+from b2cal.cdb.store import ConditionsStore, NewPayloadIoV
+
+#: Where a calibration output keeps provenance sidecars, relative to its ``outputdb/``.
+PROVENANCE_DIR = Path("..") / "provenance"
+#: ROOT files start with these bytes; everything else b2cal writes is JSON.
+ROOT_MAGIC = b"root"
+
+
+def read_local_database(directory: Path) -> list[NewPayloadIoV]:
+    """The payloads of a basf2-style local database, with provenance sidecars if present.
+
+    A sidecar's checksum is the checksum the payload file must have: a file changed after the
+    calibration wrote it is refused (ChecksumMismatch) rather than uploaded.
+    """
+    directory = Path(directory)
+    if not (directory / DATABASE_TXT).is_file():
+        raise CdbError(f"{directory} is not a local database: no {DATABASE_TXT}")
+    entries = read_database_txt(directory)
+    if not entries:
+        raise CdbError(f"{directory / DATABASE_TXT} lists no payload")
+    return [_new_payload(directory, entry) for entry in entries]
+
+
+def _new_payload(directory: Path, entry: PayloadEntry) -> NewPayloadIoV:
+    sidecar = directory / PROVENANCE_DIR / entry.path.name
+    provenance: dict[str, Any] = {}
+    expected = None
+    if sidecar.is_file():
+        provenance = json.loads(sidecar.read_text())
+        expected = provenance.get("checksum")
+    provenance.setdefault("source", f"{directory.resolve()}:{entry.line()}")
+    return NewPayloadIoV(entry.name, entry.read_bytes(), entry.iov, provenance, expected)
+
+
+def upload(store: ConditionsStore, outputdb: Path, tag: str) -> IoVChange:
+    """Put a calibration output into a staging tag, in one transaction.
+
+    Uploading the same output again changes nothing (same checksums, same IoVs).
+    """
+    return store.write_iovs(tag, read_local_database(outputdb))
+
+
+def import_local_database(
+    store: ConditionsStore, directory: Path, tag: str, description: str = ""
+) -> IoVChange:
+    """Import a basf2 local database into ``tag``, creating the tag (OPEN) if it is new."""
+    entries = read_local_database(directory)
+    if tag not in {t.name for t in store.tags()}:
+        store.create_tag(tag, description or f"imported from {Path(directory).resolve()}")
+    return store.write_iovs(tag, entries)
+
+
+def export_local_database(store: ConditionsStore, tag: str, directory: Path) -> int:
+    """Write ``tag`` as a basf2 local database: payload files copied as they are.
+
+    Files are named by the store's revisions (``dbstore_<Name>_rev_<revision>.<json|root>``);
+    ``database.txt`` is written last. Returns the number of IoVs written.
+    """
+    directory = Path(directory)
+    if (directory / DATABASE_TXT).exists():
+        raise CdbError(f"{directory} already holds a {DATABASE_TXT}; export into a new folder")
+    entries = store.iovs(tag)
+    written: set[tuple[str, int]] = set()
+    lines = []
+    for entry in sorted(entries, key=lambda e: (e.iov.first, e.name)):
+        payload = entry.payload
+        if (payload.name, payload.revision) not in written:
+            data = store.payload_data(payload)
+            suffix = ".root" if data.startswith(ROOT_MAGIC) else ".json"
+            path = directory / payload_filename(payload.name, payload.revision, suffix)
+            atomic_write_bytes(path, data)
+            written.add((payload.name, payload.revision))
+        lines.append(f"dbstore/{payload.name} {payload.revision} {entry.iov}\n")
+    atomic_write_bytes(directory / DATABASE_TXT, "".join(lines).encode())
+    return len(lines)
+
+
+def promote(store: ConditionsStore, staging: str, running: str, start: ExpRun) -> IoVChange:
+    """Merge a VALIDATED staging tag into a RUNNING tag from run ``start`` on.
+
+    The staging payloads valid at or after ``start`` are appended to the running tag, the
+    first of each name starting at ``start`` at the earliest; the running tag's open-ended
+    IoVs are closed just before (by the RUNNING tag's append rule). A staging tag with gaps or
+    overlaps is refused: it would leave runs without constants, or ambiguous ones.
+    """
+    source, target = store.tag(staging), store.tag(running)
+    if source.state is not TagState.VALIDATED:
+        raise ForbiddenChange(
+            f"global tag {staging} is {source.state.value}: only a VALIDATED tag is promoted"
+        )
+    if target.state is not TagState.RUNNING:
+        raise ForbiddenChange(
+            f"global tag {running} is {target.state.value}: promotion goes into a RUNNING tag"
+        )
+    entries = store.iovs(staging)
+    problems = gaps_and_overlaps(entries)
+    if problems:
+        raise CdbError(f"global tag {staging} cannot be promoted: {'; '.join(problems)}")
+    window = IoV(start.exp, start.run, -1, -1)
+    new = [
+        NewPayloadIoV(
+            entry.name,
+            store.payload_data(entry.payload),
+            _clip(entry.iov, start),
+            entry.payload.provenance,
+            entry.payload.checksum,
+        )
+        for entry in entries
+        if entry.iov.overlaps(window)
+    ]
+    if not new:
+        raise CdbError(
+            f"global tag {staging} has no payload valid from experiment {start.exp} run "
+            f"{start.run} on"
+        )
+    return store.write_iovs(running, new)
+
+
+def _clip(iov: IoV, start: ExpRun) -> IoV:
+    """``iov`` without the runs before ``start``."""
+    if iov.first >= start:
+        return iov
+    return IoV(start.exp, start.run, iov.exp_high, iov.run_high)
+
+
+@dataclass(frozen=True)
+class DiffRow:
+    """One payload name and IoV where two tags differ (None: absent from that tag)."""
+
+    name: str
+    iov: IoV
+    a: Payload | None
+    b: Payload | None
+
+    @property
+    def kind(self) -> str:
+        if self.a is None:
+            return "only in B"
+        if self.b is None:
+            return "only in A"
+        return "different payload"
+
+
+def diff_tags(store: ConditionsStore, a: str, b: str) -> list[DiffRow]:
+    """Where ``a`` and ``b`` differ, keyed by (payload name, IoV)."""
+    left = {(e.name, e.iov): e.payload for e in store.iovs(a)}
+    right = {(e.name, e.iov): e.payload for e in store.iovs(b)}
+    rows = []
+    for key in sorted(set(left) | set(right), key=lambda k: (k[0], k[1].first, str(k[1]))):
+        pa, pb = left.get(key), right.get(key)
+        if pa is None or pb is None or pa.checksum != pb.checksum:
+            rows.append(DiffRow(key[0], key[1], pa, pb))
+    return rows

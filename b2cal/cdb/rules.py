@@ -1,0 +1,162 @@
+"""What a global tag accepts, as pure functions over its current IoVs.
+
+Every store (embedded SQL, nopayloaddb REST) asks these functions what a write means before it
+touches anything, so the rules of DESIGN.md §2 hold whatever the backend can enforce itself:
+
+* OPEN: IoVs may be added and removed; IoVs of one payload name never overlap.
+* RUNNING: append-only. A new IoV starts after the last one of its payload name; an open-ended
+  last IoV is closed just before the new one (this is what promotion does).
+* TESTING, VALIDATED, PUBLISHED, INVALID: frozen.
+
+Writing an IoV that is already there (same payload, same IoV) is not a change, so a retried
+upload or promotion does nothing the second time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from b2cal.caf.iov import ExpRun, IoV
+from b2cal.cdb.model import (
+    TRANSITIONS,
+    ForbiddenChange,
+    GlobalTag,
+    Payload,
+    PayloadIoV,
+    TagState,
+)
+
+
+def check_transition(tag: GlobalTag, new: TagState) -> None:
+    """Raise ForbiddenChange unless ``tag`` may move from its state to ``new``."""
+    if new not in TRANSITIONS[tag.state]:
+        allowed = ", ".join(sorted(s.value for s in TRANSITIONS[tag.state])) or "none (final)"
+        raise ForbiddenChange(
+            f"global tag {tag.name} is {tag.state.value}: it cannot become {new.value} "
+            f"(allowed: {allowed})"
+        )
+
+
+@dataclass
+class IoVChange:
+    """What a write does to one tag: IoVs closed (old entry, new IoV), removed, and added."""
+
+    close: list[tuple[PayloadIoV, IoV]] = field(default_factory=list)
+    remove: list[PayloadIoV] = field(default_factory=list)
+    add: list[tuple[Payload, IoV]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.close or self.remove or self.add)
+
+
+def plan_add(
+    tag: GlobalTag, existing: Sequence[PayloadIoV], new: Sequence[tuple[Payload, IoV]]
+) -> IoVChange:
+    """The change that adds ``new`` to ``tag``, or ForbiddenChange saying why it may not."""
+    present = {(e.payload.name, e.payload.checksum, e.iov) for e in existing}
+    todo = [(p, iov) for p, iov in new if (p.name, p.checksum, iov) not in present]
+    if not todo:
+        return IoVChange()
+    if tag.state is TagState.OPEN:
+        _check_no_overlap(tag, existing, todo)
+        return IoVChange(add=todo)
+    if tag.state is TagState.RUNNING:
+        return _append(tag, existing, todo)
+    raise ForbiddenChange(f"global tag {tag.name} is {tag.state.value}: its contents are frozen")
+
+
+def plan_remove(
+    tag: GlobalTag, existing: Sequence[PayloadIoV], entries: Iterable[PayloadIoV]
+) -> IoVChange:
+    """Removing IoVs: only from an OPEN tag."""
+    if tag.state is not TagState.OPEN:
+        raise ForbiddenChange(
+            f"global tag {tag.name} is {tag.state.value}: IoVs can only be removed from OPEN tags"
+        )
+    keys = {(e.payload.name, e.payload.checksum, e.iov) for e in existing}
+    remove = [e for e in entries if (e.payload.name, e.payload.checksum, e.iov) in keys]
+    return IoVChange(remove=remove)
+
+
+def _check_no_overlap(
+    tag: GlobalTag, existing: Sequence[PayloadIoV], new: Sequence[tuple[Payload, IoV]]
+) -> None:
+    placed = [(e.payload.name, e.iov) for e in existing]
+    for payload, iov in new:
+        for name, other in placed:
+            if name == payload.name and other.overlaps(iov):
+                raise ForbiddenChange(
+                    f"IoV {iov} of {payload.name} overlaps IoV {other} already in global tag "
+                    f"{tag.name}"
+                )
+        placed.append((payload.name, iov))
+
+
+def _append(
+    tag: GlobalTag, existing: Sequence[PayloadIoV], new: Sequence[tuple[Payload, IoV]]
+) -> IoVChange:
+    """Append-only: per payload name, the new IoVs come after the last existing one."""
+    change = IoVChange()
+    names = sorted({payload.name for payload, _ in new})
+    for name in names:
+        added = sorted((item for item in new if item[0].name == name), key=lambda i: i[1].first)
+        for (_, a), (_, b) in itertools.pairwise(added):
+            if a.overlaps(b):
+                raise ForbiddenChange(f"new IoVs {a} and {b} of {name} overlap")
+        first = added[0][1]
+        mine = [e for e in existing if e.payload.name == name]
+        last = max(mine, key=lambda e: e.iov.first) if mine else None
+        if last is not None:
+            if first.first <= last.iov.first:
+                raise ForbiddenChange(
+                    f"global tag {tag.name} is RUNNING (append-only): IoV {first} of {name} "
+                    f"does not start after the last one ({last.iov})"
+                )
+            if last.iov.overlaps(first):
+                if not last.iov.is_open_ended:
+                    raise ForbiddenChange(
+                        f"global tag {tag.name} is RUNNING (append-only): IoV {first} of {name} "
+                        f"overlaps the closed IoV {last.iov}"
+                    )
+                change.close.append((last, IoV.from_runs(last.iov.first, first.first.previous())))
+        change.add.extend(added)
+    return change
+
+
+def apply(existing: Sequence[PayloadIoV], tag: str, change: IoVChange) -> list[PayloadIoV]:
+    """The tag's IoVs after ``change`` (for stores that keep IoVs as a list, and for tests)."""
+    closed = {(old.payload.name, old.payload.checksum, old.iov): iov for old, iov in change.close}
+    removed = {(e.payload.name, e.payload.checksum, e.iov) for e in change.remove}
+    result = []
+    for entry in existing:
+        key = (entry.payload.name, entry.payload.checksum, entry.iov)
+        if key in removed:
+            continue
+        result.append(PayloadIoV(tag, entry.payload, closed.get(key, entry.iov)))
+    result.extend(PayloadIoV(tag, payload, iov) for payload, iov in change.add)
+    return sorted(result, key=lambda e: (e.payload.name, e.iov.first))
+
+
+def valid_at(entries: Iterable[PayloadIoV], name: str, exprun: ExpRun) -> PayloadIoV | None:
+    """The entry of ``name`` whose IoV contains ``exprun`` (the latest start, if several)."""
+    matches = [e for e in entries if e.payload.name == name and e.iov.contains(exprun)]
+    return max(matches, key=lambda e: e.iov.first) if matches else None
+
+
+def gaps_and_overlaps(entries: Iterable[PayloadIoV]) -> list[str]:
+    """Problems that make a tag's IoVs unfit for promotion, one message each."""
+    problems = []
+    by_name: dict[str, list[IoV]] = {}
+    for entry in entries:
+        by_name.setdefault(entry.payload.name, []).append(entry.iov)
+    for name, iovs in sorted(by_name.items()):
+        iovs.sort(key=lambda i: i.first)
+        for a, b in itertools.pairwise(iovs):
+            if a.overlaps(b):
+                problems.append(f"{name}: IoVs {a} and {b} overlap")
+            elif IoV.from_runs(a.first, b.first.previous()) != a:
+                problems.append(f"{name}: gap between IoVs {a} and {b}")
+    return problems

@@ -1,0 +1,82 @@
+"""The ``b2cal`` command.
+
+Every command exits non-zero with a one-line ``error: ...`` on bad input and never prints a
+traceback; unexpected errors are reported in one line too, with the full traceback written to
+a log file that the line names. Each command group lives in its own module.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from b2cal import __version__
+from b2cal.cli.arguments import EXIT_BAD_INPUT, EXIT_OK
+from b2cal.cli.caf import caf_app, calibrations_app
+from b2cal.cli.cdb import cdb_app
+from b2cal.cli.toy import toy_app
+from b2cal.errors import B2CalError
+
+app = typer.Typer(
+    name="b2cal",
+    help="Automated detector calibration: CAF engine, toy detector, conditions database.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(toy_app, name="toy")
+app.add_typer(caf_app, name="caf")
+app.add_typer(calibrations_app, name="calibrations")
+app.add_typer(cdb_app, name="cdb")
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"b2cal {__version__}")
+        raise typer.Exit()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see module docstring)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
+    try:
+        status = command.main(args=args, prog_name="b2cal", standalone_mode=False)
+    except B2CalError as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    except typer.Abort:
+        _error("interrupted")
+        return 130
+    except typer.TyperException as exc:  # usage errors: missing option, bad value
+        format_message = getattr(exc, "format_message", None)
+        _error(format_message() if format_message else str(exc))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _error("interrupted; rerun the same command to resume")
+        return 130
+    except Exception as exc:
+        fd, log = tempfile.mkstemp(prefix="b2cal-crash-", suffix=".log")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(traceback.format_exc())
+        _error(f"internal error {type(exc).__name__}: {exc} (traceback in {log})")
+        return EXIT_BAD_INPUT
+    return status if isinstance(status, int) else EXIT_OK
+
+
+def _error(message: str) -> None:
+    first_line = " ".join(message.split())
+    print(f"error: {first_line}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""b2cal's settings: ``B2CAL_*`` environment variables, else ``b2cal.toml``, else defaults.
+
+The defaults make a laptop work with nothing configured (an embedded conditions database under
+``~/.b2cal``); a site points the same code at its production services by configuration only,
+e.g. ``B2CAL_CDB_URL=https://cdb.example.org/api/cdb_rest/`` for a nopayloaddb server or
+``B2CAL_CDB_URL=postgresql+psycopg://user@host/cdb`` for an embedded store on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="B2CAL_", toml_file=os.environ.get("B2CAL_CONFIG", "b2cal.toml"), extra="ignore"
+    )
+
+    #: Where b2cal keeps its local state when nothing else is configured.
+    home: Path = Field(default_factory=lambda: Path.home() / ".b2cal")
+    #: Conditions database: an SQLAlchemy URL (embedded store) or http(s) URL (nopayloaddb).
+    cdb_url: str | None = None
+    #: Where the embedded store keeps payload files (content-addressed by md5).
+    cdb_payloads: Path | None = None
+    #: Bearer token for writes to a nopayloaddb server.
+    cdb_token: SecretStr | None = None
+    #: This machine's site (selects deployments/sites/<site>.toml).
+    site: str = "local"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def cdb_database_url(self) -> str:
+        return self.cdb_url or f"sqlite:///{self.home / 'cdb.sqlite'}"
+
+    @property
+    def cdb_payload_dir(self) -> Path:
+        return self.cdb_payloads or self.home / "payloads"
