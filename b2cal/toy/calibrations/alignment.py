@@ -35,7 +35,7 @@ from b2cal.caf.calibration import (
 )
 from b2cal.toy.calibrations.common import (
     Checks,
-    fit_failure,
+    fit_problem,
     float_column,
     histogram_rows,
     int_column,
@@ -149,9 +149,9 @@ class ModuleAlignmentAlgorithm(Algorithm):
         windows = np.column_stack([peaks - FIT_HALF_WIDTH_UM, peaks + FIT_HALF_WIDTH_UM])
         guesses = np.full(FREE_MODULES.size, RESIDUAL_RESOLUTION_UM)
         fits = fit_rows(counts, edges, windows, Background.FLAT, guesses)
-        failure = fit_failure(fits, "module", FIRST_TRACK_MODULE)
-        if failure is not None:
-            return failure
+        problem = fit_problem(fits, "module", FIRST_TRACK_MODULE, "tracks", metrics)
+        if problem is not None:
+            return problem
         previous = alignment_constants(context.payload(NAME))
         payload, largest = corrected_constants(previous, fits.means, fits.errors)
         metrics.update(

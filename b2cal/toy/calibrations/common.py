@@ -97,16 +97,32 @@ def too_few(
     return not_enough_data(f"{sparse} {rows} have fewer than {minimum} {entries}", metrics)
 
 
-def fit_failure(fits: PeakFits, what: str, first_label: int) -> Execution | None:
-    """A FAILURE naming the rows (``what`` ``first_label``, ...) whose fit failed, or None."""
+def fit_problem(
+    fits: PeakFits, what: str, first_label: int, entries: str, metrics: dict[str, Any]
+) -> Execution | None:
+    """None if every peak fit is usable; otherwise why not, naming the rows that failed.
+
+    When every failed fit lacks data (its likelihood does not pin the peak down) the answer is
+    NOT_ENOUGH_DATA, so a sequential strategy merges the runs with the next ones as it does
+    after a failed data check. Any other failed fit (no peak, a spike, a peak cut by the
+    window) is a FAILURE: more data of the same kind would not help. Rows are labelled
+    ``what`` ``first_label + row``; ``entries`` names what the histogram counts ("hits").
+    Records in ``metrics`` how many fits needed a retry and, on a problem, how many failed.
+    """
+    metrics["fits_retried"] = fits.retried()
     failed = fits.failed()
     if not failed:
         return None
-    details = ", ".join(f"{what} {first_label + row} ({fits.fits[row].status})" for row in failed)
+    metrics["failed_fits"] = len(failed)
+    details = ", ".join(
+        f"{what} {first_label + row} ({fits.fits[row].status}; "
+        f"{fits.fits[row].entries:.0f} {entries} in the fit window)"
+        for row in failed
+    )
+    if all(fits.fits[row].lacks_data for row in failed):
+        return not_enough_data(f"peak not determined by the data for {details}", metrics)
     return Execution(
-        AlgorithmResult.FAILURE,
-        metrics={"failed_fits": len(failed)},
-        message=f"peak fit failed for {details}",
+        AlgorithmResult.FAILURE, metrics=metrics, message=f"peak fit failed for {details}"
     )
 
 

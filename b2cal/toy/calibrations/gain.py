@@ -1,9 +1,14 @@
 """ChannelGain: the gain of each of the 64 channels, from the pulse height of bhabha signal hits.
 
-Only hits close to the channel's t0 are signal, so the collector needs the ChannelT0 payload of
-each run: a wrong t0 leaves mostly background in the window. The ~0.8% background that survives
-the window has low, exponentially falling pulse heights; it would bias a plain mean at the level
-of its statistical error, so the algorithm fits the peak with an exponential background.
+Only hits close to the channel's t0 are signal, so the collector keeps the hits within 7.5 ns of
+the ChannelT0 payload valid for each run. The ~0.8% background that survives the window has low,
+exponentially falling pulse heights; it would bias a plain mean at the level of its statistical
+error, so the algorithm fits the peak with an exponential background.
+
+A wrong t0 does not bias this gain (DESIGN.md's "a wrong t0 biases the gain" holds for a plain
+mean, not for the fit): a signal hit's pulse height does not depend on its time, so a t0 that is
+off only loses signal hits, which widens the uncertainty (NOT_ENOUGH_DATA once fewer than
+``MIN_CHANNEL_HITS`` remain), and raises the background share, which the exponential takes up.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from b2cal.caf.calibration import (
 )
 from b2cal.toy.calibrations.common import (
     Checks,
-    fit_failure,
+    fit_problem,
     float_column,
     histogram_rows,
     int_column,
@@ -95,9 +100,9 @@ class ChannelGainAlgorithm(Algorithm):
         if lacking is not None:
             return lacking
         fits = fit_rows(counts, edges, *_fit_settings(counts, edges))
-        failure = fit_failure(fits, "channel", 0)
-        if failure is not None:
-            return failure
+        problem = fit_problem(fits, "channel", 0, "hits", metrics)
+        if problem is not None:
+            return problem
         metrics["relative_resolution_mean"] = float(np.mean(fits.sigmas / fits.means))
         metrics["gain_err_max"] = float(fits.errors.max())
         payload = {"gain": as_float_list(fits.means), "gain_err": as_float_list(fits.errors)}

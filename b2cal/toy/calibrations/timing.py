@@ -3,7 +3,9 @@
 Signal hits of a channel form a Gaussian peak at its t0 on a flat background of random hits.
 The collector keeps one channel × time histogram per run (small, and it merges by addition);
 the algorithm first checks cheaply that every channel has a peak with enough hits (the
-sequential strategy merges a run that has not with the next one), then fits each peak.
+sequential strategy merges a run that has not with the next one), then fits each peak. A peak
+whose fit does not converge even after the retries of ``peak_fit`` also answers NOT_ENOUGH_DATA,
+so that run is merged too.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from b2cal.caf.calibration import (
 )
 from b2cal.toy.calibrations.common import (
     Checks,
-    fit_failure,
+    fit_problem,
     float_column,
     histogram_rows,
     int_column,
@@ -94,9 +96,9 @@ class ChannelT0Algorithm(Algorithm):
         windows = np.column_stack([peaks - FIT_HALF_WIDTH_NS, peaks + FIT_HALF_WIDTH_NS])
         guesses = np.full(NUM_CHANNELS, TIME_RESOLUTION_NS)
         fits = fit_rows(counts, edges, windows, Background.FLAT, guesses)
-        failure = fit_failure(fits, "channel", 0)
-        if failure is not None:
-            return failure
+        problem = fit_problem(fits, "channel", 0, "hits", metrics)
+        if problem is not None:
+            return problem
         metrics["resolution_mean_ns"] = float(fits.sigmas.mean())
         metrics["t0_err_max_ns"] = float(fits.errors.max())
         payload = {"t0": as_float_list(fits.means), "t0_err": as_float_list(fits.errors)}
