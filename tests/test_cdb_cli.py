@@ -87,6 +87,8 @@ def test_refusals_are_one_line(calibrated: Path, tmp_path: Path) -> None:
     outputdb = calibrated / "ChannelT0/outputdb"
     ok(cdb(tmp_path, "create", "t"))
     assert_one_line_error(cdb(tmp_path, "create", "t"), "t")
+    assert_one_line_error(cdb(tmp_path, "create", "prompt bucket"), "name 'prompt bucket'")
+    assert_one_line_error(cdb(tmp_path, "clone", "t", "t/copy"), "name 't/copy'")
     assert_one_line_error(cdb(tmp_path, "state", "t", "PUBLISHED"), "cannot become PUBLISHED")
     assert_one_line_error(cdb(tmp_path, "state", "t", "SHINY"), "unknown global tag state")
     assert_one_line_error(cdb(tmp_path, "show", "nope"), "unknown global tag 'nope'")

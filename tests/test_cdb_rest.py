@@ -1,4 +1,4 @@
-"""What is particular to b2cal's nopayloaddb client (``b2cal.cdb.rest``).
+"""What is particular to b2cal's nopayloaddb client (``b2cal.cdb.nopayloaddb``).
 
 The behaviour every store shares is in ``test_cdb_store.py`` (kind "nopayloaddb"). Here: the
 mapping of IoVs and states, one-line errors, the bearer token, the workarounds of the server's
@@ -44,21 +44,19 @@ from b2cal.cdb.model import (
     UnknownPayload,
     UnknownTag,
 )
-from b2cal.cdb.rest import (
+from b2cal.cdb.nopayloaddb.api import NopayloaddbApi, NopayloaddbError, api_root
+from b2cal.cdb.nopayloaddb.mapping import (
     OPEN_END,
     STATE_TAG,
     STATUS_OF,
-    NopayloaddbApi,
-    NopayloaddbError,
-    RestStore,
     ServerIoV,
     StateRecord,
-    api_root,
     exact_state,
     iov_from_server,
     iov_to_server,
     state_type,
 )
+from b2cal.cdb.nopayloaddb.store import RestStore
 from b2cal.cdb.store import NewPayloadIoV
 
 

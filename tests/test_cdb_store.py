@@ -28,7 +28,7 @@ from sqlalchemy import text
 
 from b2cal.caf.iov import ExpRun, IoV
 from b2cal.caf.localdb import md5sum
-from b2cal.cdb.embedded import VERSION_TABLE, EmbeddedStore, alembic_config, metadata, upgrade
+from b2cal.cdb.embedded import EmbeddedStore
 from b2cal.cdb.model import (
     TRANSITIONS,
     CdbError,
@@ -39,6 +39,8 @@ from b2cal.cdb.model import (
     UnknownPayload,
     UnknownTag,
 )
+from b2cal.cdb.schema import VERSION_TABLE, metadata
+from b2cal.cdb.sql_engine import alembic_config, upgrade
 from b2cal.cdb.store import ConditionsStore, NewPayloadIoV
 
 FROZEN = [TagState.TESTING, TagState.VALIDATED, TagState.PUBLISHED, TagState.INVALID]
@@ -122,6 +124,23 @@ def test_create_tag_and_refuse_a_duplicate(store: ConditionsStore) -> None:
     before = snapshot(store)
     with pytest.raises(CdbError, match="staging_b"):
         store.create_tag("staging_b", "again")
+    assert snapshot(store) == before
+
+
+def test_new_tags_need_a_name_every_store_takes(store: ConditionsStore) -> None:
+    for good in ["a", "7", "Prompt_e26-b12.v1+fix", "x" * 80]:
+        assert store.create_tag(good).name == good
+    store.write_iovs("a", [new("A", "a1", "1,0,1,9")])
+    before = snapshot(store)
+    bad_names = ["", "a/b", "gt ", " gt", "gt\n", "_gt", ".gt", "-gt", "+gt", "a b", "ä", "x" * 81]
+    for bad in bad_names:
+        for make in ["create_tag", "clone_tag"]:
+            with pytest.raises(CdbError, match=r"^global tag name .* _ \. \+ -") as raised:
+                if make == "create_tag":
+                    store.create_tag(bad)
+                else:
+                    store.clone_tag("a", bad)
+            assert type(raised.value) is CdbError and "\n" not in str(raised.value)
     assert snapshot(store) == before
 
 

@@ -17,7 +17,7 @@ def open_store(url: str | None = None, settings: Settings | None = None) -> Cond
     settings = settings or Settings()
     target = url or settings.cdb_database_url
     if target.startswith(("http://", "https://")):
-        from b2cal.cdb.rest import RestStore
+        from b2cal.cdb.nopayloaddb.store import RestStore
 
         token = settings.cdb_token.get_secret_value() if settings.cdb_token else None
         return RestStore(target, token=token)

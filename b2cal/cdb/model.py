@@ -7,11 +7,13 @@ and by the operations on top (upload, promotion, export), so the rules are writt
 from __future__ import annotations
 
 import enum
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from b2cal.caf.iov import IoV
+from b2cal.caf.iov import ExpRun, IoV
 from b2cal.errors import B2CalError
 
 
@@ -51,6 +53,14 @@ class UnknownPayload(CdbError):
 
 class NoPayloadValid(CdbError):
     """No payload of that name is valid at that run in any tag of the chain."""
+
+    @classmethod
+    def at(cls, tags: Sequence[str], name: str, exprun: ExpRun) -> NoPayloadValid:
+        """The error of a lookup of ``name`` at ``exprun`` through the chain ``tags``."""
+        return cls(
+            f"no payload {name} valid at experiment {exprun.exp} run {exprun.run} in "
+            f"global tag{'s' if len(tags) > 1 else ''} {', '.join(tags)}"
+        )
 
 
 class ForbiddenChange(CdbError):
@@ -103,3 +113,26 @@ class PayloadIoV:
     @property
     def name(self) -> str:
         return self.payload.name
+
+    @property
+    def key(self) -> tuple[str, str, IoV]:
+        """What makes the entry one of its tag: the payload's identity and the IoV."""
+        return (self.payload.name, self.payload.checksum, self.iov)
+
+
+def by_name_and_start(entries: Iterable[PayloadIoV]) -> list[PayloadIoV]:
+    """Entries in the order a tag lists them: by payload name, then IoV start."""
+    return sorted(entries, key=lambda e: (e.payload.name, e.iov.first))
+
+
+def json_object(value: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``value`` after a JSON round trip (tuples become lists), or CdbError if it is not JSON.
+
+    Provenance is stored as JSON, so values are compared in the form they come back in.
+    ``what`` names the value in the error (e.g. ``provenance of payload ChannelT0``).
+    """
+    try:
+        result: dict[str, Any] = json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise CdbError(f"{what} is not JSON: {exc}") from None
+    return result

@@ -10,23 +10,48 @@ touches anything, so the rules of DESIGN.md §2 hold whatever the backend can en
 
 Writing an IoV that is already there (same payload, same IoV) is not a change, so a retried
 upload or promotion does nothing the second time.
+
+New global tags get names every store can hold alike (:func:`check_tag_name`).
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from b2cal.caf.iov import ExpRun, IoV
 from b2cal.cdb.model import (
     TRANSITIONS,
+    CdbError,
     ForbiddenChange,
     GlobalTag,
     Payload,
     PayloadIoV,
     TagState,
+    by_name_and_start,
 )
+
+#: The longest global tag name (nopayloaddb's limit).
+TAG_NAME_LIMIT = 80
+_TAG_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.+-]{{0,{TAG_NAME_LIMIT - 1}}}")
+
+
+def check_tag_name(name: str) -> None:
+    """Raise CdbError unless ``name`` may name a new global tag, on every store.
+
+    1 to 80 letters, digits and ``_ . + -``, starting with a letter or digit: nopayloaddb puts
+    tag names in URL paths (and at most 80 characters in a column), and MariaDB compares
+    ``'tag'`` and ``'tag '`` as equal, so a name that only one store takes could not move
+    between stores (clone, export, import).
+    """
+    if not _TAG_NAME.fullmatch(name):
+        raise CdbError(
+            f"global tag name {name!r} cannot be used with nopayloaddb and SQL databases alike: "
+            f"use 1 to {TAG_NAME_LIMIT} letters, digits and _ . + -, starting with a letter or "
+            "digit"
+        )
 
 
 def check_transition(tag: GlobalTag, new: TagState) -> None:
@@ -56,7 +81,7 @@ def plan_add(
     tag: GlobalTag, existing: Sequence[PayloadIoV], new: Sequence[tuple[Payload, IoV]]
 ) -> IoVChange:
     """The change that adds ``new`` to ``tag``, or ForbiddenChange saying why it may not."""
-    present = {(e.payload.name, e.payload.checksum, e.iov) for e in existing}
+    present = {e.key for e in existing}
     todo = [(p, iov) for p, iov in new if (p.name, p.checksum, iov) not in present]
     if not todo:
         return IoVChange()
@@ -76,8 +101,8 @@ def plan_remove(
         raise ForbiddenChange(
             f"global tag {tag.name} is {tag.state.value}: IoVs can only be removed from OPEN tags"
         )
-    keys = {(e.payload.name, e.payload.checksum, e.iov) for e in existing}
-    remove = [e for e in entries if (e.payload.name, e.payload.checksum, e.iov) in keys]
+    keys = {e.key for e in existing}
+    remove = [e for e in entries if e.key in keys]
     return IoVChange(remove=remove)
 
 
@@ -128,16 +153,15 @@ def _append(
 
 def apply(existing: Sequence[PayloadIoV], tag: str, change: IoVChange) -> list[PayloadIoV]:
     """The tag's IoVs after ``change`` (for stores that keep IoVs as a list, and for tests)."""
-    closed = {(old.payload.name, old.payload.checksum, old.iov): iov for old, iov in change.close}
-    removed = {(e.payload.name, e.payload.checksum, e.iov) for e in change.remove}
-    result = []
-    for entry in existing:
-        key = (entry.payload.name, entry.payload.checksum, entry.iov)
-        if key in removed:
-            continue
-        result.append(PayloadIoV(tag, entry.payload, closed.get(key, entry.iov)))
+    closed = {old.key: iov for old, iov in change.close}
+    removed = {e.key for e in change.remove}
+    result = [
+        PayloadIoV(tag, entry.payload, closed.get(entry.key, entry.iov))
+        for entry in existing
+        if entry.key not in removed
+    ]
     result.extend(PayloadIoV(tag, payload, iov) for payload, iov in change.add)
-    return sorted(result, key=lambda e: (e.payload.name, e.iov.first))
+    return by_name_and_start(result)
 
 
 def valid_at(entries: Iterable[PayloadIoV], name: str, exprun: ExpRun) -> PayloadIoV | None:

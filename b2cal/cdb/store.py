@@ -4,16 +4,24 @@ Two implementations: the embedded store (SQLAlchemy on SQLite, PostgreSQL or Mar
 files content-addressed on disk) and a client of a nopayloaddb REST server. Operations on top
 (upload, promotion, export, import, diff) are written once against this interface.
 
-Every method that writes is one transaction: it happens completely or not at all, and a
-request the rules forbid leaves the database untouched. The rules themselves (what a tag in a
-given state accepts) are in :mod:`b2cal.cdb.rules`; a store asks them before it writes.
+A request the rules forbid leaves the database untouched, on every store: the rules (what a
+tag in a given state accepts) are in :mod:`b2cal.cdb.rules`, and a store asks them before it
+writes. How an accepted write happens depends on the store:
+
+* embedded: every method that writes is one transaction, done completely or not at all;
+* nopayloaddb: the server has no transactions, so a write is several requests, each idempotent,
+  ordered so that nothing half-done is visible. IoVs are added and removed atomically per
+  payload name: a client that dies in the middle of a write may leave some payload names of it
+  done and others not, and the same write run again completes it. A state change reads as the
+  state before it until it is complete (:mod:`b2cal.cdb.nopayloaddb.writes`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Self
 
 from b2cal.caf.iov import ExpRun, IoV
@@ -25,6 +33,7 @@ from b2cal.cdb.model import (
     Payload,
     PayloadIoV,
     TagState,
+    json_object,
 )
 from b2cal.cdb.rules import IoVChange, valid_at
 
@@ -52,6 +61,43 @@ class NewPayloadIoV:
             )
         return actual
 
+    def stored_provenance(self) -> dict[str, Any]:
+        """The provenance as it will be stored and read back (CdbError if it is not JSON)."""
+        return json_object(self.provenance, f"provenance of payload {self.name}")
+
+
+def provenance_query(provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """A :meth:`ConditionsStore.find_payloads` query in the form stored provenance has."""
+    return json_object(provenance, "provenance query")
+
+
+def with_provenance(payloads: Iterable[Payload], wanted: Mapping[str, Any]) -> list[Payload]:
+    """The payloads whose provenance has every key of ``wanted`` with its value (a query from
+    :func:`provenance_query`), sorted by name and revision."""
+    missing = object()
+    found = [
+        p
+        for p in payloads
+        if all(p.provenance.get(key, missing) == value for key, value in wanted.items())
+    ]
+    return sorted(found, key=lambda p: (p.name, p.revision))
+
+
+def read_payload_file(path: Path, payload: Payload) -> bytes:
+    """The bytes of ``payload``'s file at ``path``, checked against its checksum.
+
+    ChecksumMismatch if the file was changed; FileNotFoundError if there is none, which each
+    store explains in its own terms.
+    """
+    data = path.read_bytes()
+    actual = md5sum(data)
+    if actual != payload.checksum:
+        raise ChecksumMismatch(
+            f"payload file {path} of {payload.name} revision {payload.revision} was changed "
+            f"on disk: its checksum is {actual}, the conditions database says {payload.checksum}"
+        )
+    return data
+
 
 class ConditionsStore(ABC):
     """A conditions database: global tags, payloads, payload IoVs."""
@@ -67,7 +113,8 @@ class ConditionsStore(ABC):
 
     @abstractmethod
     def create_tag(self, name: str, description: str = "") -> GlobalTag:
-        """A new, empty OPEN tag; CdbError if the name is taken."""
+        """A new, empty OPEN tag; CdbError if the name is taken or not a legal name
+        (:func:`b2cal.cdb.rules.check_tag_name`)."""
 
     @abstractmethod
     def set_state(self, name: str, state: TagState) -> GlobalTag:
@@ -75,7 +122,7 @@ class ConditionsStore(ABC):
 
     @abstractmethod
     def clone_tag(self, source: str, target: str, description: str = "") -> GlobalTag:
-        """A new OPEN tag ``target`` holding the IoVs of ``source``."""
+        """A new OPEN tag ``target`` holding the IoVs of ``source`` (names as in create_tag)."""
 
     # --- payloads and IoVs -------------------------------------------------------------
     @abstractmethod
@@ -84,11 +131,14 @@ class ConditionsStore(ABC):
 
     @abstractmethod
     def write_iovs(self, tag: str, entries: Sequence[NewPayloadIoV]) -> IoVChange:
-        """Store the payloads and add their IoVs to ``tag``, as one transaction.
+        """Store the payloads and add their IoVs to ``tag``.
 
-        A payload whose (name, checksum) is stored already is reused, never stored twice; an
-        IoV already in the tag with the same payload is not added again. What the tag's state
-        allows is decided by :func:`b2cal.cdb.rules.plan_add`. Returns the change applied
+        On the embedded store this is one transaction. On nopayloaddb it is atomic per payload
+        name: interrupted, it may have added the IoVs of some names and not those of others,
+        and the same call repeated completes it (see the module doc). A payload whose (name,
+        checksum) is stored already is reused, never stored twice; an IoV already in the tag
+        with the same payload is not added again. What the tag's state allows is decided by
+        :func:`b2cal.cdb.rules.plan_add`. Returns the change applied
         (empty when everything was there already, e.g. a retried upload).
         """
 
@@ -123,10 +173,7 @@ class ConditionsStore(ABC):
             found = valid_at(self.iovs(tag, name), name, exprun)
             if found is not None:
                 return found
-        raise NoPayloadValid(
-            f"no payload {name} valid at experiment {exprun.exp} run {exprun.run} in "
-            f"global tag{'s' if len(tags) > 1 else ''} {', '.join(tags)}"
-        )
+        raise NoPayloadValid.at(tags, name, exprun)
 
     def __enter__(self) -> Self:
         return self

@@ -1,10 +1,10 @@
 """Alembic's environment for the embedded conditions database.
 
 Alembic runs this file; nothing imports it. b2cal upgrades the schema itself
-(:func:`b2cal.cdb.embedded.upgrade`) and hands over a connection already inside its schema lock
-and transaction. A developer writing a new revision gives a URL instead, through
-:func:`b2cal.cdb.embedded.alembic_config`. The version table has a name of its own so that b2cal's
-state database may live in the same database.
+(:func:`b2cal.cdb.sql_engine.upgrade`) and hands over a connection already inside its schema
+lock and transaction. A developer writing a new revision gives a URL instead, through
+:func:`b2cal.cdb.sql_engine.alembic_config`. The version table has a name of its own so that
+b2cal's state database may live in the same database.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
-from b2cal.cdb.embedded import VERSION_TABLE, metadata
+from b2cal.cdb.schema import VERSION_TABLE, metadata
 
 
 def _migrate(connection: Connection) -> None:
