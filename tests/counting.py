@@ -74,3 +74,10 @@ class Exploding(Collector):
 
     def process(self, events: Any, run: RunContext) -> Accumulator:
         raise RuntimeError("collector exploded")
+
+
+class PayloadLess(Algorithm):
+    """An algorithm with a bug: OK, but no payload."""
+
+    def execute(self, data: Accumulator, context: AlgorithmContext) -> Execution:
+        return Execution(AlgorithmResult.OK)

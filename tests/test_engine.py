@@ -184,4 +184,36 @@ def test_dependent_calibration_is_not_run_when_its_dependency_fails(
     assert outcomes["Counting"].result is AlgorithmResult.NOT_ENOUGH_DATA
     assert outcomes["Dependent"].result is AlgorithmResult.FAILURE
     assert "dependency Counting ended NOT_ENOUGH_DATA" in outcomes["Dependent"].message
-    assert not (tmp_path / "out/Dependent").exists()
+    assert not (tmp_path / "out/Dependent/iterations").exists()
+    assert not (tmp_path / "out/Dependent/result.json").exists()
+
+
+def test_resume_on_changed_input_files_is_refused(small_storage: Path, tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    shutil.copytree(small_storage, storage)
+    out = tmp_path / "out"
+    run(storage, out, [counting(minimum=1000)], last=3)
+    landed = storage / "e0001/r00003/bhabha/bhabha.e0001.r00003.f00002.root"
+    shutil.copy(storage / "e0001/r00003/bhabha/bhabha.e0001.r00003.f00000.root", landed)
+    with pytest.raises(B2CalError, match="input files of Counting changed"):
+        run(storage, out, [counting(minimum=1000)], last=3)
+    landed.unlink()
+    assert run(storage, out, [counting(minimum=1000)], last=3)["Counting"].result.value == "OK"
+
+
+def test_iterating_at_a_limit_of_one_says_not_converged(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    cal = counting(minimum=1000, iterations=5, max_iterations=1)
+    outcome = run(small_storage, tmp_path / "out", [cal])["Counting"]
+    assert outcome.result is AlgorithmResult.OK and outcome.converged is False
+    assert "not converged after 1 iterations" in outcome.message
+
+
+def test_ok_without_payloads_is_a_failure(small_storage: Path, tmp_path: Path) -> None:
+    from counting import PayloadLess
+
+    cal = counting().model_copy(update={"algorithm": PayloadLess()})
+    outcome = run(small_storage, tmp_path / "out", [cal])["Counting"]
+    assert outcome.result is AlgorithmResult.FAILURE
+    assert outcome.message == "the algorithm ended OK without any payload"

@@ -60,3 +60,21 @@ def test_sigkill_mid_collection_then_rerun_completes_without_redoing_jobs(
     assert files == sorted(p.name for p in (output / outputdb).iterdir())
     for name in files:
         assert (output / outputdb / name).read_bytes() == (clean / outputdb / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_promptly_and_the_rerun_resumes(small_storage: Path, tmp_path: Path) -> None:
+    output = tmp_path / "interrupted"
+    process = start_b2cal(*caf_args(small_storage, output), plugins=True)
+    deadline = time.monotonic() + 120
+    while not finished_jobs(output) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip() == "error: interrupted; rerun the same command to resume"
+    assert len(finished_jobs(output)) < 8  # it stopped instead of finishing the collection
+    assert not (output / "SlowT0/result.json").exists()
+    rerun = b2cal(*caf_args(small_storage, output), plugins=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert len(finished_jobs(output)) == 8

@@ -26,6 +26,7 @@ from b2cal.caf.chain import PayloadChain
 from b2cal.caf.graph import topological_order, upstream
 from b2cal.caf.iov import ExpRun
 from b2cal.caf.iteration import (
+    CollectionFailed,
     IterationResult,
     NoProgress,
     Progress,
@@ -95,6 +96,8 @@ class CalibrationRunner:
         last: Path | None = None
         iterations: list[IterationResult] = []
         for iteration in range(cal.max_iterations):
+            if self.stop is not None and self.stop.is_set():
+                raise CollectionFailed(f"interrupted before iteration {iteration}; rerun to resume")
             iteration_dir = self.directory / "iterations" / str(iteration)
             previous = [last / "localdb"] if last is not None else []
             chain = [*previous, *self.upstream_databases, *self.selection.input_databases]
@@ -115,17 +118,21 @@ class CalibrationRunner:
             if result.result is not AlgorithmResult.ITERATE:
                 break
         final = iterations[-1]
+        code, message = final.result, final.message
+        # Whether the limit was hit without convergence is recorded (as the CAF does) whenever
+        # the algorithm still asked to iterate, whatever max_iterations is.
         converged = None
-        code = final.result
-        if cal.max_iterations > 1:
-            converged = code is AlgorithmResult.OK
         if code is AlgorithmResult.ITERATE:  # limit reached: keep the last payloads (CAF)
-            code = AlgorithmResult.OK
+            code, converged = AlgorithmResult.OK, False
+        elif cal.max_iterations > 1:
+            converged = code is AlgorithmResult.OK
+        if code is AlgorithmResult.OK and not final.payloads:
+            code, message = AlgorithmResult.FAILURE, "the algorithm ended OK without any payload"
         outcome = CalibrationOutcome(
             name=cal.name,
             result=code,
             iterations=len(iterations),
-            message=final.message,
+            message=message,
             converged=converged,
             events=final.events,
             jobs=final.jobs,
@@ -167,6 +174,8 @@ def prepare_output(output: Path, arguments: Mapping[str, Any]) -> str:
     Returns the calibration-run id (kept across resumes). Refuses an output folder that holds
     the results of other arguments: mixing them would give payloads of no defined origin.
     """
+    if output.exists() and not output.is_dir():
+        raise B2CalError(f"output {output} is a file, not a folder")
     output.mkdir(parents=True, exist_ok=True)
     path = output / RUN_FILE
     if path.exists():
@@ -204,11 +213,17 @@ def run_calibrations(
     """Run every calibration after its dependencies, independent ones in parallel.
 
     A calibration whose dependency did not end OK is not run (FAILURE, saying which). Finished
-    calibrations (OK or NOT_ENOUGH_DATA in ``result.json``) are not run again.
+    calibrations (OK or NOT_ENOUGH_DATA in ``result.json``) are not run again. An interrupt
+    (KeyboardInterrupt) sets ``stop``: running collections are cancelled, nothing new starts,
+    and the interrupt is raised again once every calibration thread has stopped.
     """
+    output = output.resolve()
     order = topological_order(calibrations)
     shown: Progress = progress if progress is not None else NoProgress()
+    stop = stop if stop is not None else threading.Event()
     files = {name: selection.files(calibrations[name].input_streams) for name in order}
+    for name in order:
+        check_inputs(output / name, files[name])
     futures: dict[str, Future[CalibrationOutcome]] = {}
 
     def drive(name: str) -> CalibrationOutcome:
@@ -250,7 +265,40 @@ def run_calibrations(
         shown.stage(name, f"finished: {outcome.result.value}")
         return outcome
 
-    with ThreadPoolExecutor(max_workers=max(1, len(order)), thread_name_prefix="caf") as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, len(order)), thread_name_prefix="caf")
+    try:
         for name in order:  # dependencies are submitted first, so their futures exist
             futures[name] = pool.submit(drive, name)
         return {name: futures[name].result() for name in order}
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+INPUTS_FILE = "inputs.json"
+
+
+def check_inputs(directory: Path, files: Sequence[InputFile]) -> None:
+    """Record a calibration's input files on its first run; refuse a resume on other files.
+
+    Finished jobs, iterations and dependencies' payloads were made from the files seen first:
+    a resume that quietly took files which landed (or changed size) since would mix inputs
+    within one output and give wrong provenance.
+    """
+    listing = [[str(f.path), f.path.stat().st_size] for f in sorted(files)]
+    path = directory / INPUTS_FILE
+    if not path.exists():
+        atomic_write_json(path, listing)
+        return
+    recorded = [tuple(item) for item in json.loads(path.read_text())]
+    current = [tuple(item) for item in listing]
+    if recorded != current:
+        added = len(set(current) - set(recorded))
+        gone = len(set(recorded) - set(current))
+        raise B2CalError(
+            f"the input files of {directory.name} changed since {directory.parent} was started "
+            f"({added} new or changed, {gone} gone or changed); "
+            "use a new --output to calibrate the files as they are now"
+        )

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from b2cal import __version__
-from b2cal.cli.arguments import EXIT_BAD_INPUT, EXIT_OK
+from b2cal.cli.arguments import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
 from b2cal.cli.caf import caf_app, calibrations_app
 from b2cal.cli.cdb import cdb_app
 from b2cal.cli.toy import toy_app
@@ -55,21 +55,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         return EXIT_BAD_INPUT
     except typer.Abort:
-        _error("interrupted")
-        return 130
+        _error("interrupted; rerun the same command to resume")
+        return EXIT_INTERRUPTED
     except typer.TyperException as exc:  # usage errors: missing option, bad value
         format_message = getattr(exc, "format_message", None)
-        _error(format_message() if format_message else str(exc))
+        message = format_message() if format_message else str(exc)
+        if message.strip():  # empty for a bare command group: its help was printed
+            _error(message)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         _error("interrupted; rerun the same command to resume")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         fd, log = tempfile.mkstemp(prefix="b2cal-crash-", suffix=".log")
         with os.fdopen(fd, "w") as handle:
             handle.write(traceback.format_exc())
         _error(f"internal error {type(exc).__name__}: {exc} (traceback in {log})")
         return EXIT_BAD_INPUT
+    if status == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this status
+        _error("interrupted; rerun the same command to resume")
     return status if isinstance(status, int) else EXIT_OK
 
 

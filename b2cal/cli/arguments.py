@@ -7,6 +7,8 @@ import re
 from b2cal.errors import B2CalError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_CALIBRATION_FAILED = 0, 1, 2
+#: Ctrl-C, as shells report SIGINT.
+EXIT_INTERRUPTED = 130
 
 
 def parse_runs(text: str) -> tuple[int, int]:

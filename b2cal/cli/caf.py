@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +39,8 @@ def caf_run(
     from b2cal.console import RichProgress, console, outcome_table
 
     first, last = parse_runs(runs)
+    if workers is not None and workers < 1:
+        raise B2CalError(f"--workers must be at least 1, got {workers}")
     names = [n.strip() for n in calibrations.split(",") if n.strip()]
     if not names:
         raise B2CalError("--calibrations names no calibration")
@@ -64,22 +65,11 @@ def caf_run(
     }
     run_id = prepare_output(output, arguments)
     _log_to(output / "b2cal.log")
-    stop = threading.Event()
     with LocalBackend(workers) as backend, RichProgress(list(found)) as progress:
         backend.start()
-        try:
-            outcomes = run_calibrations(
-                found,
-                selection,
-                output,
-                backend,
-                calibration_run=run_id,
-                progress=progress,
-                stop=stop,
-            )
-        except KeyboardInterrupt:
-            stop.set()
-            raise
+        outcomes = run_calibrations(
+            found, selection, output, backend, calibration_run=run_id, progress=progress
+        )
     console.print(outcome_table(outcomes))
     bad = [(name, b) for name, o in outcomes.items() for b in o.bad_files]
     for name, bad_file in bad:
