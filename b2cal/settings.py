@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path.home() / ".b2cal")
     #: Conditions database: an SQLAlchemy URL (embedded store) or http(s) URL (nopayloaddb).
     cdb_url: str | None = None
-    #: Where the embedded store keeps payload files (content-addressed by md5).
+    #: Where the embedded store keeps payload files (content-addressed by md5); unset: beside
+    #: an SQLite database file, or under ``home`` for a database server.
     cdb_payloads: Path | None = None
     #: Bearer token for writes to a nopayloaddb server.
     cdb_token: SecretStr | None = None

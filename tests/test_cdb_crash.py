@@ -40,7 +40,7 @@ def test_killed_upload_leaves_all_or_nothing_and_the_retry_completes(
     outputdb = big_output(tmp_path / "outputdb")
     home = tmp_path / "home"
     payload_files = home / "payloads"
-    env = {"B2CAL_HOME": str(home)}
+    env = {"B2CAL_HOME": str(home), "B2CAL_CDB_PAYLOADS": str(payload_files)}
     with database_url(kind, tmp_path) as url:
         assert b2cal("cdb", "--db", url, "create", "staging", env=env).returncode == 0
         command = [str(B2CAL), "cdb", "--db", url, "upload", str(outputdb), "--tag", "staging"]

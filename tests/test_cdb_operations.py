@@ -173,12 +173,44 @@ def test_promotion_refusals_leave_the_running_tag_untouched(
 def test_promotion_of_several_payload_names(store: ConditionsStore, tmp_path: Path) -> None:
     running_tag(store, tmp_path)
     store.create_tag("staging")
-    upload(store, calibration_output(tmp_path / "a", "T0", [IoV(1, 20, 1, 29)], 5.0), "staging")
-    upload(store, calibration_output(tmp_path / "b", "T1", [IoV(1, 20, -1, -1)], 5.0), "staging")
+    upload(store, calibration_output(tmp_path / "a", "T0", [IoV(1, 20, -1, -1)], 5.0), "staging")
+    upload(store, calibration_output(tmp_path / "b", "T1", [IoV(1, 20, 1, 29)], 5.0), "staging")
     store.set_state("staging", TagState.TESTING)
     store.set_state("staging", TagState.VALIDATED)
     promote(store, "staging", "running", ExpRun(1, 20))  # two names: no overlap between them
     assert {e.name for e in store.iovs("running")} == {"T0", "T1"}
+
+
+def test_promotion_that_would_uncover_later_runs_is_refused(
+    store: ConditionsStore, tmp_path: Path
+) -> None:
+    running_tag(store, tmp_path)
+    before = table(store, "running")
+    validated(store, tmp_path, [IoV(1, 20, 1, 29)], 5.0)
+    with pytest.raises(ForbiddenChange, match="would leave T0 without payload after 1,20,1,29"):
+        promote(store, "staging", "running", ExpRun(1, 20))
+    assert table(store, "running") == before
+
+
+def test_upload_and_import_go_into_open_tags_only(store: ConditionsStore, tmp_path: Path) -> None:
+    running_tag(store, tmp_path)
+    outputdb = calibration_output(tmp_path / "late", "T0", [IoV(1, 30, -1, -1)])
+    with pytest.raises(ForbiddenChange, match="changes only by promotion"):
+        upload(store, outputdb, "running")
+    with pytest.raises(ForbiddenChange, match="changes only by promotion"):
+        import_local_database(store, outputdb, "running")
+
+
+def test_lookup_chain_checks_every_tag_and_skips_no_invalid_one(
+    store: ConditionsStore, tmp_path: Path
+) -> None:
+    staged(store, tmp_path, "a", [IoV(1, 1, 1, 9)], 1.0)
+    with pytest.raises(UnknownTag, match="nosuch"):
+        store.lookup(["a", "nosuch"], "T0", ExpRun(1, 2))
+    store.set_state("a", TagState.RUNNING)
+    store.set_state("a", TagState.INVALID)
+    with pytest.raises(CdbError, match="INVALID"):
+        store.lookup(["a"], "T0", ExpRun(1, 2))
 
 
 def test_promotion_into_the_past_is_refused(store: ConditionsStore, tmp_path: Path) -> None:

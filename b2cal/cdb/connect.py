@@ -1,7 +1,9 @@
 """Opening the configured conditions database: the URL's scheme picks the store.
 
 ``http(s)://…`` is a nopayloaddb server; anything else is an SQLAlchemy URL for the embedded
-store (``sqlite:///…``, ``postgresql+psycopg://…``, ``mysql+pymysql://…``).
+store (``sqlite:///…``, ``postgresql+psycopg://…``, ``mysql+pymysql://…``). The embedded store's
+payload files go to ``B2CAL_CDB_PAYLOADS`` if set, else beside an SQLite file
+(``cdb.sqlite`` → ``cdb.payloads/``), else to ``~/.b2cal/payloads`` for a database server.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ def open_store(url: str | None = None, settings: Settings | None = None) -> Cond
         return RestStore(target, token=token)
     from b2cal.cdb.embedded import EmbeddedStore
 
+    payload_dir = settings.cdb_payloads or settings.cdb_payload_dir
     if target.startswith("sqlite:///"):
-        Path(target.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return EmbeddedStore(target, settings.cdb_payload_dir)
+        database = Path(target.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        # An SQLite database is a file: its payload files go beside it, so whoever opens the
+        # same file (another user, another B2CAL_HOME) finds them.
+        payload_dir = settings.cdb_payloads or database.with_suffix(".payloads")
+    return EmbeddedStore(target, payload_dir)

@@ -14,6 +14,7 @@ runs on its own.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from b2cal.caf.atomic_file import atomic_write_bytes
 from b2cal.caf.iov import ExpRun, IoV
 from b2cal.caf.localdb import DATABASE_TXT, PayloadEntry, payload_filename, read_database_txt
-from b2cal.cdb.model import CdbError, ForbiddenChange, Payload, TagState
+from b2cal.cdb.model import CdbError, ForbiddenChange, Payload, PayloadIoV, TagState
 from b2cal.cdb.rules import IoVChange, gaps_and_overlaps
 from b2cal.cdb.store import ConditionsStore, NewPayloadIoV
 
@@ -62,7 +63,19 @@ def upload(store: ConditionsStore, outputdb: Path, tag: str) -> IoVChange:
 
     Uploading the same output again changes nothing (same checksums, same IoVs).
     """
-    return store.write_iovs(tag, read_local_database(outputdb))
+    entries = read_local_database(outputdb)
+    _check_staging(store, tag)
+    return store.write_iovs(tag, entries)
+
+
+def _check_staging(store: ConditionsStore, tag: str) -> None:
+    """Uploads go into OPEN tags only: a RUNNING tag changes by promotion, which checks more."""
+    state = store.tag(tag).state
+    if state is not TagState.OPEN:
+        raise ForbiddenChange(
+            f"global tag {tag} is {state.value}: uploads and imports go into an OPEN (staging) "
+            "tag; a RUNNING tag changes only by promotion"
+        )
 
 
 def import_local_database(
@@ -72,6 +85,7 @@ def import_local_database(
     entries = read_local_database(directory)
     if tag not in {t.name for t in store.tags()}:
         store.create_tag(tag, description or f"imported from {Path(directory).resolve()}")
+    _check_staging(store, tag)
     return store.write_iovs(tag, entries)
 
 
@@ -138,7 +152,28 @@ def promote(store: ConditionsStore, staging: str, running: str, start: ExpRun) -
             f"global tag {staging} has no payload valid from experiment {start.exp} run "
             f"{start.run} on"
         )
+    _check_coverage_kept(store.iovs(running), new, staging, running)
     return store.write_iovs(running, new)
+
+
+def _check_coverage_kept(
+    current: Sequence[PayloadIoV], new: Sequence[NewPayloadIoV], staging: str, running: str
+) -> None:
+    """Refuse a promotion that would leave runs the RUNNING tag covers without a payload.
+
+    Closing a RUNNING tag's open-ended IoV is only right when what replaces it is open-ended
+    too; a staging tag that ends at some run would otherwise take every later run's constants
+    away (a recalibration of past runs is a new tag, not a promotion).
+    """
+    for name in sorted({entry.name for entry in new}):
+        open_now = any(e.name == name and e.iov.is_open_ended for e in current)
+        last = max((e.iov for e in new if e.name == name), key=lambda iov: iov.first)
+        if open_now and not last.is_open_ended:
+            raise ForbiddenChange(
+                f"promoting {staging} would leave {name} without payload after {last} in "
+                f"{running}, whose IoV is open-ended now; promote a staging tag whose last IoV "
+                "is open-ended (b2cal caf run --open-ended)"
+            )
 
 
 def _clip(iov: IoV, start: ExpRun) -> IoV:

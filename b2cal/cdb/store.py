@@ -27,6 +27,7 @@ from typing import Any, Self
 from b2cal.caf.iov import ExpRun, IoV
 from b2cal.caf.localdb import md5sum
 from b2cal.cdb.model import (
+    CdbError,
     ChecksumMismatch,
     GlobalTag,
     NoPayloadValid,
@@ -166,10 +167,22 @@ class ConditionsStore(ABC):
         """Release connections."""
 
     # --- derived operations ------------------------------------------------------------
+    def check_chain(self, tags: Sequence[str]) -> None:
+        """A lookup chain must name tags that exist, none of them INVALID ("never used").
+
+        Every tag is checked before any lookup, so a typo late in the chain is not hidden by
+        an earlier tag that happens to hold the payload.
+        """
+        if not tags:
+            raise CdbError("the lookup names no global tag")
+        for tag in tags:
+            if self.tag(tag).state is TagState.INVALID:
+                raise CdbError(f"global tag {tag} is INVALID: it is never used for lookups")
+
     def lookup(self, tags: Sequence[str], name: str, exprun: ExpRun) -> PayloadIoV:
         """The payload ``name`` valid at ``exprun``: the first tag of the chain that has one."""
+        self.check_chain(tags)
         for tag in tags:
-            self.tag(tag)  # an unknown tag in the chain is an error, not a miss
             found = valid_at(self.iovs(tag, name), name, exprun)
             if found is not None:
                 return found

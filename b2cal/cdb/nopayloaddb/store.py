@@ -168,8 +168,8 @@ class RestStore(ConditionsStore):
         ended before that run. IoVs of one payload name never overlap in a tag (b2cal's rules;
         the server trims them too), so when that IoV has ended, none holds the run.
         """
+        self.check_chain(tags)
         for tag in tags:
-            self._server_tag(tag, light=True)  # an unknown tag in the chain is an error
             for row in self.api.lookup(tag, exprun):
                 if row["payload_type_name"] != name:
                     continue
