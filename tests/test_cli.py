@@ -141,3 +141,15 @@ def test_toy_generate_bad_arguments(tmp_path: Path, args: tuple[str, ...], fragm
 
 def test_missing_option_is_one_line() -> None:
     assert_one_line_error(b2cal("caf", "run", "--exp", "1"), "Missing option")
+
+
+def test_a_file_where_a_folder_belongs_is_one_line(small_storage: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    generate = ("toy", "generate", "--storage", afile, "--exp", "1", "--runs", "1")
+    assert_one_line_error(b2cal(*generate), "Not a directory")
+    run_into_file = caf_run(small_storage, afile, "1", "ChannelT0")
+    assert_one_line_error(b2cal(*run_into_file), "is a file, not a folder")
+    workers = b2cal(*caf_run(small_storage, tmp_path / "o", "1", "ChannelT0"), "--workers", "0")
+    assert_one_line_error(workers, "--workers must be at least 1")
+    assert not (tmp_path / "o").exists()

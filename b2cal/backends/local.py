@@ -71,6 +71,8 @@ class LocalBackend(Backend):
                     future = self._executor().submit(_run, str(job_dir))
                 except BrokenProcessPool:
                     # A worker died (killed, out of memory): start a fresh pool for new jobs.
+                    if self._pool is not None:
+                        self._pool.shutdown(wait=False, cancel_futures=True)
                     self._pool = None
                     future = self._executor().submit(_run, str(job_dir))
                 self._futures[handle.job_id] = future
@@ -105,8 +107,8 @@ class LocalBackend(Backend):
 
     def error(self, handle: JobHandle) -> str:
         future = self._futures[handle.job_id]
-        died = future.done() and not future.cancelled()
-        if died and isinstance(future.exception(), BrokenProcessPool):
+        finished = future.done() and not future.cancelled()
+        if finished and isinstance(future.exception(), BrokenProcessPool):
             return "the worker process died (killed or out of memory)"
         return super().error(handle)
 

@@ -18,7 +18,9 @@ from pathlib import Path
 from b2cal.caf.iov import ExpRun
 from b2cal.errors import B2CalError
 
-_FILE = re.compile(r"^(?P<stream>\w+)\.e(?P<exp>\d{4})\.r(?P<run>\d{5})\.f(?P<idx>\d{5})\.root$")
+_FILE = re.compile(
+    r"^(?P<stream>\w+)\.e(?P<exp>\d{4,})\.r(?P<run>\d{5,})\.f(?P<idx>\d{5,})\.root$"
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -75,14 +77,18 @@ def find_files(
     if not storage.is_dir():
         raise B2CalError(f"storage folder {storage} does not exist")
     wanted = set(streams)
-    found = []
     exp_dir = storage / f"e{exp:04d}"
-    for run in runs:
+    if not exp_dir.is_dir():
+        return []
+    # List what is there rather than probe every run number: a wide range costs nothing.
+    run_dirs = [d for d in exp_dir.iterdir() if re.fullmatch(r"r\d{5,}", d.name)]
+    found = []
+    for run_dir in run_dirs:
+        run = int(run_dir.name[1:])
+        if run not in runs:
+            continue
         for stream in sorted(wanted):
-            folder = exp_dir / f"r{run:05d}" / stream
-            if not folder.is_dir():
-                continue
-            for path in sorted(folder.glob("*.root")):
+            for path in (run_dir / stream).glob("*.root"):
                 info = parse_path(path)
                 if info and (info.exp, info.run, info.stream) == (exp, run, stream):
                     found.append(info)

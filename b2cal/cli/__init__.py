@@ -66,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted; rerun the same command to resume")
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a path that is a file, not a folder; no permission; disk full
+        where = f": {exc.filename}" if exc.filename else ""
+        _error(f"{exc.strerror or type(exc).__name__}{where}")
+        return EXIT_BAD_INPUT
     except Exception as exc:
         fd, log = tempfile.mkstemp(prefix="b2cal-crash-", suffix=".log")
         with os.fdopen(fd, "w") as handle:
