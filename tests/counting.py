@@ -6,6 +6,8 @@ without any fitting. Importable by worker processes (tests/ is on sys.path).
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import awkward as ak
@@ -81,3 +83,13 @@ class PayloadLess(Algorithm):
 
     def execute(self, data: Accumulator, context: AlgorithmContext) -> Execution:
         return Execution(AlgorithmResult.OK)
+
+
+class Dying(Collector):
+    """A collector whose worker process dies (as when the OOM killer strikes)."""
+
+    branches = ("hit_channel",)
+
+    def process(self, events: Any, run: RunContext) -> Accumulator:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")

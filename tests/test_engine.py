@@ -217,3 +217,14 @@ def test_ok_without_payloads_is_a_failure(small_storage: Path, tmp_path: Path) -
     outcome = run(small_storage, tmp_path / "out", [cal])["Counting"]
     assert outcome.result is AlgorithmResult.FAILURE
     assert outcome.message == "the algorithm ended OK without any payload"
+
+
+def test_a_dying_worker_fails_its_calibration_with_a_clear_reason(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    from counting import Dying
+
+    cal = counting().model_copy(update={"collector": Dying()})
+    outcome = run(small_storage, tmp_path / "out", [cal])["Counting"]
+    assert outcome.result is AlgorithmResult.FAILURE
+    assert "the worker process died (killed or out of memory)" in outcome.message
