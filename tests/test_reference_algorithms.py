@@ -582,7 +582,7 @@ THRESHOLD_SEED = 23
 THRESHOLD_CASES = [
     ("ChannelT0", 560, "min_peak_hits", 50),
     ("ChannelGain", 1100, "min_channel_hits", 100),
-    ("ModuleAlignment", 880, "min_module_tracks", 100),
+    ("ModuleAlignment", 880, "min_peak_tracks", 100),
 ]
 
 

@@ -35,17 +35,15 @@ from b2cal.caf.calibration import (
 )
 from b2cal.toy.calibrations.common import (
     Checks,
-    fit_problem,
+    RowPeaks,
     float_column,
-    histogram_rows,
     int_column,
     not_enough_data,
     payload_vector,
     payloads_named,
-    too_few,
     vector_field,
 )
-from b2cal.toy.calibrations.peak_fit import Background, counts_near_peak, fit_rows, peak_positions
+from b2cal.toy.calibrations.peak_fit import Background
 from b2cal.toy.model import (
     FIRST_TRACK_MODULE,
     LAST_TRACK_MODULE,
@@ -130,28 +128,30 @@ class ModuleAlignmentCollector(Collector):
         return Accumulator(residuals=residuals)
 
 
+#: Each module's residual peak, checked and fitted over the same window.
+RESIDUAL_PEAKS = RowPeaks(
+    axis="residual",
+    check_half_width=FIT_HALF_WIDTH_UM,
+    fit_half_width=FIT_HALF_WIDTH_UM,
+    minimum=MIN_MODULE_TRACKS,
+    background=Background.FLAT,
+    sigma_guess=RESIDUAL_RESOLUTION_UM,
+    row="module",
+    first_label=FIRST_TRACK_MODULE,
+    entries="tracks",
+)
+
+
 class ModuleAlignmentAlgorithm(Algorithm):
     """Fits each module's residual peak, then solves the coupled system for new constants."""
 
     def execute(self, data: Accumulator, context: AlgorithmContext) -> Execution:
         if "residuals" not in data:
             return not_enough_data("no tracks collected", {"tracks": 0})
-        counts, edges = histogram_rows(data["residuals"], "residual")
-        in_peak = counts_near_peak(counts, edges, FIT_HALF_WIDTH_UM)
-        metrics: dict[str, Any] = {
-            "tracks": float(counts.sum()),
-            "min_module_tracks": float(in_peak.min()),
-        }
-        lacking = too_few(in_peak, MIN_MODULE_TRACKS, "module(s)", "tracks in their peak", metrics)
-        if lacking is not None:
-            return lacking
-        peaks = peak_positions(counts, edges)
-        windows = np.column_stack([peaks - FIT_HALF_WIDTH_UM, peaks + FIT_HALF_WIDTH_UM])
-        guesses = np.full(FREE_MODULES.size, RESIDUAL_RESOLUTION_UM)
-        fits = fit_rows(counts, edges, windows, Background.FLAT, guesses)
-        problem = fit_problem(fits, "module", FIRST_TRACK_MODULE, "tracks", metrics)
-        if problem is not None:
-            return problem
+        metrics: dict[str, Any] = {}
+        fits = RESIDUAL_PEAKS.fit(data["residuals"], metrics)
+        if isinstance(fits, Execution):
+            return fits
         previous = alignment_constants(context.payload(NAME))
         payload, largest = corrected_constants(previous, fits.means, fits.errors)
         metrics.update(

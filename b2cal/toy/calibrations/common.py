@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import awkward as ak
@@ -23,7 +24,13 @@ from b2cal.caf.calibration import (
     ValidationReport,
 )
 from b2cal.errors import B2CalError
-from b2cal.toy.calibrations.peak_fit import PeakFits
+from b2cal.toy.calibrations.peak_fit import (
+    Background,
+    PeakFits,
+    counts_near_peak,
+    fit_rows,
+    peak_positions,
+)
 from b2cal.toy.model import FloatArray
 
 #: How many problems a failed validation spells out in its message.
@@ -184,3 +191,43 @@ def scalar_field(doc: PayloadDoc, field: str, checks: Checks) -> float | None:
         checks.require(False, f"field {field} is not a number")
         return None
     return float(value)
+
+
+@dataclass(frozen=True)
+class RowPeaks:
+    """One peak per histogram row (a channel's hit times, a module's residuals), found alike.
+
+    First a cheap data check — every row needs ``minimum`` entries within ``check_half_width``
+    of its most populated bin, so a sequential strategy can merge short runs before any fit —
+    then a fit of each row's peak over ``fit_half_width`` around that bin.
+    """
+
+    axis: str
+    check_half_width: float
+    fit_half_width: float
+    minimum: int
+    background: Background
+    sigma_guess: float
+    row: str
+    first_label: int
+    entries: str
+
+    def fit(self, histogram: Any, metrics: dict[str, Any]) -> PeakFits | Execution:
+        """The fits, or the NOT_ENOUGH_DATA / FAILURE execution saying why there are none.
+
+        Records the entries in ``metrics`` (``<entries>``, ``min_peak_<entries>``).
+        """
+        counts, edges = histogram_rows(histogram, self.axis)
+        in_peak = counts_near_peak(counts, edges, self.check_half_width)
+        metrics[self.entries] = float(counts.sum())
+        metrics[f"min_peak_{self.entries}"] = float(in_peak.min())
+        rows = f"{self.row}(s)"
+        lacking = too_few(in_peak, self.minimum, rows, f"{self.entries} in their peak", metrics)
+        if lacking is not None:
+            return lacking
+        peaks = peak_positions(counts, edges)
+        windows = np.column_stack([peaks - self.fit_half_width, peaks + self.fit_half_width])
+        guesses = np.full(len(peaks), self.sigma_guess)
+        fits = fit_rows(counts, edges, windows, self.background, guesses)
+        problem = fit_problem(fits, self.row, self.first_label, self.entries, metrics)
+        return problem if problem is not None else fits

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import hist
-import numpy as np
 
 from b2cal.caf.accumulator import Accumulator
 from b2cal.caf.calibration import (
@@ -31,16 +30,14 @@ from b2cal.caf.calibration import (
 )
 from b2cal.toy.calibrations.common import (
     Checks,
-    fit_problem,
+    RowPeaks,
     float_column,
-    histogram_rows,
     int_column,
     not_enough_data,
     payloads_named,
-    too_few,
     vector_field,
 )
-from b2cal.toy.calibrations.peak_fit import Background, counts_near_peak, fit_rows, peak_positions
+from b2cal.toy.calibrations.peak_fit import Background
 from b2cal.toy.model import BACKGROUND_TIME_RANGE_NS, NUM_CHANNELS, TIME_RESOLUTION_NS
 
 NAME = "ChannelT0"
@@ -77,28 +74,30 @@ class ChannelT0Collector(Collector):
         return Accumulator(hits=hits)
 
 
+#: Each channel's hit-time peak: checked within the signal window, fitted over a wider one.
+TIME_PEAKS = RowPeaks(
+    axis="time",
+    check_half_width=SIGNAL_WINDOW_NS,
+    fit_half_width=FIT_HALF_WIDTH_NS,
+    minimum=MIN_PEAK_HITS,
+    background=Background.FLAT,
+    sigma_guess=TIME_RESOLUTION_NS,
+    row="channel",
+    first_label=0,
+    entries="hits",
+)
+
+
 class ChannelT0Algorithm(Algorithm):
     """Fits each channel's time peak (Gaussian on flat background) once all have enough hits."""
 
     def execute(self, data: Accumulator, context: AlgorithmContext) -> Execution:
         if "hits" not in data:
             return not_enough_data("no hits collected", {"hits": 0})
-        counts, edges = histogram_rows(data["hits"], "time")
-        in_peak = counts_near_peak(counts, edges, SIGNAL_WINDOW_NS)
-        metrics: dict[str, Any] = {
-            "hits": float(counts.sum()),
-            "min_peak_hits": float(in_peak.min()),
-        }
-        lacking = too_few(in_peak, MIN_PEAK_HITS, "channel(s)", "hits in their peak", metrics)
-        if lacking is not None:
-            return lacking
-        peaks = peak_positions(counts, edges)
-        windows = np.column_stack([peaks - FIT_HALF_WIDTH_NS, peaks + FIT_HALF_WIDTH_NS])
-        guesses = np.full(NUM_CHANNELS, TIME_RESOLUTION_NS)
-        fits = fit_rows(counts, edges, windows, Background.FLAT, guesses)
-        problem = fit_problem(fits, "channel", 0, "hits", metrics)
-        if problem is not None:
-            return problem
+        metrics: dict[str, Any] = {}
+        fits = TIME_PEAKS.fit(data["hits"], metrics)
+        if isinstance(fits, Execution):
+            return fits
         metrics["resolution_mean_ns"] = float(fits.sigmas.mean())
         metrics["t0_err_max_ns"] = float(fits.errors.max())
         payload = {"t0": as_float_list(fits.means), "t0_err": as_float_list(fits.errors)}
