@@ -18,9 +18,7 @@ from pathlib import Path
 from b2cal.caf.iov import ExpRun
 from b2cal.errors import B2CalError
 
-_FILE = re.compile(
-    r"^(?P<stream>\w+)\.e(?P<exp>\d{4,})\.r(?P<run>\d{5,})\.f(?P<idx>\d{5,})\.root$"
-)
+_FILE = re.compile(r"^(?P<stream>\w+)\.e(?P<exp>\d{4,})\.r(?P<run>\d{5,})\.f(?P<idx>\d{5,})\.root$")
 
 
 @dataclass(frozen=True, order=True)
