@@ -153,3 +153,8 @@ def test_a_file_where_a_folder_belongs_is_one_line(small_storage: Path, tmp_path
     workers = b2cal(*caf_run(small_storage, tmp_path / "o", "1", "ChannelT0"), "--workers", "0")
     assert_one_line_error(workers, "--workers must be at least 1")
     assert not (tmp_path / "o").exists()
+
+
+def test_input_db_must_be_a_local_database(small_storage: Path, tmp_path: Path) -> None:
+    args = (*caf_run(small_storage, tmp_path / "o", "1", "ChannelT0"), "--input-db", tmp_path)
+    assert_one_line_error(b2cal(*args), "is not a local database")

@@ -16,7 +16,7 @@ from counting import counting
 
 from b2cal.backends.local import LocalBackend
 from b2cal.caf.calibration import AlgorithmResult, Calibration
-from b2cal.caf.localdb import LocalDatabase, read_database_txt
+from b2cal.caf.localdb import LocalDatabase, read_database_txt, write_local_database
 from b2cal.caf.runner import CalibrationInput, prepare_output, run_calibrations
 from b2cal.errors import B2CalError
 
@@ -228,3 +228,22 @@ def test_a_dying_worker_fails_its_calibration_with_a_clear_reason(
     outcome = run(small_storage, tmp_path / "out", [cal])["Counting"]
     assert outcome.result is AlgorithmResult.FAILURE
     assert "the worker process died (killed or out of memory)" in outcome.message
+
+
+def test_input_databases_are_the_last_links_of_the_chain(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    from b2cal.caf.iov import IoV
+
+    given = tmp_path / "given"
+    write_local_database(given, [("Counting", IoV(1, 0, -1, -1), {"step": 5})])
+    cal = counting(minimum=1000, iterations=7, max_iterations=2)
+    outcome = run(small_storage, tmp_path / "out", [cal], input_databases=(given,))["Counting"]
+    # iteration 0 starts from the input payload (step 5 -> 6), iteration 1 from its own (-> 7)
+    assert outcome.iterations == 2 and outcome.converged is True
+    doc = LocalDatabase(tmp_path / "out/Counting/outputdb").payload("Counting", (1, 1))
+    assert doc is not None and doc["step"] == 7
+    provenance = json.loads(
+        (tmp_path / "out/Counting/provenance/dbstore_Counting_rev_1.json").read_text()
+    )
+    assert [u["name"] for u in provenance["upstream_payloads"]] == ["Counting"]

@@ -78,3 +78,17 @@ def test_ctrl_c_stops_promptly_and_the_rerun_resumes(small_storage: Path, tmp_pa
     rerun = b2cal(*caf_args(small_storage, output), plugins=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert len(finished_jobs(output)) == 8
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_output_is_refused(small_storage: Path, tmp_path: Path) -> None:
+    output = tmp_path / "busy"
+    first = start_b2cal(*caf_args(small_storage, output), plugins=True)
+    deadline = time.monotonic() + 120
+    while not finished_jobs(output) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = b2cal(*caf_args(small_storage, output), plugins=True)
+    assert second.returncode == 1
+    assert second.stderr.strip().endswith("is in use by another b2cal caf run; wait for it to end")
+    first.communicate(timeout=120)
+    assert first.returncode == 0

@@ -8,13 +8,15 @@ arguments resumes where the last one stopped.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import threading
 import traceback
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ from b2cal.errors import B2CalError
 log = logging.getLogger(__name__)
 
 RUN_FILE = "b2cal-run.json"
+LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -168,15 +171,40 @@ class CalibrationRunner:
             )
 
 
+def _folder(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise B2CalError(f"output {output} is a file, not a folder")
+    output.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """Hold ``output`` for one run at a time; a second run on it is refused, not interleaved.
+
+    An advisory ``flock`` on ``<output>/.lock``: the system releases it when the process ends,
+    however it ends, so a killed run never leaves the output locked.
+    """
+    _folder(output)
+    with (output / LOCK_FILE).open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise B2CalError(
+                f"output {output} is in use by another b2cal caf run; wait for it to end"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def prepare_output(output: Path, arguments: Mapping[str, Any]) -> str:
     """Claim ``output`` for a run with ``arguments``, or check that it was made with them.
 
     Returns the calibration-run id (kept across resumes). Refuses an output folder that holds
     the results of other arguments: mixing them would give payloads of no defined origin.
     """
-    if output.exists() and not output.is_dir():
-        raise B2CalError(f"output {output} is a file, not a folder")
-    output.mkdir(parents=True, exist_ok=True)
+    _folder(output)
     path = output / RUN_FILE
     if path.exists():
         recorded = json.loads(path.read_text())
@@ -193,7 +221,7 @@ def prepare_output(output: Path, arguments: Mapping[str, Any]) -> str:
                 "use another --output or the same arguments to resume"
             )
         return str(recorded["calibration_run"])
-    if any(output.iterdir()):
+    if any(p.name != LOCK_FILE for p in output.iterdir()):
         raise B2CalError(f"output {output} is not empty and was not made by b2cal caf run")
     run_id = uuid.uuid4().hex[:12]
     atomic_write_json(path, {"arguments": dict(arguments), "calibration_run": run_id})

@@ -30,12 +30,20 @@ def caf_run(
     open_ended: Annotated[
         bool, typer.Option("--open-ended", help="Leave the last IoV of each payload open.")
     ] = False,
+    input_db: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="basf2 local database to look payloads up in, after the calibrations' own "
+            "(repeat; first match wins)."
+        ),
+    ] = None,
 ) -> None:
     """Run calibrations on local processes and write basf2-style output databases."""
     from b2cal.backends.local import LocalBackend
     from b2cal.caf.graph import with_dependencies
+    from b2cal.caf.localdb import read_database_txt
     from b2cal.caf.registry import load
-    from b2cal.caf.runner import CalibrationInput, prepare_output, run_calibrations
+    from b2cal.caf.runner import CalibrationInput, output_lock, prepare_output, run_calibrations
     from b2cal.console import RichProgress, console, outcome_table
 
     first, last = parse_runs(runs)
@@ -47,7 +55,14 @@ def caf_run(
     found, added = with_dependencies(names, load)
     if added:
         console.print(f"adding dependencies: {', '.join(added)}")
-    selection = CalibrationInput(storage.resolve(), exp, first, last, open_ended=open_ended)
+    databases = tuple(path.resolve() for path in input_db or [])
+    for database in databases:
+        if not (database / "database.txt").is_file():
+            raise B2CalError(f"--input-db {database} is not a local database (no database.txt)")
+        read_database_txt(database)  # a malformed line is refused now, not in a job
+    selection = CalibrationInput(
+        storage.resolve(), exp, first, last, open_ended=open_ended, input_databases=databases
+    )
     if not storage.is_dir():
         raise B2CalError(f"storage folder {storage} does not exist")
     for name, cal in found.items():
@@ -62,14 +77,16 @@ def caf_run(
         "runs": f"{first}-{last}",
         "calibrations": sorted(found),
         "open_ended": open_ended,
+        "input_databases": [str(d) for d in databases],
     }
-    run_id = prepare_output(output, arguments)
-    _log_to(output / "b2cal.log")
-    with LocalBackend(workers) as backend, RichProgress(list(found)) as progress:
-        backend.start()
-        outcomes = run_calibrations(
-            found, selection, output, backend, calibration_run=run_id, progress=progress
-        )
+    with output_lock(output), LocalBackend(workers) as backend:
+        run_id = prepare_output(output, arguments)
+        _log_to(output / "b2cal.log")
+        with RichProgress(list(found)) as progress:
+            backend.start()
+            outcomes = run_calibrations(
+                found, selection, output, backend, calibration_run=run_id, progress=progress
+            )
     console.print(outcome_table(outcomes))
     bad = [(name, b) for name, o in outcomes.items() for b in o.bad_files]
     for name, bad_file in bad:
