@@ -38,7 +38,6 @@ from b2cal.toy.calibrations.common import (
     RowPeaks,
     float_column,
     int_column,
-    not_enough_data,
     payload_vector,
     payloads_named,
     vector_field,
@@ -130,6 +129,7 @@ class ModuleAlignmentCollector(Collector):
 
 #: Each module's residual peak, checked and fitted over the same window.
 RESIDUAL_PEAKS = RowPeaks(
+    key="residuals",
     axis="residual",
     check_half_width=FIT_HALF_WIDTH_UM,
     fit_half_width=FIT_HALF_WIDTH_UM,
@@ -146,10 +146,8 @@ class ModuleAlignmentAlgorithm(Algorithm):
     """Fits each module's residual peak, then solves the coupled system for new constants."""
 
     def execute(self, data: Accumulator, context: AlgorithmContext) -> Execution:
-        if "residuals" not in data:
-            return not_enough_data("no tracks collected", {"tracks": 0})
         metrics: dict[str, Any] = {}
-        fits = RESIDUAL_PEAKS.fit(data["residuals"], metrics)
+        fits = RESIDUAL_PEAKS.fit(data, metrics)
         if isinstance(fits, Execution):
             return fits
         previous = alignment_constants(context.payload(NAME))

@@ -15,6 +15,7 @@ import awkward as ak
 import numpy as np
 import numpy.typing as npt
 
+from b2cal.caf.accumulator import Accumulator
 from b2cal.caf.calibration import (
     AlgorithmResult,
     Events,
@@ -202,6 +203,7 @@ class RowPeaks:
     then a fit of each row's peak over ``fit_half_width`` around that bin.
     """
 
+    key: str
     axis: str
     check_half_width: float
     fit_half_width: float
@@ -212,12 +214,17 @@ class RowPeaks:
     first_label: int
     entries: str
 
-    def fit(self, histogram: Any, metrics: dict[str, Any]) -> PeakFits | Execution:
-        """The fits, or the NOT_ENOUGH_DATA / FAILURE execution saying why there are none.
+    def fit(self, data: Accumulator, metrics: dict[str, Any]) -> PeakFits | Execution:
+        """The fits of histogram ``data[key]``, or the execution saying why there are none.
 
-        Records the entries in ``metrics`` (``<entries>``, ``min_peak_<entries>``).
+        NOT_ENOUGH_DATA when nothing was collected or a row lacks entries, FAILURE for a peak
+        no fit can describe. Records the entries in ``metrics`` (``<entries>``,
+        ``min_peak_<entries>``).
         """
-        counts, edges = histogram_rows(histogram, self.axis)
+        if self.key not in data:
+            metrics[self.entries] = 0
+            return not_enough_data(f"no {self.entries} collected", metrics)
+        counts, edges = histogram_rows(data[self.key], self.axis)
         in_peak = counts_near_peak(counts, edges, self.check_half_width)
         metrics[self.entries] = float(counts.sum())
         metrics[f"min_peak_{self.entries}"] = float(in_peak.min())

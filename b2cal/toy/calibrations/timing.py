@@ -33,7 +33,6 @@ from b2cal.toy.calibrations.common import (
     RowPeaks,
     float_column,
     int_column,
-    not_enough_data,
     payloads_named,
     vector_field,
 )
@@ -76,6 +75,7 @@ class ChannelT0Collector(Collector):
 
 #: Each channel's hit-time peak: checked within the signal window, fitted over a wider one.
 TIME_PEAKS = RowPeaks(
+    key="hits",
     axis="time",
     check_half_width=SIGNAL_WINDOW_NS,
     fit_half_width=FIT_HALF_WIDTH_NS,
@@ -92,10 +92,8 @@ class ChannelT0Algorithm(Algorithm):
     """Fits each channel's time peak (Gaussian on flat background) once all have enough hits."""
 
     def execute(self, data: Accumulator, context: AlgorithmContext) -> Execution:
-        if "hits" not in data:
-            return not_enough_data("no hits collected", {"hits": 0})
         metrics: dict[str, Any] = {}
-        fits = TIME_PEAKS.fit(data["hits"], metrics)
+        fits = TIME_PEAKS.fit(data, metrics)
         if isinstance(fits, Execution):
             return fits
         metrics["resolution_mean_ns"] = float(fits.sigmas.mean())
