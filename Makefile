@@ -41,11 +41,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Every test, slow ones included (CI runs this). PostgreSQL and MariaDB are started if needed.
 test: lint
 	bash scripts/services.sh
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 # The quick loop while developing: no slow tests.
 test-fast: install

@@ -1,13 +1,196 @@
-"""The exceptions b2cal raises for problems a user can fix.
+"""Every exception b2cal raises for a problem a user can fix, in one place.
 
-Anything raised as :class:`B2CalError` is shown to the user as a one-line message (no
-traceback) by the command line; everything else is a bug and is logged in full.
+Anything raised as :class:`B2CalError` reaches the user as a one-line message (no traceback)
+from the command line; everything else is a bug and is logged in full. Errors that callers act
+on carry what they are about as fields (``BadInputFile.path``, ``CollectionFailed.job``,
+``NopayloaddbError.status``), so no caller ever has to match on message text.
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 
 class B2CalError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
 
+# --- input data and configuration ---------------------------------------------------------------
 class BadInputFile(B2CalError):
-    """An input data file that cannot be used (corrupt, truncated, missing branches)."""
+    """An input data file that cannot be used (corrupt, truncated, wrong metadata, no branches)."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"bad input file {self.path}: {reason}")
+
+
+class ConfigError(B2CalError):
+    """A configuration file (``caf run --config``) that cannot be applied as written."""
+
+    def __init__(self, file: Path | str, reason: str, key: str = "") -> None:
+        self.file = str(file)
+        self.key = key
+        self.reason = reason
+        where = f" [{key}]" if key else ""
+        super().__init__(f"config {self.file}{where}: {reason}")
+
+
+# --- the engine's workspace and steps -----------------------------------------------------------
+class WorkspaceError(B2CalError):
+    """An output folder of ``caf run`` that cannot be used for what was asked."""
+
+    def __init__(self, output: Path | str, reason: str) -> None:
+        self.output = str(output)
+        self.reason = reason
+        super().__init__(f"output {self.output} {reason}")
+
+
+class ArgumentsChanged(WorkspaceError):
+    """The output was made with other arguments: ``differences`` maps name -> (then, now)."""
+
+    def __init__(self, output: Path | str, differences: dict[str, tuple[Any, Any]]) -> None:
+        self.differences = differences
+        detail = "; ".join(
+            f"{k}: {then!r} then, {now!r} now" for k, (then, now) in differences.items()
+        )
+        super().__init__(
+            output,
+            f"was made with other arguments ({detail}); use another --output or the same "
+            "arguments to resume",
+        )
+
+
+class InputsChanged(WorkspaceError):
+    """Input files of a calibration changed since its output was started."""
+
+    #: How many changed files a message names before it only counts the rest.
+    SHOWN = 5
+
+    def __init__(self, output: Path | str, calibration: str, changed: Sequence[str]) -> None:
+        self.calibration = calibration
+        self.changed = list(changed)
+        named = ", ".join(self.changed[: self.SHOWN])
+        more = len(self.changed) - self.SHOWN
+        if more > 0:
+            named += f" and {more} more"
+        super().__init__(
+            output,
+            f"was started on other input files of {calibration}: {named} changed since "
+            "(new, gone, or another size, time or inode); use a new --output to calibrate the "
+            "files as they are now",
+        )
+
+
+class CalibrationBusy(WorkspaceError):
+    """Another process holds the calibration (a driver of the same calibration is running)."""
+
+    def __init__(self, output: Path | str, calibration: str) -> None:
+        self.calibration = calibration
+        super().__init__(
+            output,
+            f"is in use: {calibration} is being run by another b2cal process; wait for it to end",
+        )
+
+
+class CollectionFailed(B2CalError):
+    """Collector jobs of a calibration failed even after their retries."""
+
+    def __init__(
+        self,
+        calibration: str,
+        job: int,
+        attempts: int,
+        failed: int,
+        total: int,
+        reason: str,
+        log: Path | str,
+    ) -> None:
+        self.calibration = calibration
+        self.job = job
+        self.attempts = attempts
+        self.failed = failed
+        self.total = total
+        self.reason = reason
+        self.log = str(log)
+        super().__init__(
+            f"collector job {job} failed after {attempts} attempts ({failed} of {total} jobs "
+            f"failed): {reason}; log: {self.log}"
+        )
+
+
+class Interrupted(B2CalError):
+    """A step stopped because the run was interrupted (Ctrl-C, SIGTERM); a rerun resumes."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(f"interrupted {what}; rerun to resume")
+
+
+# --- SQL databases --------------------------------------------------------------------------------
+class DatabaseError(B2CalError):
+    """What a database driver or the schema migrations said, in one line, naming the database."""
+
+    def __init__(self, label: str, url: str, reason: str) -> None:
+        self.label = label
+        self.url = url
+        self.reason = reason
+        super().__init__(f"{label} {url}: {reason}")
+
+
+# --- the conditions database ------------------------------------------------------------------
+class CdbError(B2CalError):
+    """A conditions-database request that cannot be done; the database is left untouched."""
+
+
+class UnknownTag(CdbError):
+    def __init__(self, tag: str, note: str = "") -> None:
+        self.tag = tag
+        super().__init__(f"unknown global tag {tag!r}{f' ({note})' if note else ''}")
+
+
+class UnknownPayload(CdbError):
+    def __init__(self, name: str, revision: int | None = None, note: str = "") -> None:
+        self.name = name
+        self.revision = revision
+        which = f" revision {revision}" if revision is not None else ""
+        super().__init__(f"unknown payload {name!r}{which}{f': {note}' if note else ''}")
+
+
+class NoPayloadValid(CdbError):
+    """No payload of that name is valid at that run in any tag of the chain."""
+
+    def __init__(self, tags: Sequence[str], name: str, exp: int, run: int) -> None:
+        self.tags = list(tags)
+        self.name = name
+        self.exp, self.run = exp, run
+        super().__init__(
+            f"no payload {name} valid at experiment {exp} run {run} in "
+            f"global tag{'s' if len(self.tags) > 1 else ''} {', '.join(self.tags)}"
+        )
+
+
+class ForbiddenChange(CdbError):
+    """The tag's state or the IoV rules forbid the write."""
+
+
+class ChecksumMismatch(CdbError):
+    """Payload data whose md5 is not the one it must have."""
+
+
+class NopayloaddbError(CdbError):
+    """A request a nopayloaddb server refused or could not answer, in one line.
+
+    ``status`` is the HTTP status if the server answered; ``detail`` what it said, if JSON.
+    """
+
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class MalformedPayload(B2CalError):
+    """A payload that lacks a field or holds values that cannot be used."""

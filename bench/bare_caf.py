@@ -20,8 +20,8 @@ import uproot
 from b2cal.caf.accumulator import Accumulator
 from b2cal.caf.calibration import AlgorithmContext, AlgorithmResult, Calibration, RunContext
 from b2cal.caf.calibration import StrategyName as S
-from b2cal.caf.iov import ExpRun
 from b2cal.catalog.storage import find_files
+from b2cal.core.iov import ExpRun
 from b2cal.toy.calibrations import beam_spot, channel_gain, channel_t0, module_alignment
 
 #: payloads[name][run] -> constants, filled as calibrations finish.

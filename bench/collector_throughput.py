@@ -20,10 +20,13 @@ from b2cal.backends.local import LocalBackend
 from b2cal.caf.calibration import Collector
 from b2cal.caf.chain import PayloadChain
 from b2cal.caf.collection import collect_files
+from b2cal.caf.driver import run_calibrations
 from b2cal.caf.graph import with_dependencies
+from b2cal.caf.plan import CalibrationRequest
 from b2cal.caf.registry import load
-from b2cal.caf.runner import CalibrationInput, prepare_output, run_calibrations
-from b2cal.catalog.storage import InputFile
+from b2cal.caf.steps import plan
+from b2cal.caf.workspace import Workspace
+from b2cal.catalog.inputs import InputFile
 
 NAMES = ["ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot"]
 
@@ -50,17 +53,18 @@ def main() -> int:
     storage = make_storage()
     output = storage.parent / "output"
     calibrations, _ = with_dependencies(NAMES, load)
-    selection = CalibrationInput(storage, EXP, RUNS[0], RUNS[-1])
-    run_id = prepare_output(output, {"bench": "collector"})
+    request = CalibrationRequest(exp=EXP, first_run=RUNS[0], last_run=RUNS[-1], storage=storage)
+    workspace = Workspace(output)
     with LocalBackend(2) as backend:  # payloads the dependent collectors look up
-        run_calibrations(calibrations, selection, output, backend, calibration_run=run_id)
-    chain = PayloadChain([output / name / "outputdb" for name in NAMES])
+        made = plan(workspace, request, calibrations)
+        run_calibrations(workspace, calibrations, backend)
+    chain = PayloadChain([workspace.calibration(name).outputdb for name in NAMES])
     table = Table(title="collector throughput (ratio to a bare uproot read of the same branches)")
     for column in ("collector", "files", "events", "bare read [s]", "b2cal collect [s]", "ratio"):
         table.add_column(column, justify="right")
     for name in NAMES:
         collector = calibrations[name].collector
-        files = selection.files(calibrations[name].input_streams)
+        files = made.calibrations[name].files
         base, ours, events = time_collector(collector, files, chain)
         table.add_row(
             name, str(len(files)), str(events), f"{base:.3f}", f"{ours:.3f}", f"{ours / base:.2f}"

@@ -9,11 +9,12 @@ import pytest
 
 from b2cal.caf.accumulator import Accumulator, Column, merge_runs, sum_runs
 from b2cal.caf.calibration import Calibration
-from b2cal.caf.collection import split_files
 from b2cal.caf.graph import topological_order, upstream, with_dependencies
-from b2cal.caf.iov import ExpRun, IoV, tile_iovs
-from b2cal.caf.localdb import LocalDatabase, payload_bytes, read_database_txt, write_local_database
-from b2cal.catalog.storage import InputFile, parse_path
+from b2cal.caf.jobs import split_files
+from b2cal.catalog.inputs import InputFile
+from b2cal.catalog.naming import parse_data_file_name
+from b2cal.core.iov import ExpRun, IoV, tile_iovs
+from b2cal.core.localdb import LocalDatabase, payload_bytes, read_database_txt, write_local_database
 from b2cal.errors import B2CalError
 
 
@@ -84,7 +85,15 @@ def test_malformed_database_txt_names_the_line(tmp_path: Path) -> None:
 
 
 def files(n: int) -> list[InputFile]:
-    return [InputFile(1, r // 3, "bhabha", r % 3, Path(f"f{r}")) for r in range(n)]
+    return [
+        InputFile(
+            exp=1,
+            run=r // 3,
+            stream="bhabha",
+            path=Path(f"bhabha.e0001.r{r // 3:05d}.f{r % 3:05d}.root"),
+        )
+        for r in range(n)
+    ]
 
 
 def test_split_files_is_independent_of_everything_but_its_arguments() -> None:
@@ -95,9 +104,9 @@ def test_split_files_is_independent_of_everything_but_its_arguments() -> None:
 
 
 def test_data_file_names() -> None:
-    info = parse_path(Path("/s/e0001/r00012/mumu/mumu.e0001.r00012.f00003.root"))
+    info = parse_data_file_name(Path("/s/e0001/r00012/mumu/mumu.e0001.r00012.f00003.root"))
     assert info is not None and (info.exp, info.run, info.stream, info.index) == (1, 12, "mumu", 3)
-    assert parse_path(Path("notes.txt")) is None
+    assert parse_data_file_name(Path("notes.txt")) is None
 
 
 def graph(**deps: tuple[str, ...]) -> dict[str, Calibration]:

@@ -17,8 +17,8 @@ import pytest
 from cli import B2CAL, b2cal, environment
 from sql_databases import database_url
 
-from b2cal.caf.iov import IoV
-from b2cal.caf.localdb import write_local_database
+from b2cal.core.iov import IoV
+from b2cal.core.localdb import write_local_database
 
 PAYLOADS = 1500
 

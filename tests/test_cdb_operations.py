@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from b2cal.caf.iov import ExpRun, IoV
-from b2cal.caf.localdb import LocalDatabase, read_database_txt
 from b2cal.caf.outputs import write_final_output
-from b2cal.cdb.model import CdbError, ChecksumMismatch, ForbiddenChange, TagState, UnknownTag
+from b2cal.caf.workspace import Workspace
+from b2cal.cdb.model import TagState
 from b2cal.cdb.operations import (
     diff_tags,
     export_local_database,
@@ -19,25 +18,21 @@ from b2cal.cdb.operations import (
     upload,
 )
 from b2cal.cdb.store import ConditionsStore
-from b2cal.errors import B2CalError
+from b2cal.core.iov import ExpRun, IoV
+from b2cal.core.localdb import LocalDatabase, read_database_txt
+from b2cal.errors import B2CalError, CdbError, ChecksumMismatch, ForbiddenChange, UnknownTag
 
 
 def calibration_output(
     base: Path, name: str, iovs: list[IoV], value: float = 1.0, run_id: str = "run1"
 ) -> Path:
     """An output folder as `b2cal caf run` writes it: outputdb/ plus provenance sidecars."""
-    directory = base / name
+    area = Workspace(base).calibration(name)
     payloads = [(name, iov, {"value": value + i}) for i, iov in enumerate(iovs)]
     write_final_output(
-        directory,
-        payloads,
-        calibration=name,
-        calibration_run=run_id,
-        iteration=0,
-        inputs_digest="abc",
-        upstream=[],
+        area, payloads, calibration_run=run_id, iteration=0, digest="abc", upstream=[]
     )
-    return directory / "outputdb"
+    return area.outputdb
 
 
 def table(store: ConditionsStore, tag: str) -> list[tuple[str, str, float]]:

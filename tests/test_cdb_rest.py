@@ -33,18 +33,8 @@ from fake_nopayloaddb import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from b2cal.caf.iov import END_OF_EXP, ExpRun, IoV, tile_iovs
-from b2cal.caf.localdb import md5sum
-from b2cal.cdb.model import (
-    CdbError,
-    ChecksumMismatch,
-    ForbiddenChange,
-    NoPayloadValid,
-    TagState,
-    UnknownPayload,
-    UnknownTag,
-)
-from b2cal.cdb.nopayloaddb.api import NopayloaddbApi, NopayloaddbError, api_root
+from b2cal.cdb.model import TagState
+from b2cal.cdb.nopayloaddb.api import NopayloaddbApi, api_root
 from b2cal.cdb.nopayloaddb.mapping import (
     OPEN_END,
     STATE_TAG,
@@ -58,6 +48,17 @@ from b2cal.cdb.nopayloaddb.mapping import (
 )
 from b2cal.cdb.nopayloaddb.store import RestStore
 from b2cal.cdb.store import NewPayloadIoV
+from b2cal.core.files import md5sum
+from b2cal.core.iov import END_OF_EXP, ExpRun, IoV, tile_iovs
+from b2cal.errors import (
+    CdbError,
+    ChecksumMismatch,
+    ForbiddenChange,
+    NopayloaddbError,
+    NoPayloadValid,
+    UnknownPayload,
+    UnknownTag,
+)
 
 
 def new(name: str, data: str, where: str, **provenance: Any) -> NewPayloadIoV:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from b2cal.caf.iov import IoV
-from b2cal.cdb.model import ForbiddenChange, GlobalTag, Payload, PayloadIoV, TagState
+from b2cal.cdb.model import GlobalTag, Payload, PayloadIoV, TagState
 from b2cal.cdb.rules import apply, gaps_and_overlaps, plan_add, plan_remove
+from b2cal.core.iov import IoV
+from b2cal.errors import ForbiddenChange
 
 P = Payload("T0", 1, "a" * 32, 10)
 Q = Payload("T0", 2, "b" * 32, 10)

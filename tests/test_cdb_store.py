@@ -19,29 +19,29 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from conftest import SQL_STORES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sql_databases import database_url
 from sqlalchemy import text
 
-from b2cal.caf.iov import ExpRun, IoV
-from b2cal.caf.localdb import md5sum
 from b2cal.cdb.embedded import EmbeddedStore
-from b2cal.cdb.model import (
-    TRANSITIONS,
+from b2cal.cdb.model import TRANSITIONS, TagState
+from b2cal.cdb.schema import LABEL, MIGRATIONS, VERSION_TABLE, metadata
+from b2cal.cdb.store import ConditionsStore, NewPayloadIoV
+from b2cal.core.files import md5sum
+from b2cal.core.iov import ExpRun, IoV
+from b2cal.errors import (
     CdbError,
     ChecksumMismatch,
+    DatabaseError,
     ForbiddenChange,
     NoPayloadValid,
-    TagState,
     UnknownPayload,
     UnknownTag,
 )
-from b2cal.cdb.schema import VERSION_TABLE, metadata
-from b2cal.cdb.sql_engine import alembic_config, upgrade
-from b2cal.cdb.store import ConditionsStore, NewPayloadIoV
+from b2cal.sql.engine import SqlDatabase
+from b2cal.sql.migrations import upgrade
 
 FROZEN = [TagState.TESTING, TagState.VALIDATED, TagState.PUBLISHED, TagState.INVALID]
 
@@ -459,10 +459,10 @@ def test_schema_from_migrations_matches_the_models(sql_store: EmbeddedStore) -> 
     with sql_store.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
         assert compare_metadata(context, metadata) == []
-        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        head = MIGRATIONS.head()
         assert context.get_current_revision() == head
     sql_store.create_tag("kept")
-    upgrade(sql_store.url)  # idempotent
+    upgrade(SqlDatabase(sql_store.url, LABEL), MIGRATIONS)  # idempotent
     with EmbeddedStore(sql_store.url, sql_store.payload_dir) as again:
         assert [t.name for t in again.tags()] == ["kept"]
 
@@ -470,7 +470,7 @@ def test_schema_from_migrations_matches_the_models(sql_store: EmbeddedStore) -> 
 def test_a_schema_newer_than_this_b2cal_is_refused(sql_store: EmbeddedStore) -> None:
     with sql_store.engine.begin() as connection:
         connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = 'f00d'"))
-    with pytest.raises(CdbError, match="schema revision 'f00d', unknown to this b2cal"):
+    with pytest.raises(DatabaseError, match="schema revision 'f00d', unknown to this b2cal"):
         EmbeddedStore(sql_store.url, sql_store.payload_dir)
 
 
@@ -536,7 +536,7 @@ def test_two_processes_open_and_upload_at_once(kind: str, tmp_path: Path) -> Non
     ],
 )
 def test_an_unusable_database_is_one_clear_line(url: str, expected: str, tmp_path: Path) -> None:
-    with pytest.raises(CdbError) as raised:
+    with pytest.raises(DatabaseError) as raised:
         EmbeddedStore(url, tmp_path)
     message = str(raised.value)
     assert expected in message and "secret" not in message and "\n" not in message

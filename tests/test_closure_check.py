@@ -12,8 +12,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from b2cal.caf.iov import IoV
-from b2cal.caf.localdb import write_local_database
+from b2cal.core.iov import IoV
+from b2cal.core.localdb import write_local_database
 from b2cal.errors import B2CalError
 from b2cal.toy.closure import ClosureResult, check_closure, chi2_sf, format_closure_table
 from b2cal.toy.generate import draw_truth

@@ -16,20 +16,27 @@ from counting import counting
 
 from b2cal.backends.local import LocalBackend
 from b2cal.caf.calibration import AlgorithmResult, Calibration
-from b2cal.caf.localdb import LocalDatabase, read_database_txt, write_local_database
-from b2cal.caf.runner import CalibrationInput, prepare_output, run_calibrations
-from b2cal.errors import B2CalError
+from b2cal.caf.driver import run_calibrations
+from b2cal.caf.plan import CalibrationRequest
+from b2cal.caf.steps import plan
+from b2cal.caf.workspace import Workspace
+from b2cal.core.localdb import LocalDatabase, read_database_txt, write_local_database
+from b2cal.errors import ArgumentsChanged, InputsChanged
+
+
+def request(storage: Path, first: int = 1, last: int = 4, **kw: Any) -> CalibrationRequest:
+    return CalibrationRequest(exp=1, first_run=first, last_run=last, storage=storage, **kw)
 
 
 def run(
     storage: Path, output: Path, calibrations: list[Calibration], workers: int = 2, **kw: Any
 ) -> dict[str, Any]:
-    selection = CalibrationInput(storage, 1, kw.pop("first", 1), kw.pop("last", 4), **kw)
-    run_id = prepare_output(output, {"test": True})
+    """Plan and run ``calibrations`` on experiment 1 (runs 1-4 unless ``first``/``last``)."""
+    by_name = {c.name: c for c in calibrations}
+    workspace = Workspace(output)
     with LocalBackend(workers) as backend:
-        return run_calibrations(
-            {c.name: c for c in calibrations}, selection, output, backend, calibration_run=run_id
-        )
+        plan(workspace, request(storage, **kw), by_name)
+        return run_calibrations(workspace, by_name, backend)
 
 
 def test_low_statistics_run_is_merged_with_the_next(small_storage: Path, tmp_path: Path) -> None:
@@ -110,11 +117,17 @@ def test_rerun_resumes_without_recomputing(small_storage: Path, tmp_path: Path) 
     assert jobs[2].exists()
 
 
-def test_other_arguments_on_an_existing_output_are_refused(tmp_path: Path) -> None:
-    prepare_output(tmp_path / "out", {"runs": "1-4"})
-    assert prepare_output(tmp_path / "out", {"runs": "1-4"})  # same: resume
-    with pytest.raises(B2CalError, match="runs: '1-4' then, '1-5' now"):
-        prepare_output(tmp_path / "out", {"runs": "1-5"})
+def test_other_arguments_on_an_existing_output_are_refused(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    workspace = Workspace(tmp_path / "out")
+    cals = {"Counting": counting()}
+    first = plan(workspace, request(small_storage, last=3), cals)
+    again = plan(workspace, request(small_storage, last=3), cals)  # same: resume
+    assert again == first
+    with pytest.raises(ArgumentsChanged, match="runs: '1-3' then, '1-4' now") as refused:
+        plan(workspace, request(small_storage, last=4), cals)
+    assert refused.value.differences == {"runs": ("1-3", "1-4")}
 
 
 def test_bad_files_are_recorded_and_left_out(small_storage: Path, tmp_path: Path) -> None:
@@ -195,8 +208,9 @@ def test_resume_on_changed_input_files_is_refused(small_storage: Path, tmp_path:
     run(storage, out, [counting(minimum=1000)], last=3)
     landed = storage / "e0001/r00003/bhabha/bhabha.e0001.r00003.f00002.root"
     shutil.copy(storage / "e0001/r00003/bhabha/bhabha.e0001.r00003.f00000.root", landed)
-    with pytest.raises(B2CalError, match="input files of Counting changed"):
+    with pytest.raises(InputsChanged, match="other input files of Counting") as refused:
         run(storage, out, [counting(minimum=1000)], last=3)
+    assert refused.value.changed == [str(landed)]
     landed.unlink()
     assert run(storage, out, [counting(minimum=1000)], last=3)["Counting"].result.value == "OK"
 
@@ -227,13 +241,13 @@ def test_a_dying_worker_fails_its_calibration_with_a_clear_reason(
     cal = counting().model_copy(update={"collector": Dying()})
     outcome = run(small_storage, tmp_path / "out", [cal])["Counting"]
     assert outcome.result is AlgorithmResult.FAILURE
-    assert "the worker process died (killed or out of memory)" in outcome.message
+    assert "the worker process died (killed by SIGKILL" in outcome.message
 
 
 def test_input_databases_are_the_last_links_of_the_chain(
     small_storage: Path, tmp_path: Path
 ) -> None:
-    from b2cal.caf.iov import IoV
+    from b2cal.core.iov import IoV
 
     given = tmp_path / "given"
     write_local_database(given, [("Counting", IoV(1, 0, -1, -1), {"step": 5})])

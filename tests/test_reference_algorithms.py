@@ -37,7 +37,8 @@ from b2cal.caf.calibration import (
     RunContext,
     StrategyName,
 )
-from b2cal.caf.iov import ExpRun
+from b2cal.catalog.naming import data_file_path
+from b2cal.core.iov import ExpRun
 from b2cal.errors import B2CalError
 from b2cal.toy import calibrations
 from b2cal.toy.calibrations.alignment import (
@@ -48,7 +49,7 @@ from b2cal.toy.calibrations.alignment import (
 from b2cal.toy.calibrations.common import fit_problem
 from b2cal.toy.calibrations.peak_fit import Background, PeakFits, fit_peak
 from b2cal.toy.generate import draw_truth, generate_toy, simulate_hits, simulate_tracks
-from b2cal.toy.model import ToySettings, ToyTruth, toy_file_path, vertex_x_shift_cm
+from b2cal.toy.model import ToySettings, ToyTruth, vertex_x_shift_cm
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -111,7 +112,7 @@ NO_PAYLOADS = chain_lookup({})
 
 def read_events(toy: Toy, calibration: Calibration, run: int, index: int) -> Events:
     exp = toy.truth.experiment
-    path = toy_file_path(toy.storage, exp, run, calibration.input_streams[0], index)
+    path = data_file_path(toy.storage, exp, run, calibration.input_streams[0], index)
     with uproot.open(path) as file:
         events: Events = file["events"].arrays(list(calibration.collector.branches))
     return events

@@ -18,8 +18,8 @@ from b2cal.caf.calibration import (
     Strategy,
     StrategyName,
 )
-from b2cal.caf.iov import ExpRun, IoV
 from b2cal.caf.strategies import RunRange, run_strategy
+from b2cal.core.iov import ExpRun, IoV
 
 THRESHOLD = 10
 

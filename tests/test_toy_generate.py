@@ -14,6 +14,7 @@ import uproot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from b2cal.catalog.naming import data_file_path
 from b2cal.errors import B2CalError
 from b2cal.toy.generate import draw_truth, generate_toy, planned_files, write_toy_file
 from b2cal.toy.model import (
@@ -27,7 +28,6 @@ from b2cal.toy.model import (
     VERTEX_BRANCHES,
     ToySettings,
     ToyTruth,
-    toy_file_path,
     vertex_x_shift_cm,
 )
 
@@ -75,14 +75,14 @@ def test_file_names_follow_the_contract(toy: tuple[Path, ToyTruth, list[Path]]) 
 
 
 def test_toy_file_path() -> None:
-    path = toy_file_path(Path("s"), 1, 23, "mumu", 4)
+    path = data_file_path(Path("s"), 1, 23, "mumu", 4)
     assert path == Path("s/e0001/r00023/mumu/mumu.e0001.r00023.f00004.root")
 
 
 def test_branch_names_and_types(toy: tuple[Path, ToyTruth, list[Path]]) -> None:
     storage = toy[0]
-    bhabha = read_tree(toy_file_path(storage, EXP, 10, "bhabha", 0))
-    mumu = read_tree(toy_file_path(storage, EXP, 10, "mumu", 0))
+    bhabha = read_tree(data_file_path(storage, EXP, 10, "bhabha", 0))
+    mumu = read_tree(data_file_path(storage, EXP, 10, "mumu", 0))
     assert set(HIT_BRANCHES) <= set(bhabha.fields)
     assert set(TRACK_BRANCHES) | set(VERTEX_BRANCHES) <= set(mumu.fields)
     for arrays, names in ((bhabha, HIT_BRANCHES), (mumu, TRACK_BRANCHES)):
@@ -147,7 +147,7 @@ def test_truth_json_round_trips(toy: tuple[Path, ToyTruth, list[Path]]) -> None:
 def test_data_follow_the_truth(tmp_path: Path) -> None:
     """A coarse check of the generative model on one larger file per stream."""
     truth = generate_toy(tmp_path, 1, [5], files_per_run=1, events=3000, seed=11)
-    hits = read_tree(toy_file_path(tmp_path, 1, 5, "bhabha", 0))
+    hits = read_tree(data_file_path(tmp_path, 1, 5, "bhabha", 0))
     channel = ak.flatten(hits["hit_channel"]).to_numpy()
     time = ak.flatten(hits["hit_time"]).to_numpy()
     adc = ak.flatten(hits["hit_adc"]).to_numpy()
@@ -159,7 +159,7 @@ def test_data_follow_the_truth(tmp_path: Path) -> None:
         1.0, abs=0.005
     )
 
-    tracks = read_tree(toy_file_path(tmp_path, 1, 5, "mumu", 0))
+    tracks = read_tree(data_file_path(tmp_path, 1, 5, "mumu", 0))
     module = ak.flatten(tracks["trk_module"]).to_numpy()
     u_prev, u = (ak.flatten(tracks[b]).to_numpy() for b in ("trk_u_prev", "trk_u"))
     delta = truth.delta_array()
@@ -191,17 +191,17 @@ def test_same_seed_same_data_and_single_files_regenerate(
     )
     assert again == truth
     for stream in ("bhabha", "mumu"):
-        original = toy_file_path(storage, EXP, 13, stream, 1)
+        original = data_file_path(storage, EXP, 13, stream, 1)
         assert ak.array_equal(
-            read_tree(original), read_tree(toy_file_path(tmp_path, EXP, 13, stream, 1))
+            read_tree(original), read_tree(data_file_path(tmp_path, EXP, 13, stream, 1))
         )
         rewritten = write_toy_file(
             tmp_path / "one", ToyTruth.read(storage / TRUTH_FILENAME), 13, stream, 1
         )
         assert ak.array_equal(read_tree(original), read_tree(rewritten))
-    other = toy_file_path(storage, EXP, 13, "bhabha", 0)
+    other = data_file_path(storage, EXP, 13, "bhabha", 0)
     assert not ak.array_equal(
-        read_tree(other), read_tree(toy_file_path(storage, EXP, 13, "bhabha", 1))
+        read_tree(other), read_tree(data_file_path(storage, EXP, 13, "bhabha", 1))
     )
 
 
@@ -216,7 +216,7 @@ def test_low_stat_runs_get_their_event_count(tmp_path: Path) -> None:
     assert truth.low_stat == {2: 4, 3: 0}
     for run, expected in ((1, 30), (2, 4), (3, 0)):
         for stream in ("bhabha", "mumu"):
-            with uproot.open(toy_file_path(tmp_path, 1, run, stream, 0)) as handle:
+            with uproot.open(data_file_path(tmp_path, 1, run, stream, 0)) as handle:
                 assert handle["events"].num_entries == expected
                 assert json.loads(handle["metadata"])["nevents"] == expected
 

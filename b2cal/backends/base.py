@@ -1,16 +1,17 @@
-"""The backend interface: where collector jobs run.
+"""The backend interface: where jobs run.
 
-A backend runs *collector jobs*: each is a directory holding ``spec.json`` and is executed by
-``python -m b2cal.caf.collection <job dir>``, which writes ``output.pkl`` and ``status.json``
-there. Because the job's inputs and outputs are files, a backend only has to start commands
-and report their state: local processes now; Slurm, HTCondor and Dask implement the same calls
-(submit many at once, poll in bulk, cancel, logs), like coffea's executors.
+A backend is handed :class:`Job` s — a Python function named by ``"module:function"``, to be
+called with a job folder — and reports their states. It knows nothing of what a job does: the
+job reads its inputs from its folder and writes its outputs there, so a backend only has to
+start the work (a warm local process, a batch job running ``python -m b2cal.backends.launch``)
+and say how it ended. Local processes now; Slurm, HTCondor and Dask implement the same calls
+(submit many at once, poll in bulk, cancel), like coffea's executors.
 """
 
 from __future__ import annotations
 
 import enum
-import json
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -32,34 +33,64 @@ class JobState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Job:
+    """One unit of work: ``target`` (``"module:function"``) called with ``directory``.
+
+    The function returns 0 when the job succeeded; anything else, or an exception, is a
+    failure. ``name`` labels the job in batch queues and messages.
+    """
+
+    name: str
+    directory: Path
+    target: str
+
+    def argv(self, python: str = sys.executable) -> list[str]:
+        """The command line that runs the job in a fresh process (what a batch job executes)."""
+        return [python, "-m", "b2cal.backends.launch", self.target, str(self.directory)]
+
+
+@dataclass(frozen=True)
 class JobHandle:
-    """A submitted job: the backend's id for it and the job directory."""
+    """A submitted job: the backend's id for it, and the job."""
 
     job_id: str
-    directory: Path
+    job: Job
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """A job's state and, when it failed, what the backend knows of why (exit code, signal)."""
+
+    state: JobState
+    reason: str = ""
 
 
 class Backend(ABC):
-    """Runs collector jobs. Implementations must be safe to call from several threads."""
+    """Runs jobs. Implementations must be safe to call from several threads.
+
+    ``retries`` (more attempts of a failed job) and ``poll_seconds`` (how often the caller
+    asks for states) belong to the backend, not to its callers: a batch system must not be
+    polled every half second, a local pool may be.
+    """
 
     name: str = "backend"
+    retries: int = 1
+    poll_seconds: float = 0.5
 
     @abstractmethod
-    def submit(self, job_dirs: Sequence[Path]) -> list[JobHandle]:
+    def submit(self, jobs: Sequence[Job]) -> list[JobHandle]:
         """Start every job (one submission for all of them where the system allows it)."""
 
     @abstractmethod
-    def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobState]:
+    def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobReport]:
         """The state of every handle, by job id, in one query."""
 
     @abstractmethod
     def cancel(self, handles: Sequence[JobHandle]) -> None:
         """Stop the given jobs; finished ones are left as they are."""
 
-    def logs(self, handle: JobHandle) -> str:
-        """What the job wrote to its log (the job writes ``job.log`` in its directory)."""
-        path = handle.directory / "job.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+    def preload(self, targets: Sequence[str]) -> None:  # noqa: B027 - a hint, may be ignored
+        """Jobs calling ``targets`` will come: a backend with warm workers imports them now."""
 
     def wait(self, handles: Sequence[JobHandle], timeout: float) -> None:
         """Block until one of ``handles`` may have changed state, at most ``timeout`` seconds.
@@ -68,15 +99,6 @@ class Backend(ABC):
         return as soon as it does, so short jobs are not held back by a polling interval.
         """
         time.sleep(timeout)
-
-    def error(self, handle: JobHandle) -> str:
-        """Why a failed job failed, in one line: the error the job recorded, if any."""
-        path = handle.directory / "status.json"
-        if path.exists():
-            doc = json.loads(path.read_text())
-            if doc.get("state") == "failed":
-                return str(doc.get("error", ""))
-        return ""
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release the backend's resources (worker processes, connections)."""

@@ -1,119 +1,297 @@
-"""The local backend: collector jobs in a pool of worker processes on this machine.
+"""The local backend: jobs in a pool of worker processes on this machine.
 
-The default for laptops, tests and the demo. Workers are started with ``spawn`` so they never
-inherit the caller's threads or locks (the progress display runs a thread), and each worker
-imports b2cal once and then runs many jobs, which keeps the per-job overhead small.
+The default for laptops, tests and the demo. Each worker is a ``spawn`` ed process (it never
+inherits the caller's threads or locks) that imports what jobs need once and then runs job
+after job, which keeps the per-job overhead small. The pool is b2cal's own rather than
+``concurrent.futures``' because of what must happen when things go wrong:
+
+* a worker that dies (killed, out of memory) fails only the job it was running; a new worker
+  takes its place and the other jobs go on;
+* cancelling a running job kills its worker at once, so Ctrl-C or SIGTERM of the driver
+  stops within a second instead of waiting for jobs to end;
+* workers ignore SIGINT (the driver decides what a Ctrl-C stops) and watch their parent: if
+  the driver dies without cleaning up (SIGKILL), every worker exits within a second, so no
+  process of a run outlives it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import threading
+import time
+from collections import deque
 from collections.abc import Sequence
-from concurrent import futures
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for
 from pathlib import Path
+from typing import Any
 
-from b2cal.backends.base import Backend, JobHandle, JobState
-from b2cal.caf.collection import JobStatus, run_collector_job
+from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState
+from b2cal.backends.launch import call, resolve
 from b2cal.errors import B2CalError
 
+#: How often a worker checks that the driver that started it is still there.
+PARENT_CHECK_SECONDS = 0.5
+#: Exit status of a worker whose driver died.
+_ORPHANED = 70
+#: How long a worker has to exit after being asked to, before it is killed.
+_EXIT_GRACE_SECONDS = 2.0
 
-def _warm_up() -> None:
-    """Import what collector jobs need, once per worker, before the first job arrives."""
-    import uproot  # noqa: F401
 
-    import b2cal.caf.collection  # noqa: F401
+# --- inside a worker process --------------------------------------------------------------------
+def _watch_parent(parent: int) -> None:
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_SECONDS)
+            if os.getppid() != parent:
+                os._exit(_ORPHANED)  # the driver is gone: nobody will collect our result
+
+    threading.Thread(target=watch, name="watch-driver", daemon=True).start()
 
 
-def _run(job_dir: str) -> str:
-    status: JobStatus = run_collector_job(Path(job_dir))
-    return status.state
+def _preload(targets: Sequence[str]) -> None:
+    for target in targets:
+        try:
+            resolve(target)
+        except Exception:
+            continue
+
+
+def _worker_main(conn: Connection, parent: int, targets: list[str]) -> None:
+    """A worker: run the jobs sent through ``conn`` one after the other, until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent(parent)
+    _preload(targets)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        kind, *body = message
+        if kind == "preload":
+            _preload(body[0])
+            continue
+        job_id, target, directory = body
+        try:
+            status = call(target, Path(directory))
+            reply = (job_id, status == 0, "" if status == 0 else f"exit status {status}")
+        except BaseException as exc:  # the job failed, not the worker
+            text = " ".join(str(exc).split())[:300]
+            reply = (job_id, False, f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+        conn.send(reply)
+
+
+# --- in the driver ------------------------------------------------------------------------------
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+class _Worker:
+    def __init__(self, context: Any, targets: list[str]) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_worker_main,
+            args=(child, os.getpid(), targets),
+            name="b2cal-worker",
+            daemon=True,
+        )
+        self.process.start()
+        child.close()
+        self.job: str | None = None
+
+
+@dataclass
+class _Entry:
+    handle: JobHandle
+    report: JobReport
 
 
 class LocalBackend(Backend):
-    """Runs jobs in up to ``workers`` local processes."""
+    """Runs jobs in ``workers`` local processes (default: one per core), started at once."""
 
     name = "local"
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(
+        self, workers: int | None = None, *, retries: int = 1, poll_seconds: float = 0.5
+    ) -> None:
         count = workers if workers is not None else (os.cpu_count() or 1)
         if count < 1:
             raise B2CalError(f"the number of workers must be at least 1, got {count}")
         self.workers = count
-        self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
-        self._futures: dict[str, Future[str]] = {}
+        self.retries = retries
+        self.poll_seconds = poll_seconds
+        self._context = multiprocessing.get_context("spawn")
+        self._lock = threading.Condition()
+        self._entries: dict[str, _Entry] = {}
+        self._queue: deque[str] = deque()
+        self._targets: list[str] = []
         self._counter = 0
+        self._closed = False
+        self._wake_read, self._wake_write = os.pipe()
+        self._pool = [_Worker(self._context, list(self._targets)) for _ in range(count)]
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="local-backend", daemon=True
+        )
+        self._dispatcher.start()
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
-            for _ in range(self.workers):  # start every worker now, while the caller plans
-                self._pool.submit(_warm_up)
-        return self._pool
-
-    def start(self) -> None:
-        """Start the worker processes ahead of the first job (they take ~1 s to import)."""
+    # --- the interface ---------------------------------------------------------------------
+    def preload(self, targets: Sequence[str]) -> None:
         with self._lock:
-            self._executor()
+            new = [t for t in targets if t not in self._targets]
+            self._targets.extend(new)
+            for worker in self._pool:
+                self._send(worker, ("preload", new))
 
-    def submit(self, job_dirs: Sequence[Path]) -> list[JobHandle]:
+    def submit(self, jobs: Sequence[Job]) -> list[JobHandle]:
         handles = []
         with self._lock:
-            for job_dir in job_dirs:
+            if self._closed:
+                raise B2CalError("the local backend is closed")
+            for job in jobs:
                 self._counter += 1
-                handle = JobHandle(f"local-{self._counter}", Path(job_dir))
-                try:
-                    future = self._executor().submit(_run, str(job_dir))
-                except BrokenProcessPool:
-                    # A worker died (killed, out of memory): start a fresh pool for new jobs.
-                    if self._pool is not None:
-                        self._pool.shutdown(wait=False, cancel_futures=True)
-                    self._pool = None
-                    future = self._executor().submit(_run, str(job_dir))
-                self._futures[handle.job_id] = future
+                handle = JobHandle(f"local-{self._counter}", job)
+                self._entries[handle.job_id] = _Entry(handle, JobReport(JobState.PENDING))
+                self._queue.append(handle.job_id)
                 handles.append(handle)
+        self._wake()
         return handles
 
-    def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobState]:
+    def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobReport]:
         with self._lock:
-            return {h.job_id: self._state(self._futures[h.job_id]) for h in handles}
-
-    @staticmethod
-    def _state(future: Future[str]) -> JobState:
-        if future.cancelled():
-            return JobState.CANCELLED
-        if not future.done():
-            return JobState.RUNNING if future.running() else JobState.PENDING
-        if future.exception() is not None:
-            return JobState.FAILED
-        return JobState.DONE if future.result() == "done" else JobState.FAILED
+            return {h.job_id: self._entries[h.job_id].report for h in handles}
 
     def wait(self, handles: Sequence[JobHandle], timeout: float) -> None:
         with self._lock:
-            pending = [self._futures[h.job_id] for h in handles]
-        pending = [f for f in pending if not f.done()]
-        if pending:
-            futures.wait(pending, timeout=timeout, return_when=futures.FIRST_COMPLETED)
+            if all(self._entries[h.job_id].report.state.finished for h in handles):
+                return
+            self._lock.wait(timeout)
 
     def cancel(self, handles: Sequence[JobHandle]) -> None:
         with self._lock:
             for handle in handles:
-                self._futures[handle.job_id].cancel()
-
-    def error(self, handle: JobHandle) -> str:
-        future = self._futures[handle.job_id]
-        finished = future.done() and not future.cancelled()
-        if finished and isinstance(future.exception(), BrokenProcessPool):
-            return "the worker process died (killed or out of memory)"
-        return super().error(handle)
+                entry = self._entries[handle.job_id]
+                if entry.report.state.finished:
+                    continue
+                if entry.report.state is JobState.RUNNING:
+                    for worker in self._pool:
+                        if worker.job == handle.job_id:
+                            worker.process.kill()  # its sentinel fires; it is replaced
+                entry.report = JobReport(JobState.CANCELLED, "cancelled")
+            self._lock.notify_all()
 
     def close(self) -> None:
+        """Stop every worker: idle ones are asked to exit, busy ones are killed."""
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-                self._pool = None
+            if self._closed:
+                return
+            self._closed = True
+            for entry in self._entries.values():
+                if not entry.report.state.finished:
+                    entry.report = JobReport(JobState.CANCELLED, "the backend was closed")
+            self._lock.notify_all()
+        self._wake()
+        self._dispatcher.join()
+        for worker in self._pool:
+            if worker.job is not None:
+                worker.process.kill()
+            else:
+                self._send(worker, None)
+        deadline = time.monotonic() + _EXIT_GRACE_SECONDS
+        for worker in self._pool:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    # --- the dispatcher thread -------------------------------------------------------------
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # closed: nobody to wake
+            os.write(self._wake_write, b"x")
+
+    @staticmethod
+    def _send(worker: _Worker, message: Any) -> bool:
+        try:
+            worker.conn.send(message)
+        except (OSError, ValueError):  # the worker died; its sentinel says so
+            return False
+        return True
+
+    def _assign(self) -> None:
+        """Give queued jobs to idle workers (called with the lock held)."""
+        idle = [w for w in self._pool if w.job is None and w.process.is_alive()]
+        while self._queue and idle:
+            job_id = self._queue.popleft()
+            entry = self._entries[job_id]
+            if entry.report.state is not JobState.PENDING:
+                continue
+            worker = idle.pop()
+            job = entry.handle.job
+            if not self._send(worker, ("job", job_id, job.target, str(job.directory))):
+                self._queue.appendleft(job_id)
+                continue
+            worker.job = job_id
+            entry.report = JobReport(JobState.RUNNING)
+
+    def _dispatch(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                self._assign()
+                waitables: list[Any] = [self._wake_read]
+                for worker in self._pool:
+                    waitables.append(worker.process.sentinel)
+                    if worker.job is not None:
+                        waitables.append(worker.conn)
+            ready = wait_for(waitables, timeout=1.0)
+            with self._lock:
+                if self._closed:
+                    return
+                if self._wake_read in ready:
+                    os.read(self._wake_read, 4096)
+                for worker in list(self._pool):
+                    if worker.conn in ready:
+                        self._receive(worker)
+                    if worker.process.sentinel in ready:
+                        self._replace(worker)
+                self._lock.notify_all()
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            job_id, ok, reason = worker.conn.recv()
+        except (EOFError, OSError):
+            return  # it died; its sentinel says so
+        entry = self._entries[job_id]
+        if entry.report.state is JobState.RUNNING:
+            entry.report = JobReport(JobState.DONE if ok else JobState.FAILED, reason)
+        worker.job = None
+
+    def _replace(self, worker: _Worker) -> None:
+        """A worker died: fail the job it was running (only that one) and start another."""
+        worker.process.join()
+        if worker.job is not None:
+            entry = self._entries[worker.job]
+            if entry.report.state is JobState.RUNNING:
+                reason = (
+                    f"the worker process died ({_exit_text(worker.process.exitcode)}; "
+                    "killed or out of memory?)"
+                )
+                entry.report = JobReport(JobState.FAILED, reason)
+        worker.conn.close()
+        self._pool.remove(worker)
+        if not self._closed:
+            self._pool.append(_Worker(self._context, list(self._targets)))

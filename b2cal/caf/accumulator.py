@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from b2cal.caf.iov import ExpRun
+from b2cal.core.iov import ExpRun
 
 
 class Column:

@@ -13,14 +13,14 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from b2cal.caf.accumulator import Accumulator
-from b2cal.caf.iov import ExpRun
+from b2cal.core.iov import ExpRun
 
 #: A payload's constants: a JSON-serialisable document (lists, numbers, strings).
 PayloadDoc = dict[str, Any]
@@ -40,18 +40,41 @@ class AlgorithmResult(enum.Enum):
     NOT_ENOUGH_DATA = "NOT_ENOUGH_DATA"
     FAILURE = "FAILURE"
 
-    @property
-    def severity(self) -> int:
-        return list(AlgorithmResult).index(self)
+
+class ExpertSettings(BaseModel):
+    """Base of a calibration's expert settings: numbers an expert tunes without changing code.
+
+    A calibration declares its subclass (with defaults) as :attr:`Calibration.settings`;
+    ``caf run --config`` may override fields per calibration, and unknown keys or wrong types
+    are refused. Collectors and algorithms read them with ``MySettings.of(context)``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def of(cls, context: RunContext | AlgorithmContext) -> Self:
+        """These settings as the engine handed them over (the defaults if it handed none,
+        as when a test calls a collector or algorithm directly)."""
+        given = context.settings
+        if given is None:
+            return cls()
+        if not isinstance(given, cls):
+            raise TypeError(f"expected {cls.__name__} settings, got {type(given).__name__}")
+        return given
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """What a collector knows while it reads the files of one run."""
+    """What a collector knows while it reads the files of one run.
+
+    ``settings`` are the calibration's expert settings (its :attr:`Calibration.settings`
+    model, with the overrides of ``caf run --config``), or None if it declares none.
+    """
 
     exprun: ExpRun
     iteration: int
     lookup: PayloadLookup
+    settings: ExpertSettings | None = None
 
     def payload(self, name: str) -> PayloadDoc | None:
         """The payload ``name`` valid for this run, first match in the database chain."""
@@ -60,11 +83,13 @@ class RunContext:
 
 @dataclass(frozen=True)
 class AlgorithmContext:
-    """What an algorithm knows about the execution it is asked to do."""
+    """What an algorithm knows about the execution it is asked to do (``settings``: as in
+    :class:`RunContext`)."""
 
     runs: tuple[ExpRun, ...]
     iteration: int
     lookup: PayloadLookup
+    settings: ExpertSettings | None = None
 
     def payload(self, name: str, exprun: ExpRun | None = None) -> PayloadDoc | None:
         """The payload ``name`` valid at ``exprun`` (default: the first run of the execution)."""
@@ -162,6 +187,8 @@ class Calibration(BaseModel):
     max_jobs: int | None = Field(default=None, ge=1)
     backend_args: dict[str, Any] = Field(default_factory=dict)
     validation: Validation | None = None
+    #: Expert settings with their defaults (an :class:`ExpertSettings` subclass), or None.
+    settings: ExpertSettings | None = None
     owner: str = ""
     description: str = ""
 

@@ -1,13 +1,16 @@
 """The dependency graph of calibrations: closure over ``depends_on``, cycles, order.
 
 Calibrations form a DAG through ``depends_on`` (ChannelGain needs ChannelT0's payloads). This
-module is pure: it works on declarations, so it is used the same way by ``b2cal caf run`` and by
-the Prefect flows that run calibrations at a site.
+module is pure: it works on declarations, so ``b2cal caf run`` and the Prefect flows order
+calibrations the same way. The graph itself is the standard library's
+:class:`graphlib.TopologicalSorter`; the driver uses it to start each calibration as soon as its
+dependencies are done (:func:`sorter`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from graphlib import CycleError, TopologicalSorter
 
 from b2cal.caf.calibration import Calibration
 from b2cal.errors import B2CalError
@@ -35,33 +38,42 @@ def with_dependencies(
     return found, added
 
 
-def topological_order(calibrations: Mapping[str, Calibration]) -> list[str]:
-    """Names in an order where every calibration comes after its dependencies.
-
-    Ties are broken by name, so the order is stable. Raises B2CalError on a cycle or on a
-    dependency that is not among ``calibrations``.
-    """
+def sorter(calibrations: Mapping[str, Calibration]) -> TopologicalSorter[str]:
+    """A prepared sorter of ``calibrations`` (B2CalError on a cycle or a missing dependency)."""
     for calibration in calibrations.values():
         for dep in calibration.depends_on:
             if dep not in calibrations:
                 raise B2CalError(f"{calibration.name} depends on {dep!r}, which is not given")
+    graph = TopologicalSorter(
+        {name: calibrations[name].depends_on for name in sorted(calibrations)}
+    )
+    try:
+        graph.prepare()
+    except CycleError as exc:
+        raise B2CalError(f"dependency cycle: {_cycle(exc.args[1])}") from None
+    return graph
+
+
+def _cycle(nodes: list[str]) -> str:
+    """The cycle as "A -> B -> A" (A depends on B), starting at its first name."""
+    ring = list(reversed(nodes))[:-1]  # graphlib lists predecessors first: read it backwards
+    start = ring.index(min(ring))
+    ring = ring[start:] + ring[:start]
+    return " -> ".join([*ring, ring[0]])
+
+
+def topological_order(calibrations: Mapping[str, Calibration]) -> list[str]:
+    """Names in an order where every calibration comes after its dependencies; of those ready
+    at the same time, the first by name comes first (the order is stable)."""
+    graph = sorter(calibrations)
     order: list[str] = []
-    state: dict[str, str] = {}
-
-    def visit(name: str, path: list[str]) -> None:
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "visiting":
-            cycle = [*path[path.index(name) :], name]
-            raise B2CalError(f"dependency cycle: {' -> '.join(cycle)}")
-        state[name] = "visiting"
-        for dep in sorted(calibrations[name].depends_on):
-            visit(dep, [*path, name])
-        state[name] = "done"
+    ready: list[str] = []
+    while graph.is_active():
+        ready.extend(graph.get_ready())
+        ready.sort()
+        name = ready.pop(0)
         order.append(name)
-
-    for name in sorted(calibrations):
-        visit(name, [])
+        graph.done(name)
     return order
 
 
@@ -78,3 +90,12 @@ def upstream(name: str, calibrations: Mapping[str, Calibration]) -> list[str]:
             seen.append(dep)
             frontier.extend(calibrations[dep].depends_on)
     return seen
+
+
+def dependants(name: str, calibrations: Mapping[str, Calibration]) -> list[str]:
+    """Every calibration that depends on ``name``, directly or not, in dependency order."""
+    found = {name}
+    for candidate in topological_order(calibrations):
+        if any(dep in found for dep in calibrations[candidate].depends_on):
+            found.add(candidate)
+    return [n for n in topological_order(calibrations) if n in found and n != name]

@@ -1,7 +1,7 @@
 """IoV strategies: how the runs of a request are grouped into algorithm executions and IoVs.
 
 The strategies work on collector output kept per run, so regrouping runs never needs a new
-collection. All of them turn groups into IoVs with :func:`~b2cal.caf.iov.tile_iovs` (except
+collection. All of them turn groups into IoVs with :func:`~b2cal.core.iov.tile_iovs` (except
 ``simple_run_by_run``, whose IoVs are single runs by definition), so payload IoVs tile the
 requested range with no gap or overlap.
 
@@ -29,12 +29,13 @@ from b2cal.caf.calibration import (
     AlgorithmContext,
     AlgorithmResult,
     Execution,
+    ExpertSettings,
     PayloadDoc,
     PayloadLookup,
     Strategy,
     StrategyName,
 )
-from b2cal.caf.iov import ExpRun, IoV, tile_iovs
+from b2cal.core.iov import ExpRun, IoV, tile_iovs
 from b2cal.errors import B2CalError
 
 
@@ -84,10 +85,6 @@ class StrategyOutcome:
     payloads: list[tuple[str, IoV, PayloadDoc]] = field(default_factory=list)
     message: str = ""
 
-    @property
-    def iovs(self) -> list[IoV]:
-        return sorted({iov for _, iov, _ in self.payloads}, key=lambda i: i.first)
-
 
 @dataclass(frozen=True)
 class _Unit:
@@ -106,17 +103,19 @@ class _Executor:
         per_run: Mapping[ExpRun, Accumulator],
         iteration: int,
         lookup: PayloadLookup,
+        settings: ExpertSettings | None,
     ) -> None:
         self.algorithm = algorithm
         self.per_run = per_run
         self.iteration = iteration
         self.lookup = lookup
+        self.settings = settings
         self.records: list[ExecutionRecord] = []
 
     def __call__(self, runs: Sequence[ExpRun]) -> Execution:
         group = tuple(sorted(runs))
         data = sum_runs(self.per_run, group)
-        context = AlgorithmContext(runs=group, iteration=self.iteration, lookup=self.lookup)
+        context = AlgorithmContext(group, self.iteration, self.lookup, self.settings)
         try:
             execution = self.algorithm.execute(data, context)
         except B2CalError as exc:
@@ -134,10 +133,14 @@ def run_strategy(
     iteration: int,
     lookup: PayloadLookup,
     open_ended: bool = False,
+    settings: ExpertSettings | None = None,
 ) -> StrategyOutcome:
-    """Execute ``algorithm`` over the runs of ``per_run`` inside ``requested`` by ``strategy``."""
+    """Execute ``algorithm`` over the runs of ``per_run`` inside ``requested`` by ``strategy``.
+
+    ``settings`` are the calibration's expert settings, handed to the algorithm in its context.
+    """
     runs = sorted(run for run in per_run if run in requested)
-    execute = _Executor(algorithm, per_run, iteration, lookup)
+    execute = _Executor(algorithm, per_run, iteration, lookup, settings)
     if not runs:
         return StrategyOutcome(
             AlgorithmResult.NOT_ENOUGH_DATA, message="no collector output in the requested runs"

@@ -2,7 +2,7 @@
 
 The same code runs on SQLite (a laptop, the tests), PostgreSQL and MariaDB (a site), so it keeps
 to what all three do alike: the tables of :mod:`b2cal.cdb.schema`, engines from
-:mod:`b2cal.cdb.sql_engine`, sorting and JSON matching in Python. Payload files are
+:mod:`b2cal.sql.engine`, sorting and JSON matching in Python. Payload files are
 content-addressed (``<md5[:2]>/<md5>`` under the payload directory): identical constants are
 stored once, and a file that changed on disk is noticed because its name is its checksum.
 
@@ -10,7 +10,7 @@ Every write is one transaction that first locks the global tag's row, then asks
 :mod:`b2cal.cdb.rules` what the write means, and only then changes anything, so a refused
 request leaves the database as it was. Two writers racing to store the same new payload are
 kept apart by the unique constraints: the loser's transaction fails, is retried
-(:func:`b2cal.cdb.sql_engine.in_transaction`), and then finds the winner's payload.
+(:func:`b2cal.sql.engine.in_transaction`), and then finds the winner's payload.
 """
 
 from __future__ import annotations
@@ -24,28 +24,15 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, contains_eager
 
-from b2cal.caf.atomic_file import atomic_write_bytes
-from b2cal.caf.iov import IoV
-from b2cal.caf.localdb import md5sum
-from b2cal.cdb.model import (
-    CdbError,
-    GlobalTag,
-    Payload,
-    PayloadIoV,
-    TagState,
-    UnknownPayload,
-    UnknownTag,
-    by_name_and_start,
-)
+from b2cal.cdb.model import GlobalTag, Payload, PayloadIoV, TagState, by_name_and_start
 from b2cal.cdb.rules import IoVChange, check_tag_name, check_transition, plan_add, plan_remove
-from b2cal.cdb.schema import GlobalTagRow, PayloadIoVRow, PayloadRow, creation_time
-from b2cal.cdb.sql_engine import (
-    WRITE,
-    database_errors,
-    in_transaction,
-    make_engine,
-    masked,
-    upgrade_schema,
+from b2cal.cdb.schema import (
+    LABEL,
+    MIGRATIONS,
+    GlobalTagRow,
+    PayloadIoVRow,
+    PayloadRow,
+    creation_time,
 )
 from b2cal.cdb.store import (
     ConditionsStore,
@@ -54,6 +41,11 @@ from b2cal.cdb.store import (
     read_payload_file,
     with_provenance,
 )
+from b2cal.core.files import atomic_write_bytes, md5sum
+from b2cal.core.iov import IoV
+from b2cal.errors import CdbError, UnknownPayload, UnknownTag
+from b2cal.sql.engine import WRITE, SqlDatabase, in_transaction, make_engine
+from b2cal.sql.migrations import upgrade_schema
 
 T = TypeVar("T")
 
@@ -101,7 +93,7 @@ def _tag_row(session: Session, name: str, lock: bool = False) -> GlobalTagRow:
     query = select(GlobalTagRow).where(GlobalTagRow.name == name)
     row = session.scalar(query.with_for_update() if lock else query)
     if row is None:
-        raise UnknownTag(f"unknown global tag {name!r}")
+        raise UnknownTag(name)
     return row
 
 
@@ -197,25 +189,24 @@ class EmbeddedStore(ConditionsStore):
     Opening it upgrades the schema to the newest revision, so a new database needs no setup.
     """
 
-    def __init__(self, url: str, payload_dir: Path) -> None:
-        self._url = url
+    def __init__(self, url: str, payload_dir: Path, *, create: bool = True) -> None:
+        self._database = SqlDatabase(url, LABEL)
         self.payload_dir = Path(payload_dir)
-        self._engine = make_engine(url)
+        self._engine = make_engine(self._database, create=create)
         self._writer = self._engine.execution_options(**{WRITE: True})
         try:
-            with database_errors(url):
-                upgrade_schema(self._engine)
+            upgrade_schema(self._engine, MIGRATIONS, self._database)
         except BaseException:
             self._engine.dispose()
             raise
 
     def __repr__(self) -> str:
-        return f"EmbeddedStore({masked(self._url)!r}, {str(self.payload_dir)!r})"
+        return f"EmbeddedStore({self._database.masked_url!r}, {str(self.payload_dir)!r})"
 
     @property
     def url(self) -> str:
         """The database URL as given (with its password; messages use a masked form)."""
-        return self._url
+        return self._database.url
 
     @property
     def engine(self) -> Engine:
@@ -225,8 +216,8 @@ class EmbeddedStore(ConditionsStore):
         self._engine.dispose()
 
     def _run(self, work: Callable[[Session], T], write: bool = False) -> T:
-        """``work`` in one transaction (see :func:`b2cal.cdb.sql_engine.in_transaction`)."""
-        return in_transaction(self._writer if write else self._engine, self._url, work)
+        """``work`` in one transaction (see :func:`b2cal.sql.engine.in_transaction`)."""
+        return in_transaction(self._writer if write else self._engine, self._database, work)
 
     # --- global tags ----------------------------------------------------------------------
     def tags(self) -> list[GlobalTag]:
@@ -302,7 +293,7 @@ class EmbeddedStore(ConditionsStore):
             )
             row = session.scalar(query)
             if row is None:
-                raise UnknownPayload(f"unknown payload {name!r} revision {revision}")
+                raise UnknownPayload(name, revision)
             return row.value()
 
         return self._run(work)

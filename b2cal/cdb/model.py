@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from b2cal.caf.iov import ExpRun, IoV
-from b2cal.errors import B2CalError
+from b2cal.core.iov import IoV
+from b2cal.errors import CdbError
 
 
 class TagState(enum.StrEnum):
@@ -37,38 +37,6 @@ TRANSITIONS: dict[TagState, frozenset[TagState]] = {
     TagState.RUNNING: frozenset({TagState.INVALID}),
     TagState.INVALID: frozenset(),
 }
-
-
-class CdbError(B2CalError):
-    """A conditions-database request that cannot be done; the database is left untouched."""
-
-
-class UnknownTag(CdbError):
-    pass
-
-
-class UnknownPayload(CdbError):
-    pass
-
-
-class NoPayloadValid(CdbError):
-    """No payload of that name is valid at that run in any tag of the chain."""
-
-    @classmethod
-    def at(cls, tags: Sequence[str], name: str, exprun: ExpRun) -> NoPayloadValid:
-        """The error of a lookup of ``name`` at ``exprun`` through the chain ``tags``."""
-        return cls(
-            f"no payload {name} valid at experiment {exprun.exp} run {exprun.run} in "
-            f"global tag{'s' if len(tags) > 1 else ''} {', '.join(tags)}"
-        )
-
-
-class ForbiddenChange(CdbError):
-    """The tag's state or the IoV rules forbid the write."""
-
-
-class ChecksumMismatch(CdbError):
-    pass
 
 
 def parse_state(text: str) -> TagState:

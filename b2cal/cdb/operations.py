@@ -19,15 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from b2cal.caf.atomic_file import atomic_write_bytes
-from b2cal.caf.iov import ExpRun, IoV
-from b2cal.caf.localdb import DATABASE_TXT, PayloadEntry, payload_filename, read_database_txt
-from b2cal.cdb.model import CdbError, ForbiddenChange, Payload, PayloadIoV, TagState
+from b2cal.cdb.model import Payload, PayloadIoV, TagState
 from b2cal.cdb.rules import IoVChange, gaps_and_overlaps
 from b2cal.cdb.store import ConditionsStore, NewPayloadIoV
+from b2cal.core.files import atomic_write_bytes
+from b2cal.core.iov import ExpRun, IoV
+from b2cal.core.localdb import (
+    DATABASE_TXT,
+    PayloadEntry,
+    payload_filename,
+    provenance_path,
+    read_database_txt,
+)
+from b2cal.errors import CdbError, ForbiddenChange
 
-#: Where a calibration output keeps provenance sidecars, relative to its ``outputdb/``.
-PROVENANCE_DIR = Path("..") / "provenance"
 #: ROOT files start with these bytes; everything else b2cal writes is JSON.
 ROOT_MAGIC = b"root"
 
@@ -48,7 +53,7 @@ def read_local_database(directory: Path) -> list[NewPayloadIoV]:
 
 
 def _new_payload(directory: Path, entry: PayloadEntry) -> NewPayloadIoV:
-    sidecar = directory / PROVENANCE_DIR / entry.path.name
+    sidecar = provenance_path(entry.path)
     provenance: dict[str, Any] = {}
     expected = None
     if sidecar.is_file():

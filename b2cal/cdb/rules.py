@@ -21,17 +21,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from b2cal.caf.iov import ExpRun, IoV
-from b2cal.cdb.model import (
-    TRANSITIONS,
-    CdbError,
-    ForbiddenChange,
-    GlobalTag,
-    Payload,
-    PayloadIoV,
-    TagState,
-    by_name_and_start,
-)
+from b2cal.cdb.model import TRANSITIONS, GlobalTag, Payload, PayloadIoV, TagState, by_name_and_start
+from b2cal.core.iov import ExpRun, IoV
+from b2cal.errors import CdbError, ForbiddenChange
 
 #: The longest global tag name (nopayloaddb's limit).
 TAG_NAME_LIMIT = 80

@@ -10,6 +10,7 @@ and :data:`VERSION_TABLE` from here, and a test compares the two.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -24,11 +25,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from b2cal.caf.iov import IoV
 from b2cal.cdb.model import GlobalTag, Payload, PayloadIoV, TagState
+from b2cal.core.iov import IoV
+from b2cal.sql.migrations import Migrations
 
 #: Alembic's bookkeeping table; named apart so b2cal's own state DB may share the database.
 VERSION_TABLE = "cdb_alembic_version"
+#: The conditions database's Alembic scripts (``b2cal/cdb/migrations``) and version table.
+MIGRATIONS = Migrations(Path(__file__).with_name("migrations"), VERSION_TABLE)
+#: What messages call this database.
+LABEL = "conditions database"
 
 
 class _Base(DeclarativeBase):

@@ -24,19 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from b2cal.caf.iov import ExpRun, IoV
-from b2cal.caf.localdb import md5sum
-from b2cal.cdb.model import (
-    CdbError,
-    ChecksumMismatch,
-    GlobalTag,
-    NoPayloadValid,
-    Payload,
-    PayloadIoV,
-    TagState,
-    json_object,
-)
+from b2cal.cdb.model import GlobalTag, Payload, PayloadIoV, TagState, json_object
 from b2cal.cdb.rules import IoVChange, valid_at
+from b2cal.core.files import md5sum
+from b2cal.core.iov import ExpRun, IoV
+from b2cal.errors import CdbError, ChecksumMismatch, NoPayloadValid
 
 
 @dataclass(frozen=True)
@@ -186,7 +178,7 @@ class ConditionsStore(ABC):
             found = valid_at(self.iovs(tag, name), name, exprun)
             if found is not None:
                 return found
-        raise NoPayloadValid.at(tags, name, exprun)
+        raise NoPayloadValid(tags, name, exprun.exp, exprun.run)
 
     def __enter__(self) -> Self:
         return self

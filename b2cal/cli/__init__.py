@@ -2,12 +2,15 @@
 
 Every command exits non-zero with a one-line ``error: ...`` on bad input and never prints a
 traceback; unexpected errors are reported in one line too, with the full traceback written to
-a log file that the line names. Each command group lives in its own module.
+a log file that the line names. SIGTERM (what batch systems and ``kill`` send) is handled like
+Ctrl-C: work stops cleanly, the command says how to resume and exits 143 (130 for Ctrl-C).
+Each command group lives in its own module.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -17,7 +20,7 @@ from typing import Annotated
 import typer
 
 from b2cal import __version__
-from b2cal.cli.arguments import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
+from b2cal.cli.arguments import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from b2cal.cli.caf import caf_app, calibrations_app
 from b2cal.cli.cdb import cdb_app
 from b2cal.cli.toy import toy_app
@@ -45,27 +48,53 @@ def _root(
         raise typer.Exit()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds exactly as Ctrl-C does."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _interrupted(exc: BaseException) -> int:
+    """Say how to resume; the exit status of the signal that stopped us."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, Terminated):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        _error("terminated (SIGTERM); rerun the same command to resume")
+        return EXIT_TERMINATED
+    _error("interrupted; rerun the same command to resume")
+    return EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: list[str]) -> int:
     command = typer.main.get_command(app)
     try:
         status = command.main(args=args, prog_name="b2cal", standalone_mode=False)
     except B2CalError as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT
-    except typer.Abort:
-        _error("interrupted; rerun the same command to resume")
-        return EXIT_INTERRUPTED
+    except typer.Abort as exc:  # click turns KeyboardInterrupt into Abort
+        return _interrupted(exc)
     except typer.TyperException as exc:  # usage errors: missing option, bad value
         format_message = getattr(exc, "format_message", None)
         message = format_message() if format_message else str(exc)
         if message.strip():  # empty for a bare command group: its help was printed
             _error(message)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        _error("interrupted; rerun the same command to resume")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except OSError as exc:  # a path that is a file, not a folder; no permission; disk full
         where = f": {exc.filename}" if exc.filename else ""
         _error(f"{exc.strerror or type(exc).__name__}{where}")

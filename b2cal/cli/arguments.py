@@ -7,8 +7,8 @@ import re
 from b2cal.errors import B2CalError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_CALIBRATION_FAILED = 0, 1, 2
-#: Ctrl-C, as shells report SIGINT.
-EXIT_INTERRUPTED = 130
+#: Ctrl-C and SIGTERM, as shells report SIGINT and SIGTERM.
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
 def parse_runs(text: str) -> tuple[int, int]:

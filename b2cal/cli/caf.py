@@ -1,31 +1,61 @@
-"""``b2cal caf`` and ``b2cal calibrations``: run calibrations without Prefect, list plugins."""
+"""``b2cal caf`` and ``b2cal calibrations``: run calibrations without Prefect, watch and inspect
+their outputs, list the plugins."""
 
 from __future__ import annotations
 
-import logging
+import json
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from b2cal.cli.arguments import EXIT_CALIBRATION_FAILED, parse_runs
 from b2cal.errors import B2CalError
 
-caf_app = typer.Typer(help="Run calibrations directly, without Prefect.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from b2cal.caf.calibration import Calibration
+    from b2cal.caf.plan import CalibrationRequest
+    from b2cal.caf.records import CalibrationOutcome
+
+caf_app = typer.Typer(
+    help="Run calibrations directly, without Prefect; watch and inspect their outputs.",
+    no_args_is_help=True,
+)
 calibrations_app = typer.Typer(help="Registered calibration plugins.", no_args_is_help=True)
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 
 @caf_app.command("run")
 def caf_run(
-    storage: Annotated[Path, typer.Option(help="Storage folder holding the input files.")],
     exp: Annotated[int, typer.Option(help="Experiment number.")],
-    runs: Annotated[str, typer.Option(help="Run range A-B (inclusive) or a single run A.")],
-    calibrations: Annotated[
-        str, typer.Option(help="Comma-separated calibration names (dependencies are added).")
+    runs: Annotated[
+        str, typer.Option(metavar="A-B", help="Run range A-B (inclusive) or a single run A.")
     ],
-    output: Annotated[Path, typer.Option(help="Output folder (rerun the same to resume).")],
+    calibrations: Annotated[
+        str,
+        typer.Option(
+            metavar="C1,C2", help="Comma-separated calibrations (dependencies are added)."
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option(metavar="DIR", help="Output folder (rerun the same to resume).")
+    ],
+    storage: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Storage folder holding the input files.")
+    ] = None,
+    files_from: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help='Instead of --storage: a JSON list of input files, {"stream": [paths]} or '
+            "[paths] (each file's run and stream are read from its metadata).",
+        ),
+    ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Local worker processes (default: number of cores).")
+        int | None,
+        typer.Option(metavar="N", help="Local worker processes (default: number of cores)."),
     ] = None,
     open_ended: Annotated[
         bool, typer.Option("--open-ended", help="Leave the last IoV of each payload open.")
@@ -33,83 +63,238 @@ def caf_run(
     input_db: Annotated[
         list[Path] | None,
         typer.Option(
+            metavar="DIR",
             help="basf2 local database to look payloads up in, after the calibrations' own "
-            "(repeat; first match wins)."
+            "(repeat; first match wins).",
         ),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="TOML file of per-calibration overrides: max_iterations, max_files_per_job, "
+            "max_jobs, [Cal.strategy], [Cal.settings] (expert settings).",
+        ),
+    ] = None,
+    rerun: Annotated[
+        str | None,
+        typer.Option(
+            metavar="CAL",
+            help="Recompute CAL and its dependants inside the existing output (their --config "
+            "sections may change); collector jobs whose spec did not change are reused.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan and create nothing.")
+    ] = False,
 ) -> None:
     """Run calibrations on local processes and write basf2-style output databases."""
-    from b2cal.backends.local import LocalBackend
-    from b2cal.caf.graph import with_dependencies
-    from b2cal.caf.localdb import read_database_txt
-    from b2cal.caf.registry import load
-    from b2cal.caf.runner import CalibrationInput, output_lock, prepare_output, run_calibrations
-    from b2cal.console import RichProgress, console, outcome_table
+    from b2cal.caf.calibration import AlgorithmResult
+    from b2cal.caf.plan import CalibrationRequest
 
     first, last = parse_runs(runs)
     if workers is not None and workers < 1:
         raise B2CalError(f"--workers must be at least 1, got {workers}")
-    names = [n.strip() for n in calibrations.split(",") if n.strip()]
+    if (storage is None) == (files_from is None):
+        raise B2CalError("give exactly one of --storage DIR and --files-from FILE")
+    if storage is not None and not storage.is_dir():
+        raise B2CalError(f"storage folder {storage} does not exist")
+    databases = _input_databases(input_db or [])
+    configured, overrides = _calibrations(calibrations, config)
+    if exp < 0:
+        raise B2CalError(f"--exp must be a number >= 0, got {exp}")
+    request = CalibrationRequest(
+        exp=exp,
+        first_run=first,
+        last_run=last,
+        storage=storage.resolve() if storage is not None else None,
+        files_from=files_from.resolve() if files_from is not None else None,
+        open_ended=open_ended,
+        input_databases=databases,
+    )
+    if dry_run:
+        _print_plan(request, configured, overrides, output)
+        return
+    outcomes = _run(request, configured, overrides, output, workers, rerun)
+    _print_outcomes(outcomes, output)
+    if any(o.result is not AlgorithmResult.OK for o in outcomes.values()):
+        raise typer.Exit(EXIT_CALIBRATION_FAILED)
+
+
+def _input_databases(paths: list[Path]) -> tuple[Path, ...]:
+    from b2cal.core.localdb import DATABASE_TXT, read_database_txt
+
+    databases = tuple(path.resolve() for path in paths)
+    for database in databases:
+        if not (database / DATABASE_TXT).is_file():
+            raise B2CalError(f"--input-db {database} is not a local database (no {DATABASE_TXT})")
+        read_database_txt(database)  # a malformed line is refused now, not in a job
+    return databases
+
+
+def _calibrations(
+    names_option: str, config: Path | None
+) -> tuple[dict[str, Calibration], dict[str, dict[str, Any]]]:
+    """The named calibrations and their dependencies, with their --config sections applied."""
+    from b2cal.caf.config import configure, read_config
+    from b2cal.caf.graph import with_dependencies
+    from b2cal.caf.registry import available, load
+    from b2cal.cli.console import console
+
+    names = [n.strip() for n in names_option.split(",") if n.strip()]
     if not names:
         raise B2CalError("--calibrations names no calibration")
     found, added = with_dependencies(names, load)
     if added:
         console.print(f"adding dependencies: {', '.join(added)}")
-    databases = tuple(path.resolve() for path in input_db or [])
-    for database in databases:
-        if not (database / "database.txt").is_file():
-            raise B2CalError(f"--input-db {database} is not a local database (no database.txt)")
-        read_database_txt(database)  # a malformed line is refused now, not in a job
-    selection = CalibrationInput(
-        storage.resolve(), exp, first, last, open_ended=open_ended, input_databases=databases
-    )
-    if not storage.is_dir():
-        raise B2CalError(f"storage folder {storage} does not exist")
-    for name, cal in found.items():
-        if not selection.files(cal.input_streams):
-            raise B2CalError(
-                f"no input files for {name} (streams {','.join(cal.input_streams)}) in "
-                f"experiment {exp} runs {first}-{last} under {storage}"
-            )
-    arguments = {
-        "storage": str(storage.resolve()),
-        "exp": exp,
-        "runs": f"{first}-{last}",
-        "calibrations": sorted(found),
-        "open_ended": open_ended,
-        "input_databases": [str(d) for d in databases],
+    if config is None:
+        return found, {}
+    sections = read_config(config, available())
+    overrides = {name: section for name, section in sections.items() if name in found}
+    configured = {
+        name: configure(cal, overrides[name], config) if name in overrides else cal
+        for name, cal in found.items()
     }
-    with output_lock(output), LocalBackend(workers) as backend:
-        run_id = prepare_output(output, arguments)
-        _log_to(output / "b2cal.log")
-        with RichProgress(list(found)) as progress:
-            backend.start()
-            outcomes = run_calibrations(
-                found, selection, output, backend, calibration_run=run_id, progress=progress
-            )
-    console.print(outcome_table(outcomes))
-    bad = [(name, b) for name, o in outcomes.items() for b in o.bad_files]
-    for name, bad_file in bad:
-        console.print(f"[yellow]bad input file[/] ({name}): {bad_file.path}: {bad_file.reason}")
-    console.print(f"output databases: {output}/<Calibration>/outputdb/")
-    from b2cal.caf.calibration import AlgorithmResult
+    return configured, overrides
 
-    if any(o.result is not AlgorithmResult.OK for o in outcomes.values()):
-        raise typer.Exit(EXIT_CALIBRATION_FAILED)
+
+def _print_plan(
+    request: CalibrationRequest,
+    configured: dict[str, Calibration],
+    overrides: dict[str, dict[str, Any]],
+    output: Path,
+) -> None:
+    from b2cal.caf.plan import make_plan
+    from b2cal.caf.workspace import Workspace
+    from b2cal.cli.console import console, plan_tables
+
+    plan = make_plan(request, configured, overrides)
+    for table in plan_tables(plan):
+        console.print(table)
+    if plan.left_out:
+        console.print(
+            f"{plan.left_out} listed files are outside experiment {request.exp} runs "
+            f"{request.first_run}-{request.last_run} (or of other streams) and are left out"
+        )
+    workspace = Workspace(output)
+    state = "exists: a run resumes it" if workspace.exists() else "would be created"
+    console.print(f"dry run: nothing was created (output {workspace.root} {state})")
+
+
+def _rerun_set(
+    workspace_root: Path, calibration: str, configured: dict[str, Calibration]
+) -> set[str]:
+    """``calibration`` and every calibration of the run that depends on it."""
+    from b2cal.caf.graph import dependants
+    from b2cal.caf.workspace import Workspace
+
+    recorded = Workspace(workspace_root).run_record().calibrations
+    if calibration not in recorded:
+        raise B2CalError(
+            f"--rerun {calibration}: not a calibration of output {workspace_root} "
+            f"(it has {', '.join(recorded)})"
+        )
+    return {calibration, *dependants(calibration, configured)}
+
+
+def _run(
+    request: CalibrationRequest,
+    configured: dict[str, Calibration],
+    overrides: dict[str, dict[str, Any]],
+    output: Path,
+    workers: int | None,
+    rerun: str | None,
+) -> dict[str, CalibrationOutcome]:
+    from b2cal.backends.local import LocalBackend
+    from b2cal.caf.collection import JOB_TARGET
+    from b2cal.caf.driver import run_calibrations
+    from b2cal.caf.steps import plan
+    from b2cal.caf.workspace import Workspace
+    from b2cal.cli.console import console, progress_display
+
+    workspace = Workspace(output)
+    again = _rerun_set(workspace.root, rerun, configured) if rerun is not None else set()
+    with LocalBackend(workers) as backend, workspace.run_log():
+        backend.preload([JOB_TARGET])  # workers import while the plan is made
+        made = plan(workspace, request, configured, overrides, rerun=again)
+        if again:
+            console.print(f"recomputing: {', '.join(n for n in made.order if n in again)}")
+        with progress_display(made.order) as progress:
+            return run_calibrations(workspace, configured, backend, progress=progress)
+
+
+def _print_outcomes(outcomes: dict[str, CalibrationOutcome], output: Path) -> None:
+    from b2cal.cli.console import console, outcome_table
+
+    console.print(outcome_table(outcomes))
+    for name, outcome in outcomes.items():
+        for bad in outcome.bad_files:
+            console.print(f"[yellow]bad input file[/] ({name}): {bad.path}: {bad.reason}")
+    console.print(f"output databases: {output}/<Calibration>/outputdb/ (log: {output}/b2cal.log)")
+
+
+@caf_app.command("status")
+def caf_status(
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Output folder of caf run.")],
+    as_json: Json = False,
+) -> None:
+    """Where each calibration of an output stands: state, iteration, jobs, last error."""
+    from b2cal.caf.status import workspace_status
+    from b2cal.caf.workspace import Workspace
+    from b2cal.cli.console import console, status_table
+
+    rows = workspace_status(Workspace(output))
+    if as_json:
+        sys.stdout.write(json.dumps([r.model_dump() for r in rows], indent=1) + "\n")
+        return
+    console.print(status_table(rows, f"Calibrations in {Path(output).resolve()}"))
+
+
+@caf_app.command("inspect")
+def caf_inspect(
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Output folder of caf run.")],
+    calibration: Annotated[str, typer.Argument(metavar="CAL", help="Calibration name.")],
+    iteration: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Iteration (default: the last one fully collected)."),
+    ] = None,
+    run: Annotated[
+        int | None, typer.Option(metavar="R", help="Only this run (default: all runs).")
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE.png", help="Also plot histograms and columns to this PNG."),
+    ] = None,
+) -> None:
+    """The merged collector output an algorithm saw, summarised (and plotted)."""
+    from rich.table import Table
+
+    from b2cal.caf.inspection import merged_output, summarise
+    from b2cal.caf.inspection import plot as plot_to
+    from b2cal.caf.workspace import Workspace
+    from b2cal.cli.console import console
+    from b2cal.core.iov import run_ranges
+
+    inspected = merged_output(Workspace(output), calibration, iteration, run)
+    title = (
+        f"{inspected.calibration} iteration {inspected.iteration}: merged collector output of "
+        f"runs {run_ranges(r.run for r in inspected.runs)}"
+    )
+    table = Table(title=title)
+    for column in ("key", "kind", "summary"):
+        table.add_column(column, overflow="fold")
+    for row in summarise(inspected.data):
+        table.add_row(row.key, row.kind, row.summary)
+    console.print(table)
+    if plot is not None:
+        count = plot_to(inspected, plot)
+        console.print(f"{count} plots written to {plot}")
 
 
 @calibrations_app.command("list")
 def calibrations_list() -> None:
     """List the calibrations registered in the b2cal.calibrations entry points."""
     from b2cal.caf.registry import available, load
-    from b2cal.console import calibrations_table, console
+    from b2cal.cli.console import calibrations_table, console
 
     console.print(calibrations_table([load(name) for name in available()]))
-
-
-def _log_to(path: Path) -> None:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger("b2cal")
-    root.setLevel(logging.INFO)
-    root.addHandler(handler)

@@ -17,10 +17,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from b2cal.caf.iov import ExpRun
 from b2cal.cdb.model import GlobalTag, Payload, PayloadIoV, parse_state
 from b2cal.cdb.rules import IoVChange
 from b2cal.cdb.store import ConditionsStore
+from b2cal.core.iov import ExpRun
 from b2cal.errors import B2CalError
 
 cdb_app = typer.Typer(
@@ -87,7 +87,7 @@ def _change_summary(change: IoVChange) -> str:
 
 
 def _console_print(renderable: Any) -> None:
-    from b2cal.console import console
+    from b2cal.cli.console import console
 
     console.print(renderable)
 

@@ -34,7 +34,7 @@ def toy_generate(
     """Write toy detector files (TOY_DETECTOR.md) and the truth used to STORAGE/truth.json."""
     from rich.progress import Progress
 
-    from b2cal.console import console
+    from b2cal.cli.console import console
     from b2cal.toy.generate import generate_toy, planned_files
 
     first, last = parse_runs(runs)
@@ -70,7 +70,7 @@ def toy_closure(
     ] = "ChannelT0,ChannelGain,ModuleAlignment,BeamSpot",
 ) -> None:
     """Check calibration outputs against the toy truth (criteria of TOY_DETECTOR.md)."""
-    from b2cal.console import console
+    from b2cal.cli.console import console
     from b2cal.toy.closure import check_closure, format_closure_table
     from b2cal.toy.model import ToyTruth
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from b2cal.caf.iov import ExpRun
-from b2cal.caf.localdb import DATABASE_TXT, LocalDatabase, PayloadEntry
+from b2cal.caf.workspace import Workspace
+from b2cal.core.iov import ExpRun
+from b2cal.core.localdb import DATABASE_TXT, LocalDatabase, PayloadEntry
 from b2cal.errors import B2CalError
 from b2cal.toy.model import (
     FIRST_TRACK_MODULE,
@@ -102,7 +103,7 @@ def check_closure(
 
 
 def _check_calibration(output: Path, truth: ToyTruth, name: str, runs: list[int]) -> ClosureResult:
-    directory = output / name / "outputdb"
+    directory = Workspace(output).calibration(name).outputdb
     if not (directory / DATABASE_TXT).is_file():
         return _failed(name, f"no output database: {directory / DATABASE_TXT} does not exist")
     try:

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import uproot
 
+from b2cal.catalog.naming import EVENTS_TREE, METADATA, data_file_path
 from b2cal.errors import B2CalError
 from b2cal.toy.model import (
     BACKGROUND_ADC_MEAN,
@@ -37,7 +38,6 @@ from b2cal.toy.model import (
     HIT_BRANCHES,
     HITS_PER_EVENT_MEAN,
     LAST_TRACK_MODULE,
-    METADATA_NAME,
     NUM_CHANNELS,
     NUM_MODULES,
     OUTLIER_PROBABILITY,
@@ -54,7 +54,6 @@ from b2cal.toy.model import (
     TRACK_BRANCHES,
     TRACK_X_RANGE_UM,
     TRACKS_PER_EVENT_MEAN,
-    TREE_NAME,
     TRUTH_FILENAME,
     VERTEX_BRANCHES,
     VERTEX_RESOLUTION_CM,
@@ -62,7 +61,6 @@ from b2cal.toy.model import (
     RunTruth,
     ToySettings,
     ToyTruth,
-    toy_file_path,
     vertex_x_shift_cm,
 )
 
@@ -218,7 +216,7 @@ def write_toy_file(storage: Path, truth: ToyTruth, run: int, stream: str, index:
         "seed": truth.seed,
         "generator": "b2cal.toy",
     }
-    path = toy_file_path(storage, truth.experiment, run, stream, index)
+    path = data_file_path(storage, truth.experiment, run, stream, index)
     _write_root(path, branches, metadata)
     return path
 
@@ -326,9 +324,9 @@ def _write_root(path: Path, branches: dict[str, Any], metadata: dict[str, Any]) 
     try:
         with uproot.recreate(partial) as out:
             # mktree, not ``out[name] = ...``: recent uproot writes RNTuples for the latter.
-            tree = out.mktree(TREE_NAME, {name: _branch_type(v) for name, v in branches.items()})
+            tree = out.mktree(EVENTS_TREE, {name: _branch_type(v) for name, v in branches.items()})
             tree.extend(branches)
-            out[METADATA_NAME] = json.dumps(metadata, sort_keys=True)
+            out[METADATA] = json.dumps(metadata, sort_keys=True)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)

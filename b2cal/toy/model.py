@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from b2cal.caf.atomic_file import atomic_write_bytes
+from b2cal.core.files import atomic_write_bytes
 from b2cal.errors import B2CalError
 
 FloatArray = npt.NDArray[np.float64]
@@ -62,18 +62,10 @@ BEAMSPOT_RANGE_CM = ((-0.05, 0.05), (-0.02, 0.02), (-0.5, 0.5))
 STREAM_BHABHA = "bhabha"
 STREAM_MUMU = "mumu"
 STREAMS = (STREAM_BHABHA, STREAM_MUMU)
-TREE_NAME = "events"
-METADATA_NAME = "metadata"
 HIT_BRANCHES = ("hit_channel", "hit_time", "hit_adc")
 TRACK_BRANCHES = ("trk_module", "trk_u_prev", "trk_u", "trk_u_next")
 VERTEX_BRANCHES = ("vtx_x", "vtx_y", "vtx_z")
 TRUTH_FILENAME = "truth.json"
-
-
-def toy_file_path(storage: Path, exp: int, run: int, stream: str, index: int) -> Path:
-    """Where the contract puts file ``index`` of ``stream`` for ``(exp, run)``."""
-    name = f"{stream}.e{exp:04d}.r{run:05d}.f{index:05d}.root"
-    return Path(storage) / f"e{exp:04d}" / f"r{run:05d}" / stream / name
 
 
 def vertex_x_shift_cm(delta: Sequence[float] | FloatArray) -> float:

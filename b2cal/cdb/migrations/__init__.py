@@ -1,1 +1,1 @@
-"""Alembic migrations of the embedded conditions database (run by ``b2cal.cdb.sql_engine``)."""
+"""Alembic migrations of the embedded conditions database (run by ``b2cal.sql.migrations``)."""

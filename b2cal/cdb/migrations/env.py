@@ -1,9 +1,9 @@
 """Alembic's environment for the embedded conditions database.
 
 Alembic runs this file; nothing imports it. b2cal upgrades the schema itself
-(:func:`b2cal.cdb.sql_engine.upgrade`) and hands over a connection already inside its schema
-lock and transaction. A developer writing a new revision gives a URL instead, through
-:func:`b2cal.cdb.sql_engine.alembic_config`. The version table has a name of its own so that
+(:func:`b2cal.sql.migrations.upgrade_schema`) and hands over a connection already inside its
+schema lock and transaction. A developer writing a new revision gives a URL instead, through
+``b2cal.cdb.schema.MIGRATIONS.config(url)``. The version table has a name of its own so that
 b2cal's state database may live in the same database.
 """
 

@@ -17,8 +17,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from b2cal.caf.iov import ExpRun
-from b2cal.cdb.model import CdbError
+from b2cal.core.iov import ExpRun
+from b2cal.errors import CdbError, NopayloaddbError
 
 #: Where the API sits under a server's root URL.
 API_PATH: Final = "/api/cdb_rest/"
@@ -34,14 +34,6 @@ _ROW = (
     "major_iov_end",
     "minor_iov_end",
 )
-
-
-class NopayloaddbError(CdbError):
-    """A request the server refused or could not answer, in one line; ``status`` if it answered."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class ApiOptions(TypedDict, total=False):
@@ -149,13 +141,14 @@ class NopayloaddbApi:
             except ValueError:
                 is_json = False
         if status >= 400 or (300 <= status < 400):
+            detail = ""
             if is_json:
-                reason = _one_line(_detail(answer))
+                reason = detail = _one_line(_detail(answer))
             elif "location" in response.headers:
                 reason = f"redirected to {response.headers['location']}"
             else:
                 reason = "an error page, not JSON"
-            raise NopayloaddbError(f"{what}: HTTP {status}: {reason}", status)
+            raise NopayloaddbError(f"{what}: HTTP {status}: {reason}", status, detail)
         if not is_json:
             kind = response.headers.get("content-type") or "no content type"
             raise NopayloaddbError(f"{what}: HTTP {status} but the answer is not JSON ({kind})")
@@ -179,7 +172,7 @@ class NopayloaddbApi:
         try:
             self.post(path, body)
         except NopayloaddbError as exc:
-            if exc.status != 400 or "already exists" not in str(exc):
+            if exc.status != 400 or "already exists" not in exc.detail:
                 raise
 
     def set_status(self, tag: str, status: str) -> None:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 from typing import Final
 
-from b2cal.caf.iov import ExpRun
-from b2cal.cdb.model import CdbError
-from b2cal.cdb.nopayloaddb.api import NopayloaddbApi, NopayloaddbError, path_segment
+from b2cal.cdb.nopayloaddb.api import NopayloaddbApi, path_segment
 from b2cal.cdb.nopayloaddb.mapping import STATE_TAG, TEXT_LIMIT, StateRecord, state_type
+from b2cal.core.iov import ExpRun
+from b2cal.errors import CdbError, NopayloaddbError
 
 #: A lookup point later than any state record, to read the latest record of every tag at once.
 _LATEST: Final = 2**62

@@ -29,10 +29,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
-from b2cal.caf.iov import ExpRun, IoV
-from b2cal.caf.localdb import md5sum
-from b2cal.cdb.model import CdbError, GlobalTag, Payload, PayloadIoV, TagState
-from b2cal.errors import B2CalError
+from b2cal.cdb.model import GlobalTag, Payload, PayloadIoV, TagState
+from b2cal.core.files import md5sum
+from b2cal.core.iov import ExpRun, IoV
+from b2cal.errors import B2CalError, CdbError
 
 #: What nopayloaddb stores as the end of an open-ended IoV (its ``sys.maxsize``).
 OPEN_END: Final = 2**63 - 1

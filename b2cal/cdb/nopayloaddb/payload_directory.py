@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from b2cal.caf.atomic_file import atomic_write_bytes, atomic_write_json
-from b2cal.caf.localdb import md5sum
-from b2cal.cdb.model import CdbError, Payload, UnknownPayload
+from b2cal.cdb.model import Payload
 from b2cal.cdb.nopayloaddb.mapping import payload_url
 from b2cal.cdb.store import read_payload_file
+from b2cal.core.files import atomic_write_bytes, atomic_write_json, md5sum
+from b2cal.errors import CdbError, UnknownPayload
 
 
 class PayloadDirectory:
@@ -115,9 +115,10 @@ class PayloadDirectory:
             return read_payload_file(path, payload)
         except FileNotFoundError:
             raise UnknownPayload(
-                f"payload file of {payload.name} revision {payload.revision} is not in the "
-                f"payload directory {self.root} ({path}); every client of a nopayloaddb server "
-                "must use the same payload directory"
+                payload.name,
+                payload.revision,
+                f"its file is not in the payload directory {self.root} ({path}); every client "
+                "of a nopayloaddb server must use the same payload directory",
             ) from None
 
     @staticmethod

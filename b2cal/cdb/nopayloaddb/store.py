@@ -15,19 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Unpack
 
-from b2cal.caf.iov import ExpRun
-from b2cal.cdb.model import (
-    CdbError,
-    GlobalTag,
-    NoPayloadValid,
-    Payload,
-    PayloadIoV,
-    TagState,
-    UnknownPayload,
-    UnknownTag,
-    by_name_and_start,
-)
-from b2cal.cdb.nopayloaddb.api import ApiOptions, NopayloaddbApi, NopayloaddbError, path_segment
+from b2cal.cdb.model import GlobalTag, Payload, PayloadIoV, TagState, by_name_and_start
+from b2cal.cdb.nopayloaddb.api import ApiOptions, NopayloaddbApi, path_segment
 from b2cal.cdb.nopayloaddb.bookkeeping import StateBook
 from b2cal.cdb.nopayloaddb.mapping import (
     STATE_TAG,
@@ -51,6 +40,8 @@ from b2cal.cdb.store import (
     provenance_query,
     with_provenance,
 )
+from b2cal.core.iov import ExpRun
+from b2cal.errors import CdbError, NopayloaddbError, NoPayloadValid, UnknownPayload, UnknownTag
 
 
 def _created(text: Any) -> datetime | None:
@@ -98,13 +89,13 @@ class RestStore(ConditionsStore):
     # --- reading ------------------------------------------------------------------------------
     def _server_tag(self, name: str, light: bool) -> dict[str, Any]:
         if name == self.book.tag:
-            raise UnknownTag(f"unknown global tag {name!r} (b2cal's own bookkeeping tag)")
+            raise UnknownTag(name, "b2cal's own bookkeeping tag")
         try:
             path = f"globalTag/{path_segment(name)}"
             answer: dict[str, Any] = self.api.get(path, light=1) if light else self.api.get(path)
         except NopayloaddbError as exc:
             if exc.status == 404:
-                raise UnknownTag(f"unknown global tag {name!r}") from None
+                raise UnknownTag(name) from None
             raise
         return answer
 
@@ -179,12 +170,12 @@ class RestStore(ConditionsStore):
                 if server.contains(exprun):
                     payload = self._described(name, row["payload_url"], row["checksum"])
                     return PayloadIoV(tag, payload, iov_from_server(*server))
-        raise NoPayloadValid.at(tags, name, exprun)
+        raise NoPayloadValid(tags, name, exprun.exp, exprun.run)
 
     def payload(self, name: str, revision: int) -> Payload:
         found = self.files.payload(name, revision) if is_payload_name(name) else None
         if found is None:
-            raise UnknownPayload(f"unknown payload {name!r} revision {revision}")
+            raise UnknownPayload(name, revision)
         return found
 
     def payload_data(self, payload: Payload) -> bytes:

@@ -31,8 +31,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from b2cal.cdb.model import CdbError, PayloadIoV, TagState
-from b2cal.cdb.nopayloaddb.api import NopayloaddbApi, NopayloaddbError
+from b2cal.cdb.model import PayloadIoV, TagState
+from b2cal.cdb.nopayloaddb.api import NopayloaddbApi
 from b2cal.cdb.nopayloaddb.bookkeeping import StateBook
 from b2cal.cdb.nopayloaddb.mapping import (
     STATUS_OF,
@@ -42,6 +42,7 @@ from b2cal.cdb.nopayloaddb.mapping import (
     payload_url,
 )
 from b2cal.cdb.rules import IoVChange, apply
+from b2cal.errors import CdbError, NopayloaddbError
 
 
 def single_append(view: TagView, change: IoVChange, name: str) -> PayloadIoV | None:

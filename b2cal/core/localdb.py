@@ -1,8 +1,8 @@
 """basf2-style local conditions databases: ``database.txt`` plus payload files.
 
-This is the output format of every calibration (DESIGN.md §5.2) and the form in which payloads
-travel between iterations and between calibrations of one run. A directory holds, directly
-inside it, ``database.txt`` with one line per payload IoV::
+This is the output format of every calibration (docs/engine.md, *Outputs*) and the form in
+which payloads travel between iterations and between calibrations of one run. A directory
+holds, directly inside it, ``database.txt`` with one line per payload IoV::
 
     dbstore/<Name> <revision> <expLow>,<runLow>,<expHigh>,<runHigh>
 
@@ -13,7 +13,6 @@ constants always give the same bytes and the same md5 checksum.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -21,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from b2cal.caf.atomic_file import atomic_write_bytes
-from b2cal.caf.iov import ExpRun, IoV
+from b2cal.core.files import atomic_write_bytes, md5sum
+from b2cal.core.iov import ExpRun, IoV
 from b2cal.errors import B2CalError
 
 DATABASE_TXT = "database.txt"
+#: The folder, beside a local database folder, of the payloads' provenance sidecars.
+PROVENANCE_FOLDER = "provenance"
 _LINE = re.compile(r"^dbstore/(?P<name>[A-Za-z]\w*) (?P<rev>\d+) (?P<iov>-?\d+,-?\d+,-?\d+,-?\d+)$")
 
 
@@ -36,10 +37,6 @@ def payload_bytes(doc: Mapping[str, Any]) -> bytes:
     except ValueError as exc:
         raise B2CalError(f"payload is not finite JSON: {exc}") from exc
     return (text + "\n").encode()
-
-
-def md5sum(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 def payload_filename(name: str, revision: int, suffix: str = ".json") -> str:
@@ -99,8 +96,14 @@ class LocalDatabase:
             self._docs[key] = entry.read()
         return self._docs[key]
 
-    def names(self) -> list[str]:
-        return sorted({e.name for e in self.entries})
+
+def provenance_path(payload_file: Path) -> Path:
+    """Where the provenance sidecar of a payload file is: ``../provenance/<same name>``.
+
+    Provenance lives beside the payload, never inside it, so identical constants give
+    identical files and checksums whatever run produced them.
+    """
+    return payload_file.parent.parent / PROVENANCE_FOLDER / payload_file.name
 
 
 def read_database_txt(directory: Path) -> list[PayloadEntry]:

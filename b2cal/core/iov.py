@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -117,3 +118,14 @@ def tile_iovs(starts: list[ExpRun], last: ExpRun, open_ended: bool = False) -> l
     final = IoV.from_runs(starts[-1], last)
     iovs.append(final.open_ended() if open_ended else final)
     return iovs
+
+
+def run_ranges(runs: Iterable[int]) -> str:
+    """Run numbers as compact ranges, e.g. ``3-5, 9``."""
+    groups: list[list[int]] = []
+    for run in sorted(set(runs)):
+        if groups and groups[-1][-1] == run - 1:
+            groups[-1].append(run)
+        else:
+            groups.append([run])
+    return ", ".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)

@@ -1,0 +1,151 @@
+"""The local driver of ``b2cal caf run``: the engine's steps in a loop, calibrations in parallel.
+
+:func:`calibrate` drives one calibration through its iterations (collect, run_algorithm) to
+:func:`~b2cal.caf.steps.finish`; :func:`run_calibrations` starts every calibration as soon as
+its dependencies have ended (a :class:`graphlib.TopologicalSorter` with ``get_ready``/``done``),
+so independent calibrations run at the same time. A Prefect flow composes the same steps as
+tasks instead; nothing here is needed for that.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from b2cal.backends.base import Backend
+from b2cal.caf.calibration import AlgorithmResult, Calibration
+from b2cal.caf.graph import sorter
+from b2cal.caf.progress import NoProgress, Progress
+from b2cal.caf.records import CalibrationOutcome
+from b2cal.caf.steps import collect, finish, run_algorithm
+from b2cal.caf.workspace import Workspace
+from b2cal.errors import B2CalError, Interrupted
+
+log = logging.getLogger("b2cal.caf")
+
+
+def calibrate(
+    workspace: Workspace,
+    calibration: Calibration,
+    backend: Backend,
+    *,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> CalibrationOutcome:
+    """Run one calibration to its end, resuming from whatever its workspace holds.
+
+    A calibration that ended OK or NOT_ENOUGH_DATA before is not run again. One that cannot
+    finish (collector jobs failing, an algorithm FAILURE, a bug: traceback in ``error.log``)
+    ends FAILURE, recorded, without raising; an interrupt raises Interrupted.
+    """
+    shown = progress or NoProgress()
+    name = calibration.name
+    area = workspace.calibration(name)
+    with area.lock():
+        done = area.outcome()
+        if done is not None and done.finished:
+            shown.stage(name, f"done earlier: {done.result.value}")
+            return done
+        log.info("%s: started (up to %d iterations)", name, calibration.max_iterations)
+        try:
+            for iteration in range(calibration.max_iterations):
+                if stop is not None and stop.is_set():
+                    raise Interrupted(f"{name} before iteration {iteration}")
+                result = area.iteration(iteration).result()
+                if result is None:
+                    collect(workspace, calibration, iteration, backend, progress=shown, stop=stop)
+                    result = run_algorithm(workspace, calibration, iteration, progress=shown)
+                if result.result is not AlgorithmResult.ITERATE:
+                    break
+            outcome = finish(workspace, calibration, progress=shown)
+        except Interrupted:
+            log.warning("%s: interrupted", name)
+            raise
+        except B2CalError as exc:  # collector jobs that keep failing, a broken chain
+            outcome = CalibrationOutcome(
+                calibration=name, result=AlgorithmResult.FAILURE, message=str(exc)
+            )
+            area.write_outcome(outcome)
+        except Exception as exc:  # a bug in one calibration must not stop the others
+            area.error_log.write_text(traceback.format_exc())
+            message = f"internal error {type(exc).__name__}: {exc} (see {area.error_log})"
+            outcome = CalibrationOutcome(
+                calibration=name, result=AlgorithmResult.FAILURE, message=message
+            )
+            area.write_outcome(outcome)
+    log.info(
+        "%s: finished %s%s",
+        name,
+        outcome.result.value,
+        f": {outcome.message}" if outcome.message else "",
+    )
+    shown.stage(name, f"finished: {outcome.result.value}")
+    return outcome
+
+
+def run_calibrations(
+    workspace: Workspace,
+    calibrations: Mapping[str, Calibration],
+    backend: Backend,
+    *,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, CalibrationOutcome]:
+    """Run every calibration of a planned workspace, each as soon as its dependencies ended.
+
+    A calibration whose dependency did not end OK is not run (FAILURE, saying which; nothing
+    is recorded for it, so a rerun tries it again). An interrupt (KeyboardInterrupt, also
+    SIGTERM turned into one) sets ``stop``: running collections are cancelled, nothing new
+    starts, and the interrupt is raised again once every calibration has stopped.
+    """
+    shown = progress or NoProgress()
+    stop = stop if stop is not None else threading.Event()
+    graph = sorter(calibrations)
+    outcomes: dict[str, CalibrationOutcome] = {}
+    running: dict[Future[CalibrationOutcome], str] = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, len(calibrations)), thread_name_prefix="caf")
+    try:
+        while graph.is_active():
+            for name in graph.get_ready():
+                blocked = _failed_dependency(calibrations[name], outcomes)
+                if blocked is not None:
+                    shown.stage(name, f"not run: {blocked}")
+                    log.warning("%s: not run: %s", name, blocked)
+                    outcomes[name] = CalibrationOutcome(
+                        calibration=name,
+                        result=AlgorithmResult.FAILURE,
+                        message=f"not run: {blocked}",
+                    )
+                    graph.done(name)
+                    continue
+                future = pool.submit(
+                    calibrate, workspace, calibrations[name], backend, progress=shown, stop=stop
+                )
+                running[future] = name
+            if not running:
+                continue
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                outcomes[name] = future.result()
+                graph.done(name)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    order = workspace.run_record().calibrations
+    return {name: outcomes[name] for name in order if name in outcomes}
+
+
+def _failed_dependency(
+    calibration: Calibration, outcomes: Mapping[str, CalibrationOutcome]
+) -> str | None:
+    for dep in calibration.depends_on:
+        outcome = outcomes[dep]
+        if outcome.result is not AlgorithmResult.OK:
+            return f"dependency {dep} ended {outcome.result.value}"
+    return None

@@ -1,0 +1,212 @@
+"""Planning a calibration run: which calibrations in which order, on which files, in which jobs.
+
+:func:`make_plan` is pure (it only lists files): ``caf run --dry-run`` prints its result and
+creates nothing. :func:`record_plan` makes the plan the workspace's, or checks that it is the
+same as the one recorded (resume): same arguments, same configuration per calibration, same
+input files (by size, modification time and inode).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from b2cal.caf.calibration import Calibration
+from b2cal.caf.config import Overrides
+from b2cal.caf.graph import topological_order, upstream
+from b2cal.caf.jobs import split_files
+from b2cal.caf.records import CalibrationRecord, RunRecord
+from b2cal.caf.strategies import RunRange
+from b2cal.caf.workspace import Workspace
+from b2cal.catalog.inputs import FileStamp, InputFile, changed_files, read_file_list
+from b2cal.catalog.storage import find_files
+from b2cal.core.iov import ExpRun
+from b2cal.errors import ArgumentsChanged, B2CalError, InputsChanged
+
+log = logging.getLogger("b2cal.caf")
+
+
+class CalibrationRequest(BaseModel):
+    """What to calibrate: runs of one experiment, from a storage element or a list of files."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    exp: int = Field(ge=0)
+    first_run: int = Field(ge=0)
+    last_run: int = Field(ge=0)
+    storage: Path | None = None
+    files_from: Path | None = None
+    open_ended: bool = False
+    input_databases: tuple[Path, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_source_and_a_range(self) -> CalibrationRequest:
+        if (self.storage is None) == (self.files_from is None):
+            raise ValueError("give exactly one of storage and files_from")
+        if self.last_run < self.first_run:
+            raise ValueError(f"run range {self.first_run}-{self.last_run} ends before it starts")
+        return self
+
+    @property
+    def requested(self) -> RunRange:
+        return RunRange(ExpRun(self.exp, self.first_run), ExpRun(self.exp, self.last_run))
+
+    @property
+    def runs(self) -> range:
+        return range(self.first_run, self.last_run + 1)
+
+    def source(self) -> str:
+        return f"storage {self.storage}" if self.storage else f"--files-from {self.files_from}"
+
+    def arguments(self, calibrations: Sequence[str]) -> dict[str, Any]:
+        """The run's identity: what a resume must give again (not the number of workers)."""
+        source: dict[str, Any] = (
+            {"storage": str(self.storage)}
+            if self.storage is not None
+            else {"files_from": str(self.files_from)}
+        )
+        return {
+            **source,
+            "exp": self.exp,
+            "runs": f"{self.first_run}-{self.last_run}",
+            "calibrations": sorted(calibrations),
+            "open_ended": self.open_ended,
+            "input_databases": [str(d) for d in self.input_databases],
+        }
+
+
+class CalibrationPlan(BaseModel):
+    """One calibration of a plan."""
+
+    name: str
+    depends_on: list[str]
+    upstream: list[str]
+    streams: list[str]
+    strategy: str
+    max_iterations: int
+    files: list[InputFile]
+    #: How many files each collector job gets, in job order.
+    job_files: list[int]
+    runs_without_files: list[int]
+    config: dict[str, Any]
+
+
+class Plan(BaseModel):
+    request: CalibrationRequest
+    order: list[str]
+    calibrations: dict[str, CalibrationPlan]
+    #: Listed files (``--files-from``) outside the requested experiment and runs.
+    left_out: int = 0
+
+    def arguments(self) -> dict[str, Any]:
+        return self.request.arguments(self.order)
+
+
+def make_plan(
+    request: CalibrationRequest,
+    calibrations: Mapping[str, Calibration],
+    overrides: Overrides | None = None,
+) -> Plan:
+    """The plan of running ``calibrations`` (configured already) for ``request``.
+
+    Input files are listed once for all calibrations. A calibration without any input file is
+    refused; requested runs without files are noted (they are warned about, not refused).
+    """
+    order = topological_order(calibrations)
+    streams = sorted({s for c in calibrations.values() for s in c.input_streams})
+    listed, left_out = _input_files(request, streams)
+    plans = {}
+    for name in order:
+        calibration = calibrations[name]
+        files = [f for f in listed if f.stream in calibration.input_streams]
+        if not files:
+            raise B2CalError(
+                f"no input files for {name} (streams {','.join(calibration.input_streams)}) in "
+                f"experiment {request.exp} runs {request.first_run}-{request.last_run} under "
+                f"{request.storage if request.storage else request.files_from}"
+            )
+        with_files = {f.run for f in files}
+        plans[name] = CalibrationPlan(
+            name=name,
+            depends_on=list(calibration.depends_on),
+            upstream=upstream(name, calibrations),
+            streams=list(calibration.input_streams),
+            strategy=calibration.strategy.name.value,
+            max_iterations=calibration.max_iterations,
+            files=files,
+            job_files=[
+                len(group)
+                for group in split_files(files, calibration.max_files_per_job, calibration.max_jobs)
+            ],
+            runs_without_files=[r for r in request.runs if r not in with_files],
+            config=dict((overrides or {}).get(name, {})),
+        )
+    return Plan(request=request, order=order, calibrations=plans, left_out=left_out)
+
+
+def _input_files(
+    request: CalibrationRequest, streams: Sequence[str]
+) -> tuple[list[InputFile], int]:
+    if request.storage is not None:
+        return find_files(request.storage, request.exp, request.runs, streams), 0
+    assert request.files_from is not None
+    listed = read_file_list(request.files_from)
+    inside = [
+        f for f in listed if f.exp == request.exp and f.run in request.runs and f.stream in streams
+    ]
+    return inside, len(listed) - len(inside)
+
+
+def record_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) -> RunRecord:
+    """Make ``plan`` the workspace's, or check that it is the recorded one (resume).
+
+    ``rerun`` names calibrations to compute again (``caf run --rerun``): their results are
+    forgotten (collector jobs stay, so unchanged ones are reused) and their configuration may
+    differ from the recorded one. Anything else that differs is refused, the input files
+    included: finished jobs and dependencies' payloads were made from the files seen first.
+    """
+    request = plan.request
+    record = workspace.claim(
+        RunRecord(
+            arguments=plan.arguments(),
+            calibration_run=uuid.uuid4().hex[:12],
+            calibrations=plan.order,
+            exp=request.exp,
+            first_run=request.first_run,
+            last_run=request.last_run,
+            open_ended=request.open_ended,
+        )
+    )
+    for name in plan.order:
+        calibration = plan.calibrations[name]
+        area = workspace.calibration(name)
+        new = CalibrationRecord(
+            name=name,
+            config=calibration.config,
+            upstream=calibration.upstream,
+            input_databases=list(plan.request.input_databases),
+            files=calibration.files,
+            stamps=[FileStamp.of(f.path) for f in calibration.files],
+            runs_without_files=calibration.runs_without_files,
+        )
+        if not area.has_record():
+            with area.lock():
+                area.write_record(new)
+            continue
+        old = area.record()
+        changed = changed_files(old.stamps, new.stamps)
+        if changed:
+            raise InputsChanged(workspace.root, name, changed)
+        if name in rerun:
+            with area.lock():
+                area.forget_results(keep_iterations=calibration.max_iterations)
+                area.write_record(new)
+            log.info("%s: results forgotten for a rerun (config %s)", name, new.config or "{}")
+        elif old.config != new.config:
+            raise ArgumentsChanged(workspace.root, {f"config of {name}": (old.config, new.config)})
+    return record

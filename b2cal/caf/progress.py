@@ -1,0 +1,25 @@
+"""Where the engine reports what it is doing: a rich display, plain lines, a flow's log, nothing.
+
+The run log (``b2cal.log``) gets its lines through :mod:`logging` independently of this; a
+progress display is only for whoever watches the run.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Progress(Protocol):
+    def stage(self, calibration: str, text: str) -> None:
+        """``calibration`` entered a stage ("iteration 1: collecting (8 jobs)")."""
+
+    def jobs(self, calibration: str, done: int, total: int) -> None:
+        """``done`` of ``total`` collector jobs of ``calibration``'s current iteration ended."""
+
+
+class NoProgress:
+    def stage(self, calibration: str, text: str) -> None:
+        pass
+
+    def jobs(self, calibration: str, done: int, total: int) -> None:
+        pass

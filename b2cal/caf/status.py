@@ -1,0 +1,79 @@
+"""Where each calibration of a workspace stands (``b2cal caf status``, like ``b2caf-status``).
+
+Read from the records alone, so it works while a run is going (from another terminal, or the
+dashboard later) and after it ended: per calibration its state, iteration, collector jobs done
+/ failed / running, and the last error. Whether a process is driving a calibration right now is
+told by its lock.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from b2cal.caf.records import CalibrationOutcome
+from b2cal.caf.workspace import CalibrationArea, IterationArea, Workspace
+
+
+class CalibrationStatus(BaseModel):
+    calibration: str
+    #: not started, collecting, running the algorithm, finishing, or the final result (OK,
+    #: NOT_ENOUGH_DATA, FAILURE).
+    state: str
+    #: Whether a process holds the calibration now; a state that is not final without one
+    #: means the run was stopped (rerun to resume).
+    active: bool
+    iteration: int | None = None
+    jobs: int = 0
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    last_error: str = ""
+
+
+def workspace_status(workspace: Workspace) -> list[CalibrationStatus]:
+    """The status of every calibration of the workspace, in dependency order."""
+    record = workspace.run_record()
+    return [calibration_status(workspace.calibration(name)) for name in record.calibrations]
+
+
+def calibration_status(area: CalibrationArea) -> CalibrationStatus:
+    active = area.is_running()
+    outcome = area.outcome()
+    iterations = area.iterations()
+    current = iterations[-1] if iterations else None
+    status = CalibrationStatus(calibration=area.name, state="not started", active=active)
+    if current is not None:
+        _count_jobs(status, current, active)
+        status.iteration = current.iteration
+        result = current.result()
+        if result is None:
+            jobs_done = status.jobs > 0 and status.done == status.jobs
+            status.state = "running the algorithm" if jobs_done else "collecting"
+        else:
+            status.state = "collecting" if result.result.value == "ITERATE" else "finishing"
+    if outcome is not None and (outcome.finished or not active):
+        _final(status, outcome)
+    elif outcome is not None and not status.last_error:
+        status.last_error = outcome.message  # a failure that is being retried now
+    return status
+
+
+def _count_jobs(status: CalibrationStatus, iteration: IterationArea, active: bool) -> None:
+    for job in iteration.jobs():
+        status.jobs += 1
+        job_status = job.status()
+        if job_status is None:
+            if active and job.submission() is not None:
+                status.running += 1
+        elif job_status.state == "done":
+            status.done += 1
+        else:
+            status.failed += 1
+            status.last_error = f"job {job.index}: {job_status.error}"
+
+
+def _final(status: CalibrationStatus, outcome: CalibrationOutcome) -> None:
+    status.state = outcome.result.value
+    status.iteration = outcome.iterations - 1 if outcome.iterations else status.iteration
+    if outcome.result.value != "OK":
+        status.last_error = outcome.message

@@ -1,0 +1,260 @@
+"""The engine's steps: plan, collect, run_algorithm, finish.
+
+Each step is a function of the workspace, idempotent, and holds the calibration's lock while it
+works: a step that finished before returns what it recorded, a step killed half-way is done
+again from what was recorded. So any step may run in another process, after a crash, as a
+Prefect task — ``caf run`` (:mod:`b2cal.caf.driver`) and the flows call the same functions:
+
+* :func:`plan`: calibrations in dependency order, input files listed once, collector jobs per
+  calibration, recorded in the workspace (:mod:`b2cal.caf.plan`);
+* :func:`collect`: one iteration's collector jobs on a backend;
+* :func:`run_algorithm`: merge, strategy, algorithm for one iteration; its result says whether
+  the calibration asks to iterate;
+* :func:`finish`: final output, provenance and validation of a calibration.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+from b2cal.backends.base import Backend
+from b2cal.caf.calibration import AlgorithmResult, Calibration, PayloadDoc
+from b2cal.caf.chain import PayloadChain, chain_links
+from b2cal.caf.config import Overrides
+from b2cal.caf.jobs import merge_job_outputs, prepare_jobs, run_jobs, split_files
+from b2cal.caf.outputs import inputs_digest, validate, write_final_output
+from b2cal.caf.plan import CalibrationRequest, Plan, make_plan, record_plan
+from b2cal.caf.progress import NoProgress, Progress
+from b2cal.caf.records import CalibrationOutcome, CalibrationRecord, IterationResult, PayloadRef
+from b2cal.caf.strategies import run_strategy
+from b2cal.caf.workspace import CalibrationArea, Workspace
+from b2cal.core.iov import IoV, run_ranges
+from b2cal.core.localdb import LocalDatabase, write_local_database
+from b2cal.errors import B2CalError
+
+log = logging.getLogger("b2cal.caf")
+
+
+def plan(
+    workspace: Workspace,
+    request: CalibrationRequest,
+    calibrations: Mapping[str, Calibration],
+    overrides: Overrides | None = None,
+    rerun: Collection[str] = (),
+) -> Plan:
+    """Plan the run and record the plan in the workspace (or check it against the recorded
+    one); ``rerun`` names calibrations whose results are forgotten, to be computed again."""
+    result = make_plan(request, calibrations, overrides)
+    record_plan(workspace, result, rerun)
+    for name in result.order:
+        missing = result.calibrations[name].runs_without_files
+        if missing:
+            log.warning("%s: no input files for requested runs %s", name, run_ranges(missing))
+    return result
+
+
+def chain_directories(
+    workspace: Workspace, area: CalibrationArea, record: CalibrationRecord, iteration: int
+) -> list[Path]:
+    """The database chain of an iteration: the previous iteration's payloads, the
+    dependencies' outputs (nearest first), the request's input databases."""
+    previous = [area.iteration(iteration - 1).localdb] if iteration > 0 else []
+    dependencies = [workspace.calibration(dep).outputdb for dep in record.upstream]
+    return [*previous, *dependencies, *record.input_databases]
+
+
+def collect(
+    workspace: Workspace,
+    calibration: Calibration,
+    iteration: int,
+    backend: Backend,
+    *,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Run the collector jobs of ``iteration`` that have not finished on ``backend``.
+
+    Nothing to do once the iteration has a result. Collector jobs whose spec is unchanged
+    keep their output. Raises CollectionFailed if jobs still fail after the backend's retries,
+    Interrupted when ``stop`` is set.
+    """
+    shown = progress or NoProgress()
+    name = calibration.name
+    area = workspace.calibration(name)
+    with area.lock():
+        current = area.iteration(iteration)
+        if current.result() is not None:
+            return
+        record = area.record()
+        _check_ready(workspace, area, record, iteration)
+        chain = chain_links(chain_directories(workspace, area, record, iteration))
+        jobs = prepare_jobs(current, calibration, record.files, chain)
+        shown.stage(name, f"iteration {iteration}: collecting ({len(jobs)} jobs)")
+        log.info("%s: iteration %d: collecting, %d jobs", name, iteration, len(jobs))
+        run_jobs(name, iteration, jobs, backend, lambda d, t: shown.jobs(name, d, t), stop=stop)
+
+
+def _check_ready(
+    workspace: Workspace, area: CalibrationArea, record: CalibrationRecord, iteration: int
+) -> None:
+    for dep in record.upstream:
+        outcome = workspace.calibration(dep).outcome()
+        if outcome is None or outcome.result is not AlgorithmResult.OK:
+            state = outcome.result.value if outcome else "not finished"
+            raise B2CalError(f"{area.name} needs the payloads of {dep}, which is {state}")
+    if iteration > 0:
+        previous = area.iteration(iteration - 1).result()
+        if previous is None or previous.result is not AlgorithmResult.ITERATE:
+            raise B2CalError(
+                f"{area.name} iteration {iteration} cannot start: iteration {iteration - 1} "
+                "has not asked to iterate"
+            )
+
+
+def run_algorithm(
+    workspace: Workspace,
+    calibration: Calibration,
+    iteration: int,
+    *,
+    progress: Progress | None = None,
+) -> IterationResult:
+    """Merge the iteration's collector output, run the strategy and the algorithm, keep the
+    payloads (the iteration's ``localdb``) and the result; or return the recorded result."""
+    shown = progress or NoProgress()
+    name = calibration.name
+    area = workspace.calibration(name)
+    with area.lock():
+        current = area.iteration(iteration)
+        done = current.result()
+        if done is not None:
+            return done
+        record = area.record()
+        run = workspace.run_record()
+        planned = len(
+            split_files(record.files, calibration.max_files_per_job, calibration.max_jobs)
+        )
+        jobs = current.jobs()
+        if len(jobs) != planned:
+            raise B2CalError(f"{name} iteration {iteration} has not been collected: collect first")
+        shown.stage(name, f"iteration {iteration}: merging and running the algorithm")
+        per_run = merge_job_outputs(jobs)
+        statuses = [job.status() for job in jobs]
+        chain = PayloadChain(chain_directories(workspace, area, record, iteration))
+        outcome = run_strategy(
+            calibration.strategy,
+            calibration.algorithm,
+            per_run,
+            run.requested,
+            iteration=iteration,
+            lookup=chain.lookup,
+            open_ended=run.open_ended,
+            settings=calibration.settings,
+        )
+        write_local_database(current.localdb, outcome.payloads)
+        result = IterationResult(
+            iteration=iteration,
+            result=outcome.result,
+            message=outcome.message,
+            payloads=[PayloadRef(name=n, iov=iov) for n, iov, _ in outcome.payloads],
+            executions=[record.summary() for record in outcome.records],
+            events=sum(s.events for s in statuses if s is not None),
+            jobs=len(jobs),
+            bad_files=[b for s in statuses if s is not None for b in s.bad_files],
+        )
+        current.write_result(result)
+    for bad in result.bad_files:
+        log.warning("%s: bad input file %s: %s", name, bad.path, bad.reason)
+    log.info(
+        "%s: iteration %d: %s%s",
+        name,
+        iteration,
+        result.result.value,
+        f" ({result.message})" if result.message else "",
+    )
+    return result
+
+
+def finish(
+    workspace: Workspace, calibration: Calibration, *, progress: Progress | None = None
+) -> CalibrationOutcome:
+    """End the calibration from its last iteration: the outcome and, if it is OK, the final
+    output database, provenance and validation; or return the recorded outcome."""
+    shown = progress or NoProgress()
+    name = calibration.name
+    area = workspace.calibration(name)
+    with area.lock():
+        done = area.outcome()
+        if done is not None and done.finished:
+            return done
+        results = _iteration_results(area, calibration.max_iterations)
+        final = results[-1]
+        code, message = final.result, final.message
+        # As the CAF does: at the limit the last payloads are kept, and whether the limit was
+        # hit without convergence is recorded, whatever max_iterations is.
+        converged = None
+        if code is AlgorithmResult.ITERATE:
+            code, converged = AlgorithmResult.OK, False
+            message = (
+                f"not converged after {len(results)} iterations (max_iterations); "
+                "last payloads kept"
+            )
+        elif calibration.max_iterations > 1:
+            converged = code is AlgorithmResult.OK
+        if code is AlgorithmResult.OK and not final.payloads:
+            code, message = AlgorithmResult.FAILURE, "the algorithm ended OK without any payload"
+        record = area.record()
+        outcome = CalibrationOutcome(
+            calibration=name,
+            result=code,
+            iterations=len(results),
+            message=message,
+            converged=converged,
+            events=final.events,
+            jobs=final.jobs,
+            bad_files=final.bad_files,
+            runs_without_files=record.runs_without_files,
+        )
+        if code is AlgorithmResult.OK:
+            shown.stage(name, "writing output and validating")
+            payloads = _payloads(area, final.iteration)
+            bad = {b.path for b in final.bad_files}
+            chain = PayloadChain(chain_directories(workspace, area, record, 0))
+            write_final_output(
+                area,
+                payloads,
+                calibration_run=workspace.run_record().calibration_run,
+                iteration=final.iteration,
+                digest=inputs_digest([s for s in record.stamps if s.path not in bad]),
+                upstream=chain.entries(),
+            )
+            outcome.iovs = sorted({iov for _, iov, _ in payloads}, key=lambda i: i.first)
+            outcome.validation = validate(calibration.validation, payloads)
+        area.write_outcome(outcome)
+    return outcome
+
+
+def _iteration_results(area: CalibrationArea, max_iterations: int) -> list[IterationResult]:
+    """The results of the iterations run, up to the first that does not ask to iterate."""
+    results: list[IterationResult] = []
+    for index in range(max_iterations):
+        result = area.iteration(index).result()
+        if result is None:
+            break
+        results.append(result)
+        if result.result is not AlgorithmResult.ITERATE:
+            return results
+    if not results:
+        raise B2CalError(f"{area.name} has no finished iteration: collect and run it first")
+    if len(results) < max_iterations:
+        raise B2CalError(
+            f"{area.name} asked to iterate: run iteration {len(results)} before finishing"
+        )
+    return results
+
+
+def _payloads(area: CalibrationArea, iteration: int) -> list[tuple[str, IoV, PayloadDoc]]:
+    database = LocalDatabase(area.iteration(iteration).localdb)
+    return [(e.name, e.iov, e.read()) for e in database.entries]

@@ -1,0 +1,386 @@
+"""The workspace: the one owner of the layout of a calibration run's output folder.
+
+::
+
+    <output>/b2cal-run.json                 RunRecord: arguments (identity), calibration-run id
+    <output>/b2cal.log                      the run log, a timestamped line per event
+    <output>/<Calibration>/
+        calibration.json                    CalibrationRecord: config, input files, chain
+        .lock                               held by whoever drives this calibration
+        result.json                         CalibrationOutcome (written last)
+        error.log                           traceback of an internal error
+        outputdb/                           basf2-style local database of the final payloads
+        provenance/                         a sidecar per final payload
+        iterations/<i>/
+            result.json                     IterationResult (written last)
+            collector.pkl                   the collector and its settings
+            localdb/                        the iteration's payloads (next iteration's chain)
+            jobs/<NNNN>/                    one collector job:
+                spec.json  submission.json  output.pkl  status.json (last)  job.log
+
+No other module spells these names: everything reaches them through the path objects below,
+which read and write their own records. Every record is written atomically and the one that
+says "done" last, so the existence of a record is a reliable "this step is finished".
+
+**Locking is per calibration**: whoever runs a step of a calibration holds ``.lock`` (an
+advisory ``flock``, released by the system however the process ends). The calibrations of one
+output can therefore be driven by separate processes (the Prefect flow runs of one request)
+without blocking each other, while two drivers of the same calibration cannot collide. The
+lock is re-entrant within a process, so a driver may hold it around the steps it calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import pickle
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from b2cal.caf.accumulator import RunAccumulators
+from b2cal.caf.records import (
+    CalibrationOutcome,
+    CalibrationRecord,
+    IterationResult,
+    JobSpec,
+    JobStatus,
+    JobSubmission,
+    RunRecord,
+)
+from b2cal.core.files import atomic_write_bytes
+from b2cal.core.localdb import PROVENANCE_FOLDER
+from b2cal.errors import ArgumentsChanged, CalibrationBusy, WorkspaceError
+
+RUN_RECORD = "b2cal-run.json"
+RUN_LOG = "b2cal.log"
+_LOCK = ".lock"
+#: How long a driver waits for a calibration's lock before saying it is busy (a ``caf
+#: status`` probing the lock holds it for an instant).
+_LOCK_PATIENCE_SECONDS = 1.0
+
+log = logging.getLogger("b2cal.caf")
+
+
+# --- locks ---------------------------------------------------------------------------------------
+class _HeldLocks:
+    """The calibration locks this process holds, so that taking one again does not block."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held: dict[Path, tuple[IO[str], int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, path: Path, output: Path, calibration: str) -> Iterator[None]:
+        with self._mutex:
+            if path in self._held:
+                handle, count = self._held[path]
+                self._held[path] = (handle, count + 1)
+            else:
+                self._held[path] = (self._take(path, output, calibration), 1)
+        try:
+            yield
+        finally:
+            with self._mutex:
+                handle, count = self._held[path]
+                if count > 1:
+                    self._held[path] = (handle, count - 1)
+                else:
+                    del self._held[path]
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                    handle.close()
+
+    @staticmethod
+    def _take(path: Path, output: Path, calibration: str) -> IO[str]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+")
+        deadline = time.monotonic() + _LOCK_PATIENCE_SECONDS
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.close()
+                    raise CalibrationBusy(output, calibration) from None
+                time.sleep(0.05)
+
+    def held(self, path: Path) -> bool:
+        with self._mutex:
+            return path in self._held
+
+
+_LOCKS = _HeldLocks()
+
+
+# --- jobs, iterations, calibrations ------------------------------------------------------------
+def _numbered(folder: Path) -> list[int]:
+    """The numbers of the numbered subfolders of ``folder``, sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+class JobArea:
+    """The folder of one collector job."""
+
+    def __init__(self, root: Path, index: int) -> None:
+        self.root = root
+        self.index = index
+
+    @property
+    def log_path(self) -> Path:
+        """What the job wrote while it ran (its traceback, if it failed)."""
+        return self.root / "job.log"
+
+    def spec(self) -> JobSpec | None:
+        return JobSpec.read(self.root / "spec.json")
+
+    def write_spec(self, spec: JobSpec) -> None:
+        """Write the spec; a job whose spec changed loses everything it had (outputs of
+        another plan must never be merged)."""
+        if self.spec() == spec:
+            return
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        spec.write(self.root / "spec.json")
+
+    def status(self) -> JobStatus | None:
+        return JobStatus.read(self.root / "status.json")
+
+    def write_status(self, status: JobStatus) -> None:
+        status.write(self.root / "status.json")
+
+    @property
+    def done(self) -> bool:
+        status = self.status()
+        return status is not None and status.state == "done"
+
+    def forget_status(self) -> None:
+        """Before an attempt: the job is not finished until it writes a new status."""
+        (self.root / "status.json").unlink(missing_ok=True)
+
+    def submission(self) -> JobSubmission | None:
+        return JobSubmission.read(self.root / "submission.json")
+
+    def write_submission(self, submission: JobSubmission) -> None:
+        submission.write(self.root / "submission.json")
+
+    def output(self) -> RunAccumulators:
+        with (self.root / "output.pkl").open("rb") as handle:
+            result: RunAccumulators = pickle.load(handle)
+        return result
+
+    def write_output(self, output: RunAccumulators) -> None:
+        atomic_write_bytes(self.root / "output.pkl", pickle.dumps(output, protocol=5))
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class IterationArea:
+    """The folder of one iteration of a calibration."""
+
+    def __init__(self, root: Path, iteration: int) -> None:
+        self.root = root
+        self.iteration = iteration
+
+    @property
+    def localdb(self) -> Path:
+        """The iteration's payloads, a local database: the first link of the next chain."""
+        return self.root / "localdb"
+
+    @property
+    def collector_path(self) -> Path:
+        return self.root / "collector.pkl"
+
+    def result(self) -> IterationResult | None:
+        return IterationResult.read(self.root / "result.json")
+
+    def write_result(self, result: IterationResult) -> None:
+        result.write(self.root / "result.json")
+
+    def job(self, index: int) -> JobArea:
+        return JobArea(self.root / "jobs" / f"{index:04d}", index)
+
+    def jobs(self) -> list[JobArea]:
+        """The job folders that exist, in job order."""
+        return [self.job(index) for index in _numbered(self.root / "jobs")]
+
+    def remove_jobs_from(self, count: int) -> None:
+        """Remove job folders numbered ``count`` and up (left from a plan with more jobs)."""
+        for job in self.jobs():
+            if job.index >= count:
+                shutil.rmtree(job.root)
+
+    def forget_result(self) -> None:
+        """Make the iteration pending again, keeping its collector jobs."""
+        (self.root / "result.json").unlink(missing_ok=True)
+        shutil.rmtree(self.localdb, ignore_errors=True)
+
+
+class CalibrationArea:
+    """The folder of one calibration of a run."""
+
+    def __init__(self, output: Path, name: str) -> None:
+        self.output = output
+        self.name = name
+        self.root = output / name
+
+    @property
+    def outputdb(self) -> Path:
+        """The final payloads: a basf2-style local database."""
+        return self.root / "outputdb"
+
+    @property
+    def error_log(self) -> Path:
+        return self.root / "error.log"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this calibration (CalibrationBusy if another process drives it)."""
+        with _LOCKS.hold(self.root / _LOCK, self.output, self.name):
+            yield
+
+    def is_running(self) -> bool:
+        """Whether some process holds this calibration now."""
+        path = self.root / _LOCK
+        if _LOCKS.held(path):
+            return True
+        if not path.exists():
+            return False
+        with path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+    def record(self) -> CalibrationRecord:
+        found = CalibrationRecord.read(self.root / "calibration.json")
+        if found is None:
+            raise WorkspaceError(self.output, f"has no plan for {self.name}: plan it first")
+        return found
+
+    def has_record(self) -> bool:
+        return (self.root / "calibration.json").is_file()
+
+    def write_record(self, record: CalibrationRecord) -> None:
+        record.write(self.root / "calibration.json")
+
+    def outcome(self) -> CalibrationOutcome | None:
+        return CalibrationOutcome.read(self.root / "result.json")
+
+    def write_outcome(self, outcome: CalibrationOutcome) -> None:
+        outcome.write(self.root / "result.json")
+
+    def iteration(self, index: int) -> IterationArea:
+        return IterationArea(self.root / "iterations" / str(index), index)
+
+    def iterations(self) -> list[IterationArea]:
+        """The iteration folders that exist, in order."""
+        return [self.iteration(index) for index in _numbered(self.root / "iterations")]
+
+    def final_output_folders(self) -> tuple[Path, Path]:
+        """``outputdb/`` and the provenance folder beside it."""
+        return self.outputdb, self.root / PROVENANCE_FOLDER
+
+    def forget_results(self, keep_iterations: int) -> None:
+        """Make the calibration pending again, for ``caf run --rerun``: its outcome, final
+        output and iteration results go; collector jobs stay (unchanged ones are reused).
+        Iterations from ``keep_iterations`` on are removed entirely."""
+        (self.root / "result.json").unlink(missing_ok=True)
+        self.error_log.unlink(missing_ok=True)
+        for folder in self.final_output_folders():
+            shutil.rmtree(folder, ignore_errors=True)
+        for iteration in self.iterations():
+            if iteration.iteration >= keep_iterations:
+                shutil.rmtree(iteration.root)
+            else:
+                iteration.forget_result()
+
+
+class Workspace:
+    """The output folder of a calibration run (``caf run --output``, a request's folder)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / RUN_LOG
+
+    def exists(self) -> bool:
+        return (self.root / RUN_RECORD).is_file()
+
+    def run_record(self) -> RunRecord:
+        found = RunRecord.read(self.root / RUN_RECORD) if self.root.is_dir() else None
+        if found is None:
+            raise WorkspaceError(self.root, "is not the output of a b2cal calibration run")
+        return found
+
+    def claim(self, record: RunRecord) -> RunRecord:
+        """Make the folder the output of the run ``record`` describes, or check that it is
+        (same arguments).
+
+        Returns the recorded run record, whose calibration-run id is kept across resumes.
+        Refuses a folder made with other arguments (mixing them would give payloads of no
+        defined origin) and a non-empty folder that is not a b2cal output.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise WorkspaceError(self.root, "is a file, not a folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / RUN_RECORD
+        recorded = RunRecord.read(path)
+        if recorded is not None:
+            self.check_arguments(recorded, record.arguments)
+            return recorded
+        if any(self.root.iterdir()):
+            raise WorkspaceError(self.root, "is not empty and was not made by b2cal caf run")
+        record.write(path)
+        return record
+
+    def check_arguments(self, recorded: RunRecord, arguments: dict[str, Any]) -> None:
+        """ArgumentsChanged, naming each difference, unless ``arguments`` are the recorded."""
+        before = recorded.arguments
+        keys = sorted(set(before) | set(arguments))
+        differences = {
+            k: (before.get(k), arguments.get(k)) for k in keys if before.get(k) != arguments.get(k)
+        }
+        if differences:
+            raise ArgumentsChanged(self.root, differences)
+
+    def calibration(self, name: str) -> CalibrationArea:
+        return CalibrationArea(self.root, name)
+
+    @contextlib.contextmanager
+    def run_log(self) -> Iterator[None]:
+        """Append the engine's log lines (logger ``b2cal``) to ``b2cal.log`` while inside."""
+        handler = logging.FileHandler(self.log_path, delay=True)  # created at its first line
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+        handler.setLevel(logging.INFO)
+        root = logging.getLogger("b2cal")
+        previous = root.level
+        root.setLevel(logging.INFO)
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(previous)
+            handler.close()
+
+
+def host() -> str:
+    """This machine's name, recorded with each job."""
+    return os.uname().nodename
