@@ -151,6 +151,12 @@ class UnknownTag(CdbError):
         super().__init__(f"unknown global tag {tag!r}{f' ({note})' if note else ''}")
 
 
+class TagExists(CdbError):
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        super().__init__(f"global tag {tag!r} exists already")
+
+
 class UnknownPayload(CdbError):
     def __init__(self, name: str, revision: int | None = None, note: str = "") -> None:
         self.name = name

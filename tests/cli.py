@@ -7,15 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: Calibration plugins for tests, found through entry points when this folder is on the path.
+#: Calibration plugins for tests, found through entry points when this folder is on the path
+#: (with tests/ itself, where the plugins' shared code lives).
 PLUGINS = Path(__file__).parent / "plugins"
+TESTS = Path(__file__).parent
 B2CAL = Path(sys.executable).parent / "b2cal"
 
 
 def environment(plugins: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ, COLUMNS="200", **(extra or {}))
     if plugins:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), env.get("PYTHONPATH")]))
+        paths = [str(PLUGINS), str(TESTS), env.get("PYTHONPATH")]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     return env
 
 

@@ -20,6 +20,7 @@ from b2cal.caf.calibration import (
     Calibration,
     Collector,
     Execution,
+    ExpertSettings,
     RunContext,
     Strategy,
     StrategyName,
@@ -33,16 +34,23 @@ class HitCounter(Collector):
         return Accumulator(hits=int(ak.sum(ak.num(events["hit_channel"]))), events=len(events))
 
 
-class HitThreshold(Algorithm):
-    """OK with payload {hits, runs} when the group has at least ``minimum`` hits."""
+class CountingSettings(ExpertSettings):
+    collector_fields = ()  # the collector reads none: changing a setting collects nothing again
 
-    def __init__(self, minimum: int, iterations: int = 0) -> None:
-        self.minimum = minimum
+    #: Hits an IoV needs.
+    minimum: int = 1000
+
+
+class HitThreshold(Algorithm):
+    """OK with payload {hits, runs} when the group has at least ``minimum`` hits (a setting);
+    asks to iterate until the payload's ``step`` reaches ``iterations``."""
+
+    def __init__(self, iterations: int = 0) -> None:
         self.iterations = iterations
 
     def execute(self, data: Accumulator, context: AlgorithmContext) -> Execution:
         hits = data.get("hits", 0)
-        if hits < self.minimum:
+        if hits < CountingSettings.of(context).minimum:
             return Execution(AlgorithmResult.NOT_ENOUGH_DATA, message=f"{hits} hits")
         previous = context.payload("Counting")
         step = previous["step"] + 1 if previous else 0
@@ -61,7 +69,8 @@ def counting(
     return Calibration(
         name="Counting",
         collector=HitCounter(),
-        algorithm=HitThreshold(minimum, iterations),
+        algorithm=HitThreshold(iterations),
+        settings=CountingSettings(minimum=minimum),
         input_streams=("bhabha",),
         strategy=Strategy(name=strategy),
         max_iterations=max_iterations,

@@ -101,3 +101,31 @@ def test_refusals_are_one_line(calibrated: Path, tmp_path: Path) -> None:
     )
     assert_one_line_error(cdb(tmp_path, "promote", "t", "t", "--from", "1", "1"), "VALIDATED")
     assert_one_line_error(cdb(tmp_path, "payloads", "--where", "nokey"), "KEY=VALUE")
+
+
+@pytest.mark.parametrize("default", [False, True], ids=["--db", "B2CAL_HOME"])
+def test_a_missing_database_is_refused_and_not_created(tmp_path: Path, default: bool) -> None:
+    """Only `create` and `import` make a database; the others need one (they read it, or write
+    to a tag it must hold) and leave no empty file or folder behind."""
+    home = tmp_path / "home"
+    missing = home / "cdb.sqlite" if default else tmp_path / "missing/dir/x.sqlite"
+    url = f"sqlite:///{missing}"
+    options = () if default else ("--db", url)
+    env = {"B2CAL_HOME": str(home)}
+    for command in [
+        ("tags",),
+        ("show", "t"),
+        ("get", "--tag", "t", "--name", "ChannelT0", "--exp", "1", "--run", "1"),
+        ("diff", "a", "b"),
+        ("export", "t", str(tmp_path / "exported")),
+        ("payloads",),
+        ("state", "t", "TESTING"),
+        ("promote", "a", "b", "--from", "1", "1"),
+    ]:
+        result = b2cal("cdb", *options, *command, env=env)
+        assert_one_line_error(result, url, "nothing has been stored in it yet")
+    assert list(tmp_path.iterdir()) == []
+    ok(b2cal("cdb", *options, "create", "t", env=env))
+    assert missing.is_file()
+    listed = json.loads(ok(b2cal("cdb", *options, "tags", "--json", env=env)))
+    assert [t["name"] for t in listed] == ["t"]

@@ -47,9 +47,11 @@ from b2cal.cdb.nopayloaddb.mapping import (
     state_type,
 )
 from b2cal.cdb.nopayloaddb.store import RestStore
+from b2cal.cdb.operations import promote, upload
 from b2cal.cdb.store import NewPayloadIoV
 from b2cal.core.files import md5sum
 from b2cal.core.iov import END_OF_EXP, ExpRun, IoV, tile_iovs
+from b2cal.core.localdb import write_local_database
 from b2cal.errors import (
     CdbError,
     ChecksumMismatch,
@@ -59,6 +61,8 @@ from b2cal.errors import (
     UnknownPayload,
     UnknownTag,
 )
+
+OPEN, RUNNING = TagState.OPEN, TagState.RUNNING
 
 
 def new(name: str, data: str, where: str, **provenance: Any) -> NewPayloadIoV:
@@ -299,7 +303,7 @@ def test_the_token_goes_with_writes_only(tmp_path: Path) -> None:
     with running_fake(jwt_secret="s3cret") as fake:
         with RestStore(fake.url, token=token, payloads=tmp_path) as store:
             store.create_tag("gt")
-            store.write_iovs("gt", [new("A", "a", "1,0,-1,-1")])
+            store.write_iovs("gt", [new("A", "a", "1,0,-1,-1")], state=OPEN)
             store.set_state("gt", TagState.RUNNING)
             assert placed(store, "gt") == [("A", 1, "1,0,-1,-1")]
         writes = [auth for method, _, auth in fake.requests if method != "GET"]
@@ -326,7 +330,7 @@ def test_a_real_server_that_wants_a_token_refuses_writes_without_it(tmp_path: Pa
 # --- workarounds --------------------------------------------------------------------------------
 def test_lookup_checks_the_end_the_server_ignores(store: RestStore) -> None:
     store.create_tag("gt")
-    store.write_iovs("gt", [new("A", "a", "1,0,1,9"), new("B", "b", "1,0,-1,-1")])
+    store.write_iovs("gt", [new("A", "a", "1,0,1,9"), new("B", "b", "1,0,-1,-1")], state=OPEN)
     rows = store.api.get("payloadiovs/", gtName="gt", majorIOV=1, minorIOV=20, shape="dict")
     assert {row["payload_type_name"] for row in rows} == {"A", "B"}  # the server's answer
     with pytest.raises(NoPayloadValid, match="no payload A valid at experiment 1 run 20"):
@@ -345,12 +349,15 @@ def server_status(store: RestStore, tag: str) -> str:
 def test_appending_to_a_running_tag_unlocks_it_for_the_moment(tmp_path: Path) -> None:
     with running_fake() as fake, RestStore(fake.url, payloads=tmp_path) as store:
         store.create_tag("gt")
-        store.write_iovs("gt", [new("A", "a1", "1,0,-1,-1")])
+        store.write_iovs("gt", [new("A", "a1", "1,0,-1,-1")], state=OPEN)
         store.set_state("gt", TagState.RUNNING)
         assert server_status(store, "gt") == "locked"
         start = len(fake.requests)
-        store.write_iovs("gt", [new("A", "a2", "1,10,1,19"), new("A", "a3", "1,20,-1,-1")])
-        store.write_iovs("gt", [new("A", "a4", "2,0,-1,-1")])  # a single append, no new list
+        store.write_iovs(
+            "gt", [new("A", "a2", "1,10,1,19"), new("A", "a3", "1,20,-1,-1")], state=RUNNING
+        )
+        # a single append, no new list
+        store.write_iovs("gt", [new("A", "a4", "2,0,-1,-1")], state=RUNNING)
         changes = [
             path.rsplit("/", 1)[-1]
             for method, path, _ in fake.requests[start:]
@@ -374,16 +381,17 @@ def test_a_new_payload_name_joins_a_running_tag_without_unlocking(tmp_path: Path
         store.create_tag("gt")
         store.set_state("gt", TagState.RUNNING)
         start = len(fake.requests)
-        store.write_iovs("gt", [new("B", "b", "1,0,-1,-1")])
+        store.write_iovs("gt", [new("B", "b", "1,0,-1,-1")], state=RUNNING)
         assert not [p for _, p, _ in fake.requests[start:] if "gt_change_status" in p]
         assert placed(store, "gt") == [("B", 1, "1,0,-1,-1")]
 
 
 def test_inserting_before_existing_iovs_of_an_open_tag_rebuilds_the_list(store: RestStore) -> None:
     store.create_tag("gt")
-    store.write_iovs("gt", [new("A", "a2", "1,10,1,19")])
-    store.write_iovs("gt", [new("A", "a1", "1,0,1,4")])  # the server alone would fail (HTML 500)
-    store.write_iovs("gt", [new("A", "a3", "1,5,1,9")])  # inside the gap: the same
+    store.write_iovs("gt", [new("A", "a2", "1,10,1,19")], state=OPEN)
+    # the server alone would fail (HTML 500)
+    store.write_iovs("gt", [new("A", "a1", "1,0,1,4")], state=OPEN)
+    store.write_iovs("gt", [new("A", "a3", "1,5,1,9")], state=OPEN)  # inside the gap: the same
     assert placed(store, "gt") == [("A", 2, "1,0,1,4"), ("A", 3, "1,5,1,9"), ("A", 1, "1,10,1,19")]
     assert [e.payload.checksum for e in store.iovs("gt")] == [
         md5sum(b"a1"),
@@ -395,9 +403,9 @@ def test_inserting_before_existing_iovs_of_an_open_tag_rebuilds_the_list(store: 
 def test_a_closed_iov_after_an_open_ended_one_is_not_split(store: RestStore) -> None:
     # Appending it to the list would make the server split the open-ended IoV around it.
     store.create_tag("gt")
-    store.write_iovs("gt", [new("A", "a1", "1,0,-1,-1")])
+    store.write_iovs("gt", [new("A", "a1", "1,0,-1,-1")], state=OPEN)
     store.set_state("gt", TagState.RUNNING)
-    store.write_iovs("gt", [new("A", "a2", "1,10,1,19")])
+    store.write_iovs("gt", [new("A", "a2", "1,10,1,19")], state=RUNNING)
     assert placed(store, "gt") == [("A", 1, "1,0,1,9"), ("A", 2, "1,10,1,19")]
     with pytest.raises(NoPayloadValid):
         store.lookup(["gt"], "A", ExpRun(1, 20))
@@ -408,7 +416,7 @@ def test_a_server_in_discrete_iov_mode_is_not_written_to(tmp_path: Path) -> None
     with running_fake(settings=settings) as fake, RestStore(fake.url, payloads=tmp_path) as store:
         store.create_tag("gt")
         with pytest.raises(CdbError, match="CDB_IOV_MODE=discrete"):
-            store.write_iovs("gt", [new("A", "a", "1,0,1,9")])
+            store.write_iovs("gt", [new("A", "a", "1,0,1,9")], state=OPEN)
         assert store.iovs("gt") == [] and store.find_payloads() == []
 
 
@@ -458,13 +466,13 @@ def test_tags_made_by_other_tools_are_read(store: RestStore) -> None:
     with pytest.raises(UnknownPayload, match="not in the payload directory"):
         store.payload_data(entry.payload)
     # b2cal's writes keep the foreign IoV as it is when they rebuild the list
-    store.write_iovs("theirs", [new("Beam", "mine", "1,0,1,9")])
+    store.write_iovs("theirs", [new("Beam", "mine", "1,0,1,9")], state=OPEN)
     rows = store.api.get("globalTag/theirs")["payload_lists"][0]["payload_iov"]
     assert sorted(r["payload_url"] for r in rows) == ["Beam/rev_1/" + md5sum(b"mine"),
                                                       "D0DXMagnets.dat"]  # fmt: skip
     # a RUNNING tag without a record of b2cal's is given one before it is unlocked
-    store.write_iovs("locked_one", [new("X", "x1", "1,0,-1,-1")])
-    store.write_iovs("locked_one", [new("X", "x2", "1,5,-1,-1")])
+    store.write_iovs("locked_one", [new("X", "x1", "1,0,-1,-1")], state=RUNNING)
+    store.write_iovs("locked_one", [new("X", "x2", "1,5,-1,-1")], state=RUNNING)
     assert server_status(store, "locked_one") == "locked"
     assert placed(store, "locked_one") == [("X", 1, "1,0,1,4"), ("X", 2, "1,5,-1,-1")]
 
@@ -472,7 +480,9 @@ def test_tags_made_by_other_tools_are_read(store: RestStore) -> None:
 # --- payload files --------------------------------------------------------------------------------
 def test_payload_files_and_provenance_live_in_the_payload_directory(store: RestStore) -> None:
     store.create_tag("gt")
-    store.write_iovs("gt", [new("A", "constants", "1,0,1,9", calibration="A", iteration=2)])
+    store.write_iovs(
+        "gt", [new("A", "constants", "1,0,1,9", calibration="A", iteration=2)], state=OPEN
+    )
     payload = store.payload("A", 1)
     folder = store.files.root / "A" / "rev_1"
     assert (folder / payload.checksum).read_bytes() == b"constants"
@@ -514,7 +524,7 @@ def test_payload_names_must_be_usable_as_types_and_folders(store: RestStore) -> 
     store.create_tag("gt")
     for name in ["../x", "a/b", ".hidden", "x" * 81]:
         with pytest.raises(CdbError, match="cannot be used"):
-            store.write_iovs("gt", [NewPayloadIoV(name, b"x", IoV(1, 0, 1, 0))])
+            store.write_iovs("gt", [NewPayloadIoV(name, b"x", IoV(1, 0, 1, 0))], state=OPEN)
     assert store.find_payloads() == [] and store.find_payloads("../x") == []
     with pytest.raises(UnknownPayload):
         store.payload("../A", 1)
@@ -549,17 +559,17 @@ class Crashing(httpx.BaseTransport):
 
 def _running(store: RestStore) -> None:
     store.create_tag("gt", "prompt")
-    store.write_iovs("gt", [new("A", "a1", "1,0,-1,-1"), new("B", "b1", "1,0,-1,-1")])
+    store.write_iovs("gt", [new("A", "a1", "1,0,-1,-1"), new("B", "b1", "1,0,-1,-1")], state=OPEN)
     store.set_state("gt", TagState.RUNNING)
 
 
 def _open(store: RestStore) -> None:
     store.create_tag("gt")
-    store.write_iovs("gt", [new("A", "a1", "1,10,1,19"), new("B", "b1", "1,0,1,9")])
+    store.write_iovs("gt", [new("A", "a1", "1,10,1,19"), new("B", "b1", "1,0,1,9")], state=OPEN)
 
 
-def _write(*entries: NewPayloadIoV) -> Callable[[RestStore], object]:
-    return lambda store: store.write_iovs("gt", entries)
+def _write(state: TagState, *entries: NewPayloadIoV) -> Callable[[RestStore], object]:
+    return lambda store: store.write_iovs("gt", entries, state=state)
 
 
 def _state(state: TagState) -> Callable[[RestStore], object]:
@@ -574,6 +584,7 @@ SCENARIOS: dict[str, tuple[Callable[[RestStore], None], Callable[[RestStore], ob
     "open: insert, append, new name": (
         _open,
         _write(
+            OPEN,
             new("A", "a0", "1,0,1,9"),
             new("A", "a2", "1,20,-1,-1"),
             new("B", "b2", "1,10,1,19"),
@@ -584,10 +595,13 @@ SCENARIOS: dict[str, tuple[Callable[[RestStore], None], Callable[[RestStore], ob
     "running: several appends": (
         _running,
         _write(
-            new("A", "a2", "1,5,1,9"), new("A", "a3", "1,10,-1,-1"), new("B", "b2", "2,0,-1,-1")
+            RUNNING,
+            new("A", "a2", "1,5,1,9"),
+            new("A", "a3", "1,10,-1,-1"),
+            new("B", "b2", "2,0,-1,-1"),
         ),
     ),
-    "running: one append": (_running, _write(new("A", "a2", "1,5,-1,-1"))),
+    "running: one append": (_running, _write(RUNNING, new("A", "a2", "1,5,-1,-1"))),
     "open to running": (_open, _state(TagState.RUNNING)),
     "open to testing": (_open, _state(TagState.TESTING)),
     "running to invalid": (_running, _state(TagState.INVALID)),
@@ -653,16 +667,81 @@ def test_a_crash_while_a_running_tag_is_unlocked_is_repaired(tmp_path: Path) -> 
         # die right after the unlock (writes: state record, unlock)
         crashing = client(url, tmp_path, transport=Crashing(2))
         with pytest.raises(Crash):
-            crashing.write_iovs("gt", [new("A", "a2", "1,5,-1,-1")])
+            crashing.write_iovs("gt", [new("A", "a2", "1,5,-1,-1")], state=RUNNING)
         with client(url, tmp_path) as store:
             assert server_status(store, "gt") == "unlocked"
             assert store.tag("gt").state is TagState.RUNNING  # still append-only for b2cal
             with pytest.raises(ForbiddenChange, match="append-only"):
-                store.write_iovs("gt", [new("A", "a0", "0,0,0,5")])
+                store.write_iovs("gt", [new("A", "a0", "0,0,0,5")], state=RUNNING)
             store.set_state("gt", TagState.RUNNING)  # completes: locks it again
             assert server_status(store, "gt") == "locked"
             with pytest.raises(ForbiddenChange, match="cannot become RUNNING"):
                 store.set_state("gt", TagState.RUNNING)
+
+
+# --- another client changing a tag while a write is under way --------------------------------
+class Meddling(httpx.BaseTransport):
+    """A transport that lets ``meddle`` (another client) change the server once, just before
+    the first request to a path containing ``before``.
+
+    ``user_settings/`` is asked once per client, after a write is planned and before anything
+    of it is sent: there, the change falls between the write's reads and its requests.
+    """
+
+    def __init__(self, meddle: Callable[[], object], before: str = "user_settings/") -> None:
+        self.inner = httpx.HTTPTransport()
+        self.meddle: Callable[[], object] | None = meddle
+        self.before = before
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.meddle is not None and self.before in request.url.path:
+            meddle, self.meddle = self.meddle, None
+            meddle()
+        return self.inner.handle_request(request)
+
+
+def local_database(directory: Path, name: str, *iovs: str) -> Path:
+    write_local_database(directory, [(name, IoV.parse(i), {"iov": i}) for i in iovs])
+    return directory
+
+
+def test_an_upload_into_a_tag_made_running_meanwhile_is_refused(tmp_path: Path) -> None:
+    outputdb = local_database(tmp_path / "out", "A", "1,0,-1,-1")
+    with server_url() as url, client(url, tmp_path) as other:
+        other.create_tag("gt")
+        meddling = Meddling(lambda: other.set_state("gt", TagState.RUNNING))
+        with client(url, tmp_path, transport=meddling) as store:
+            with pytest.raises(ForbiddenChange, match="changes only by promotion"):
+                upload(store, outputdb, "gt")
+            assert meddling.meddle is None  # it did change the state meanwhile
+        assert other.tag("gt").state is TagState.RUNNING
+        assert other.iovs("gt") == []
+
+
+def test_a_promotion_whose_staging_tag_changed_meanwhile_is_refused(tmp_path: Path) -> None:
+    with server_url() as url, client(url, tmp_path) as other:
+        for tag, iov in [("running", "1,0,-1,-1"), ("staging", "1,10,-1,-1")]:
+            other.create_tag(tag)
+            upload(other, local_database(tmp_path / tag, "A", iov), tag)
+        other.set_state("running", TagState.RUNNING)
+        for state in (TagState.TESTING, TagState.VALIDATED):
+            other.set_state("staging", state)
+        before = placed(other, "running")
+
+        def reopen_change_and_validate() -> None:
+            other.set_state("staging", TagState.OPEN)
+            other.remove_iovs("staging", other.iovs("staging"))
+            upload(other, local_database(tmp_path / "late", "A", "1,20,-1,-1"), "staging")
+            for state in (TagState.TESTING, TagState.VALIDATED):
+                other.set_state("staging", state)
+
+        meddling = Meddling(reopen_change_and_validate)
+        with client(url, tmp_path, transport=meddling) as store:
+            with pytest.raises(ForbiddenChange, match="staging changed state while"):
+                promote(store, "staging", "running", ExpRun(1, 10))
+            assert meddling.meddle is None
+        assert placed(other, "running") == before
+        assert server_status(other, "running") == "locked"
 
 
 # --- the fake behaves like the server (run with B2CAL_TEST_NOPAYLOADDB_URL to compare) ---------

@@ -43,6 +43,7 @@ from b2cal.errors import (
 from b2cal.sql.engine import SqlDatabase
 from b2cal.sql.migrations import upgrade
 
+OPEN, RUNNING = TagState.OPEN, TagState.RUNNING
 FROZEN = [TagState.TESTING, TagState.VALIDATED, TagState.PUBLISHED, TagState.INVALID]
 
 
@@ -74,7 +75,7 @@ def tag_in_state(
     """A tag holding ``entries`` (written while OPEN) and then moved to ``state``."""
     store.create_tag(name)
     if entries:
-        store.write_iovs(name, entries)
+        store.write_iovs(name, entries, state=OPEN)
     for step in state_path(state)[1:]:
         store.set_state(name, step)
 
@@ -130,7 +131,7 @@ def test_create_tag_and_refuse_a_duplicate(store: ConditionsStore) -> None:
 def test_new_tags_need_a_name_every_store_takes(store: ConditionsStore) -> None:
     for good in ["a", "7", "Prompt_e26-b12.v1+fix", "x" * 80]:
         assert store.create_tag(good).name == good
-    store.write_iovs("a", [new("A", "a1", "1,0,1,9")])
+    store.write_iovs("a", [new("A", "a1", "1,0,1,9")], state=OPEN)
     before = snapshot(store)
     bad_names = ["", "a/b", "gt ", " gt", "gt\n", "_gt", ".gt", "-gt", "+gt", "a b", "ä", "x" * 81]
     for bad in bad_names:
@@ -152,7 +153,7 @@ def test_unknown_tags_are_named(store: ConditionsStore) -> None:
         "set_state": lambda: store.set_state("nope", TagState.TESTING),
         "clone_tag": lambda: store.clone_tag("nope", "copy"),
         "iovs": lambda: store.iovs("nope"),
-        "write_iovs": lambda: store.write_iovs("nope", [entry]),
+        "write_iovs": lambda: store.write_iovs("nope", [entry], state=OPEN),
         "remove_iovs": lambda: store.remove_iovs("nope", []),
         "lookup": lambda: store.lookup(["real", "nope"], "A", ExpRun(1, 1)),
     }
@@ -182,12 +183,14 @@ def test_clone_copies_the_iovs_into_a_new_open_tag(store: ConditionsStore) -> No
 # --- what each state lets a write do ----------------------------------------------------------
 def test_open_tag_takes_additions_and_removals(store: ConditionsStore) -> None:
     store.create_tag("gt")
-    change = store.write_iovs("gt", [new("A", "a1", "1,0,1,4"), new("A", "a2", "1,5,1,9")])
+    change = store.write_iovs(
+        "gt", [new("A", "a1", "1,0,1,4"), new("A", "a2", "1,5,1,9")], state=OPEN
+    )
     assert [(p.name, p.revision, str(i)) for p, i in change.add] == [
         ("A", 1, "1,0,1,4"),
         ("A", 2, "1,5,1,9"),
     ]
-    store.write_iovs("gt", [new("B", "b", "1,0,1,9")])  # other names may overlap
+    store.write_iovs("gt", [new("B", "b", "1,0,1,9")], state=OPEN)  # other names may overlap
     first = store.iovs("gt", "A")[0]
     change = store.remove_iovs("gt", [first])
     assert change.remove == [first]
@@ -201,22 +204,23 @@ def test_open_tag_refuses_overlapping_iovs_of_one_name(store: ConditionsStore) -
     before = snapshot(store)
     for where in ["1,9,2,0", "0,0,-1,-1", "1,3,1,3"]:
         with pytest.raises(ForbiddenChange, match="overlaps"):
-            store.write_iovs("gt", [new("A", "a2", where)])
+            store.write_iovs("gt", [new("A", "a2", where)], state=OPEN)
     with pytest.raises(ForbiddenChange, match="overlaps"):
-        store.write_iovs("gt", [new("C", "c1", "2,0,2,5"), new("C", "c2", "2,5,2,9")])
+        store.write_iovs("gt", [new("C", "c1", "2,0,2,5"), new("C", "c2", "2,5,2,9")], state=OPEN)
     assert snapshot(store) == before
 
 
 def test_running_tag_appends_and_closes_the_open_ended_iov(store: ConditionsStore) -> None:
     tag_in_state(store, "gt", TagState.RUNNING, [new("A", "a1", "1,0,-1,-1")])
-    change = store.write_iovs("gt", [new("A", "a2", "1,10,-1,-1")])
+    change = store.write_iovs("gt", [new("A", "a2", "1,10,-1,-1")], state=RUNNING)
     assert [(old.iov, closed) for old, closed in change.close] == [
         (iov("1,0,-1,-1"), iov("1,0,1,9"))
     ]
     assert placed(store, "gt") == [("A", 1, "1,0,1,9"), ("A", 2, "1,10,-1,-1")]
-    store.write_iovs("gt", [new("A", "a3", "2,0,-1,-1")])  # across an experiment boundary
+    # across an experiment boundary
+    store.write_iovs("gt", [new("A", "a3", "2,0,-1,-1")], state=RUNNING)
     assert placed(store, "gt")[1:] == [("A", 2, "1,10,1,-1"), ("A", 3, "2,0,-1,-1")]
-    store.write_iovs("gt", [new("B", "b", "1,0,1,5")])  # a new name starts anywhere
+    store.write_iovs("gt", [new("B", "b", "1,0,1,5")], state=RUNNING)  # a new name starts anywhere
 
 
 def test_running_tag_refuses_inserts_before_and_removals(store: ConditionsStore) -> None:
@@ -226,7 +230,7 @@ def test_running_tag_refuses_inserts_before_and_removals(store: ConditionsStore)
     before = snapshot(store)
     for where in ["1,0,1,4", "1,7,-1,-1", "1,10,1,20"]:
         with pytest.raises(ForbiddenChange, match="append-only"):
-            store.write_iovs("gt", [new("A", "a3", where)])
+            store.write_iovs("gt", [new("A", "a3", where)], state=RUNNING)
     with pytest.raises(ForbiddenChange, match="OPEN"):
         store.remove_iovs("gt", store.iovs("gt"))
     assert snapshot(store) == before
@@ -236,7 +240,7 @@ def test_running_tag_refuses_appending_into_a_closed_iov(store: ConditionsStore)
     tag_in_state(store, "gt", TagState.RUNNING, [new("A", "a1", "1,0,1,9")])
     before = snapshot(store)
     with pytest.raises(ForbiddenChange, match="closed"):
-        store.write_iovs("gt", [new("A", "a2", "1,5,-1,-1")])
+        store.write_iovs("gt", [new("A", "a2", "1,5,-1,-1")], state=RUNNING)
     assert snapshot(store) == before
 
 
@@ -246,7 +250,7 @@ def test_frozen_tags_refuse_every_write(store: ConditionsStore) -> None:
     before = snapshot(store)
     for state in FROZEN:
         with pytest.raises(ForbiddenChange, match=state.value):
-            store.write_iovs(state.value, [new("A", "a2", "2,0,-1,-1")])
+            store.write_iovs(state.value, [new("A", "a2", "2,0,-1,-1")], state=state)
         with pytest.raises(ForbiddenChange, match=state.value):
             store.remove_iovs(state.value, store.iovs(state.value))
     assert snapshot(store) == before
@@ -258,12 +262,14 @@ def test_a_refused_write_leaves_nothing_of_its_earlier_entries(store: Conditions
     tag_in_state(store, "running", TagState.RUNNING, running)
     before = snapshot(store)
     with pytest.raises(ForbiddenChange):  # B alone is fine; the second entry overlaps
-        store.write_iovs("open", [new("B", "b", "1,0,1,9"), new("A", "a2", "1,5,1,20")])
+        store.write_iovs("open", [new("B", "b", "1,0,1,9"), new("A", "a2", "1,5,1,20")], state=OPEN)
     with pytest.raises(ForbiddenChange):  # appending A would close its IoV; B inserts before
-        store.write_iovs("running", [new("A", "a2", "1,10,-1,-1"), new("B", "b2", "1,0,1,3")])
+        store.write_iovs(
+            "running", [new("A", "a2", "1,10,-1,-1"), new("B", "b2", "1,0,1,3")], state=RUNNING
+        )
     bad = NewPayloadIoV("B", b"b", iov("2,0,2,9"), checksum=md5sum(b"something else"))
     with pytest.raises(ChecksumMismatch, match="differs"):
-        store.write_iovs("open", [new("C", "c", "2,0,2,9"), bad])
+        store.write_iovs("open", [new("C", "c", "2,0,2,9"), bad], state=OPEN)
     assert snapshot(store) == before
     assert [p.revision for p in store.find_payloads("B")] == [1]
     assert store.find_payloads("C") == []
@@ -273,20 +279,20 @@ def test_a_refused_write_leaves_nothing_of_its_earlier_entries(store: Conditions
 def test_writing_the_same_entries_again_changes_nothing(store: ConditionsStore) -> None:
     entries = [new("A", "a1", "1,0,1,4"), new("A", "a2", "1,5,-1,-1"), new("B", "b", "1,0,-1,-1")]
     store.create_tag("gt")
-    assert len(store.write_iovs("gt", entries).add) == 3
+    assert len(store.write_iovs("gt", entries, state=OPEN).add) == 3
     before = snapshot(store)
-    assert store.write_iovs("gt", entries).empty
+    assert store.write_iovs("gt", entries, state=OPEN).empty
     for state in [TagState.RUNNING, TagState.INVALID]:  # a retried upload after a promotion
         store.set_state("gt", state)
-        assert store.write_iovs("gt", entries).empty
+        assert store.write_iovs("gt", entries, state=state).empty
     assert snapshot(store)[1:] == before[1:]
 
 
 def test_revisions_count_from_one_per_name(store: ConditionsStore) -> None:
     store.create_tag("gt")
-    store.write_iovs("gt", [new("A", "x", "1,0,1,0"), new("A", "y", "1,1,1,1")])
-    store.write_iovs("gt", [new("B", "x", "1,0,1,0"), new("A", "x", "1,2,1,2")])
-    store.write_iovs("gt", [new("A", "z", "1,3,1,3")])
+    store.write_iovs("gt", [new("A", "x", "1,0,1,0"), new("A", "y", "1,1,1,1")], state=OPEN)
+    store.write_iovs("gt", [new("B", "x", "1,0,1,0"), new("A", "x", "1,2,1,2")], state=OPEN)
+    store.write_iovs("gt", [new("A", "z", "1,3,1,3")], state=OPEN)
     assert placed(store, "gt") == [
         ("A", 1, "1,0,1,0"),
         ("A", 2, "1,1,1,1"),
@@ -321,8 +327,9 @@ def test_payloads_are_found_by_provenance(store: ConditionsStore) -> None:
                 upstream=["ChannelT0/1", "ChannelT0/2"],
             ),
         ],
+        state=OPEN,
     )
-    store.write_iovs("gt", [new("ChannelT0", "t0 1", "2,0,2,4", calibration="other")])
+    store.write_iovs("gt", [new("ChannelT0", "t0 1", "2,0,2,4", calibration="other")], state=OPEN)
 
     def found(*args: Any, **kwargs: Any) -> list[tuple[str, int]]:
         return [(p.name, p.revision) for p in store.find_payloads(*args, **kwargs)]
@@ -342,8 +349,8 @@ def test_payloads_are_found_by_provenance(store: ConditionsStore) -> None:
 def test_lookup_through_a_chain_of_tags(store: ConditionsStore) -> None:
     store.create_tag("prompt")
     store.create_tag("base")
-    store.write_iovs("prompt", [new("A", "prompt", "1,5,1,9")])
-    store.write_iovs("base", [new("A", "base", "1,0,1,-1"), new("B", "b", "0,0,-1,-1")])
+    store.write_iovs("prompt", [new("A", "prompt", "1,5,1,9")], state=OPEN)
+    store.write_iovs("base", [new("A", "base", "1,0,1,-1"), new("B", "b", "0,0,-1,-1")], state=OPEN)
     chain = ["prompt", "base"]
 
     def source(name: str, exp: int, run: int, tags: list[str] = chain) -> tuple[str, bytes]:
@@ -405,7 +412,9 @@ def test_lookup_matches_a_brute_force_reference(
     contents = dict(zip(chain, [first, second], strict=True))
     for tag, iovs in contents.items():
         store.create_tag(tag)
-        store.write_iovs(tag, [new("P", f"{tag} {i}", str(v)) for i, v in enumerate(iovs)])
+        store.write_iovs(
+            tag, [new("P", f"{tag} {i}", str(v)) for i, v in enumerate(iovs)], state=OPEN
+        )
     for point in PROBES:
         expected = [
             (tag, md5sum(f"{tag} {i}".encode()))
@@ -424,7 +433,9 @@ def test_lookup_matches_a_brute_force_reference(
 # --- the embedded store only --------------------------------------------------------------
 def test_payload_files_are_content_addressed(sql_store: EmbeddedStore) -> None:
     sql_store.create_tag("gt")
-    sql_store.write_iovs("gt", [new("A", "same", "1,0,1,9"), new("B", "same", "1,0,1,9")])
+    sql_store.write_iovs(
+        "gt", [new("A", "same", "1,0,1,9"), new("B", "same", "1,0,1,9")], state=OPEN
+    )
     checksum = md5sum(b"same")
     path = sql_store.payload_dir / checksum[:2] / checksum
     assert sql_store.payload_file(checksum) == path
@@ -432,7 +443,7 @@ def test_payload_files_are_content_addressed(sql_store: EmbeddedStore) -> None:
     assert [p for p in sql_store.payload_dir.rglob("*") if p.is_file()] == [path]
     sql_store.set_state("gt", TagState.TESTING)
     with pytest.raises(ForbiddenChange):
-        sql_store.write_iovs("gt", [new("A", "refused", "2,0,2,9")])
+        sql_store.write_iovs("gt", [new("A", "refused", "2,0,2,9")], state=OPEN)
     assert not sql_store.payload_file(md5sum(b"refused")).exists()
     with pytest.raises(CdbError, match="not an md5"):
         sql_store.payload_file("../../etc/passwd")
@@ -440,7 +451,7 @@ def test_payload_files_are_content_addressed(sql_store: EmbeddedStore) -> None:
 
 def test_a_changed_payload_file_is_refused_and_repaired(sql_store: EmbeddedStore) -> None:
     sql_store.create_tag("gt")
-    sql_store.write_iovs("gt", [new("A", "good", "1,0,1,9")])
+    sql_store.write_iovs("gt", [new("A", "good", "1,0,1,9")], state=OPEN)
     payload = sql_store.payload("A", 1)
     path = sql_store.payload_file(payload.checksum)
     path.write_bytes(b"tampered")
@@ -451,7 +462,8 @@ def test_a_changed_payload_file_is_refused_and_repaired(sql_store: EmbeddedStore
         sql_store.payload_data(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"tampered")
-    sql_store.write_iovs("gt", [new("A", "good", "2,0,2,9")])  # same payload, uploaded again
+    # same payload, uploaded again
+    sql_store.write_iovs("gt", [new("A", "good", "2,0,2,9")], state=OPEN)
     assert sql_store.payload_data(payload) == b"good"
 
 
@@ -477,7 +489,7 @@ def test_a_schema_newer_than_this_b2cal_is_refused(sql_store: EmbeddedStore) -> 
 def test_provenance_must_be_json(sql_store: EmbeddedStore) -> None:
     sql_store.create_tag("gt")
     with pytest.raises(CdbError, match="provenance of payload A is not JSON"):
-        sql_store.write_iovs("gt", [new("A", "a", "1,0,1,9", when=object())])
+        sql_store.write_iovs("gt", [new("A", "a", "1,0,1,9", when=object())], state=OPEN)
     with pytest.raises(CdbError, match="provenance query is not JSON"):
         sql_store.find_payloads(when=object())
     assert sql_store.find_payloads() == []
@@ -493,8 +505,8 @@ def _open_and_upload(url: str, payload_dir: Path, number: int, barrier: Any, cou
         barrier.wait(timeout=20)
         for i in range(count):
             entries = [new("Race", f"payload {i}", f"1,{i},1,{i}")]
-            store.write_iovs(f"own_{number}", entries)
-            store.write_iovs("shared", entries)
+            store.write_iovs(f"own_{number}", entries, state=OPEN)
+            store.write_iovs("shared", entries, state=OPEN)
 
 
 @pytest.mark.parametrize("kind", SQL_STORES)

@@ -1,7 +1,7 @@
 """Closure: toy data → `b2cal caf run` of all four reference calibrations → compare with truth.
 
 This is the acceptance test of the engine and the reference calibrations together, through the
-real command: the criteria are those at the end of TOY_DETECTOR.md (checked by
+real command: the criteria are those at the end of docs/toy-detector.md (checked by
 b2cal.toy.closure), on data with a t0 jump, a moving beam spot and a low-statistics run.
 """
 

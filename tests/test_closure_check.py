@@ -12,10 +12,18 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from b2cal.caf.records import RunRecord
+from b2cal.caf.workspace import RUN_RECORD
 from b2cal.core.iov import IoV
 from b2cal.core.localdb import write_local_database
-from b2cal.errors import B2CalError
-from b2cal.toy.closure import ClosureResult, check_closure, chi2_sf, format_closure_table
+from b2cal.errors import B2CalError, WorkspaceError
+from b2cal.toy.closure import (
+    DEFAULT_CALIBRATIONS,
+    ClosureResult,
+    check_closure,
+    chi2_sf,
+    format_closure_table,
+)
 from b2cal.toy.generate import draw_truth
 from b2cal.toy.model import ToySettings, ToyTruth
 
@@ -30,6 +38,26 @@ Floats = npt.NDArray[np.float64]
 @pytest.fixture(scope="module")
 def truth() -> ToyTruth:
     return draw_truth(EXP, RUNS, seed=5, settings=ToySettings(1, 10, [3], [5]))
+
+
+@pytest.fixture
+def output(tmp_path: Path) -> Path:
+    """An output folder of a calibration run of the four calibrations, still without payloads."""
+    return make_output(tmp_path, list(DEFAULT_CALIBRATIONS))
+
+
+def make_output(folder: Path, calibrations: list[str]) -> Path:
+    record = RunRecord(
+        arguments={},
+        calibration_run="test",
+        calibrations=calibrations,
+        exp=EXP,
+        first_run=RUNS[0],
+        last_run=RUNS[-1],
+        open_ended=False,
+    )
+    record.write(folder / RUN_RECORD)
+    return folder
 
 
 def iov(first: int, last: int) -> IoV:
@@ -94,9 +122,9 @@ def by_name(results: list[ClosureResult]) -> dict[str, ClosureResult]:
     return {result.calibration: result for result in results}
 
 
-def test_honest_payloads_pass(tmp_path: Path, truth: ToyTruth) -> None:
-    write_honest_output(tmp_path, truth, seed=1)
-    results = by_name(check_closure(tmp_path, truth))
+def test_honest_payloads_pass(output: Path, truth: ToyTruth) -> None:
+    write_honest_output(output, truth, seed=1)
+    results = by_name(check_closure(output, truth))
     assert all(r.passed for r in results.values()), format_closure_table(list(results.values()))
     assert results["ChannelT0"].n_constants == 64 * 6
     assert results["ChannelGain"].n_constants == 64 * 6
@@ -110,10 +138,10 @@ def test_honest_payloads_pass(tmp_path: Path, truth: ToyTruth) -> None:
 
 @pytest.mark.parametrize("seed", range(2, 12))
 def test_honest_many_constant_payloads_pass_for_any_seed(
-    tmp_path: Path, truth: ToyTruth, seed: int
+    output: Path, truth: ToyTruth, seed: int
 ) -> None:
-    write_honest_output(tmp_path, truth, seed=seed)
-    results = by_name(check_closure(tmp_path, truth, ["ChannelT0", "ChannelGain"]))
+    write_honest_output(output, truth, seed=seed)
+    results = by_name(check_closure(output, truth, ["ChannelT0", "ChannelGain"]))
     assert all(r.passed for r in results.values()), format_closure_table(list(results.values()))
 
 
@@ -171,11 +199,11 @@ def biased_beamspot(output: Path, truth: ToyTruth, rng: np.random.Generator) -> 
     ],
 )
 def test_wrong_payloads_fail(
-    tmp_path: Path, truth: ToyTruth, mutation: Mutation, calibration: str, message: str
+    output: Path, truth: ToyTruth, mutation: Mutation, calibration: str, message: str
 ) -> None:
-    write_honest_output(tmp_path, truth, seed=1)
-    mutation(tmp_path, truth, np.random.default_rng(99))
-    results = by_name(check_closure(tmp_path, truth))
+    write_honest_output(output, truth, seed=1)
+    mutation(output, truth, np.random.default_rng(99))
+    results = by_name(check_closure(output, truth))
     assert not results[calibration].passed
     assert message in results[calibration].message
     assert all(r.passed for name, r in results.items() if name != calibration)
@@ -190,31 +218,58 @@ def test_wrong_payloads_fail(
     ],
 )
 def test_runs_must_be_covered_exactly_once(
-    tmp_path: Path, truth: ToyTruth, iovs: list[tuple[int, int]], message: str
+    output: Path, truth: ToyTruth, iovs: list[tuple[int, int]], message: str
 ) -> None:
     rng = np.random.default_rng(3)
-    write_db(tmp_path, "ChannelT0", [(iov(a, b), t0_doc(truth, a, rng)) for a, b in iovs])
-    (result,) = check_closure(tmp_path, truth, ["ChannelT0"])
+    write_db(output, "ChannelT0", [(iov(a, b), t0_doc(truth, a, rng)) for a, b in iovs])
+    (result,) = check_closure(output, truth, ["ChannelT0"])
     assert not result.passed
     assert message in result.message
 
 
-def test_open_ended_and_merged_iovs_count_once_per_run(tmp_path: Path, truth: ToyTruth) -> None:
+def test_open_ended_and_merged_iovs_count_once_per_run(output: Path, truth: ToyTruth) -> None:
     rng = np.random.default_rng(4)
     docs = [(iov(1, 4), spot_doc(truth, 1, rng)), (IoV(EXP, 5, -1, -1), spot_doc(truth, 5, rng))]
-    write_db(tmp_path, "BeamSpot", docs)
-    (result,) = check_closure(tmp_path, truth, ["BeamSpot"])
+    write_db(output, "BeamSpot", docs)
+    (result,) = check_closure(output, truth, ["BeamSpot"])
     assert result.passed, result.message
     assert result.n_constants == 3 * 6
-    (subset,) = check_closure(tmp_path, truth, ["BeamSpot"], runs=[5, 6])
+    (subset,) = check_closure(output, truth, ["BeamSpot"], runs=[5, 6])
     assert subset.n_constants == 3 * 2
 
 
-def test_missing_output_is_a_failed_result(tmp_path: Path, truth: ToyTruth) -> None:
-    results = check_closure(tmp_path, truth)
+def test_missing_output_database_is_a_failed_result(output: Path, truth: ToyTruth) -> None:
+    results = check_closure(output, truth)
     assert [r.passed for r in results] == [False] * 4
-    assert all("no output database" in r.message for r in results)
+    assert all("no output database yet" in r.message for r in results)
     assert "FAIL" in format_closure_table(results)
+
+
+def test_calibration_not_in_the_output_is_a_failed_result(tmp_path: Path, truth: ToyTruth) -> None:
+    output = make_output(tmp_path, ["ChannelT0"])
+    write_db(
+        output,
+        "ChannelT0",
+        [(iov(a, b), t0_doc(truth, a, np.random.default_rng(7))) for a, b in T0_IOVS],
+    )
+    results = by_name(check_closure(output, truth, ["ChannelT0", "BeamSpot"]))
+    assert results["ChannelT0"].passed, results["ChannelT0"].message
+    assert not results["BeamSpot"].passed
+    assert results["BeamSpot"].message == "BeamSpot is not in this output (it holds ChannelT0)"
+    assert "nan" not in format_closure_table(list(results.values()))
+
+
+@pytest.mark.parametrize(
+    ("exists", "message"), [(False, "does not exist"), (True, "not the output")]
+)
+def test_a_folder_that_is_not_an_output_is_a_usage_error(
+    tmp_path: Path, truth: ToyTruth, exists: bool, message: str
+) -> None:
+    folder = tmp_path / "folder"
+    if exists:
+        folder.mkdir()
+    with pytest.raises(WorkspaceError, match=message):
+        check_closure(folder, truth)
 
 
 @pytest.mark.parametrize(
@@ -227,29 +282,29 @@ def test_missing_output_is_a_failed_result(tmp_path: Path, truth: ToyTruth) -> N
     ],
 )
 def test_malformed_payloads_fail_with_a_message(
-    tmp_path: Path, truth: ToyTruth, edit: Callable[[Doc], Any], message: str
+    output: Path, truth: ToyTruth, edit: Callable[[Doc], Any], message: str
 ) -> None:
     docs = [(iov(a, b), t0_doc(truth, a, np.random.default_rng(5))) for a, b in T0_IOVS]
     edit(docs[1][1])
-    write_db(tmp_path, "ChannelT0", docs)
-    (result,) = check_closure(tmp_path, truth, ["ChannelT0"])
+    write_db(output, "ChannelT0", docs)
+    (result,) = check_closure(output, truth, ["ChannelT0"])
     assert not result.passed
     assert message in result.message and "dbstore/ChannelT0 2" in result.message
 
 
-def test_alignment_covariance_must_be_usable(tmp_path: Path, truth: ToyTruth) -> None:
+def test_alignment_covariance_must_be_usable(output: Path, truth: ToyTruth) -> None:
     doc = alignment_doc(truth, np.random.default_rng(6))
     doc["du_cov"][3][3] = -1.0
-    write_db(tmp_path, "ModuleAlignment", [(iov(1, 6), doc)])
-    (result,) = check_closure(tmp_path, truth, ["ModuleAlignment"])
+    write_db(output, "ModuleAlignment", [(iov(1, 6), doc)])
+    (result,) = check_closure(output, truth, ["ModuleAlignment"])
     assert not result.passed and "not positive definite" in result.message
 
 
-def test_usage_errors_raise(tmp_path: Path, truth: ToyTruth) -> None:
+def test_usage_errors_raise(output: Path, truth: ToyTruth) -> None:
     with pytest.raises(B2CalError, match="no closure check"):
-        check_closure(tmp_path, truth, ["Nonsense"])
+        check_closure(output, truth, ["Nonsense"])
     with pytest.raises(B2CalError, match="not in the toy truth"):
-        check_closure(tmp_path, truth, runs=[99])
+        check_closure(output, truth, runs=[99])
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 A small driver stands in for the engine: it reads each file with uproot, calls the collector,
 sums per run, and runs the algorithm with the strategy's rules (run-by-run merging of runs
 with too little data, single IoV, iteration with the previous payloads first in the chain).
-Closure is judged with the criteria of TOY_DETECTOR.md.
+Closure is judged with the criteria of docs/toy-detector.md.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def run_chain(toy: Toy) -> ChainOutput:
 
 
 def assert_pulls_close(pulls: FloatArray, *, check_rms: bool = True) -> None:
-    """TOY_DETECTOR.md: |pull| < 4 for at least 99%, all below 6, and RMS in [0.6, 1.5]."""
+    """docs/toy-detector.md: |pull| < 4 for at least 99%, all below 6, and RMS in [0.6, 1.5]."""
     magnitude = np.abs(pulls)
     assert np.mean(magnitude < 4.0) >= 0.99, f"pulls: {np.sort(magnitude)[-5:]}"
     assert magnitude.max() < 6.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -32,15 +33,31 @@ def finished_jobs(output: Path) -> dict[str, int]:
     return found
 
 
+def started_run(storage: Path, output: Path, jobs_done: int = 1) -> subprocess.Popen[str]:
+    """A `caf run` of SlowT0 in the background, once ``jobs_done`` collector jobs finished."""
+    process = start_b2cal(*caf_args(storage, output), plugins=True)
+    deadline = time.monotonic() + 120
+    while len(finished_jobs(output)) < jobs_done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return process
+
+
+def assert_payloads_of_a_clean_run(storage: Path, output: Path, clean: Path) -> None:
+    """``output`` holds bit for bit the payloads of an uninterrupted run (made in ``clean``)."""
+    assert b2cal(*caf_args(storage, clean), plugins=True).returncode == 0
+    outputdb = Path("SlowT0/outputdb")
+    files = sorted(p.name for p in (clean / outputdb).iterdir())
+    assert files == sorted(p.name for p in (output / outputdb).iterdir())
+    for name in files:
+        assert (output / outputdb / name).read_bytes() == (clean / outputdb / name).read_bytes()
+
+
 @pytest.mark.slow
 def test_sigkill_mid_collection_then_rerun_completes_without_redoing_jobs(
     small_storage: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "killed"
-    process = start_b2cal(*caf_args(small_storage, output), plugins=True)
-    deadline = time.monotonic() + 120
-    while len(finished_jobs(output)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    process = started_run(small_storage, output, jobs_done=2)
     os.killpg(process.pid, signal.SIGKILL)  # the command and its worker processes, mid-job
     process.wait()
     before = finished_jobs(output)
@@ -53,22 +70,13 @@ def test_sigkill_mid_collection_then_rerun_completes_without_redoing_jobs(
     assert len(after) == 8
     assert {job: after[job] for job in before} == before  # finished jobs were not redone
 
-    clean = tmp_path / "clean"
-    assert b2cal(*caf_args(small_storage, clean), plugins=True).returncode == 0
-    outputdb = Path("SlowT0/outputdb")
-    files = sorted(p.name for p in (clean / outputdb).iterdir())
-    assert files == sorted(p.name for p in (output / outputdb).iterdir())
-    for name in files:
-        assert (output / outputdb / name).read_bytes() == (clean / outputdb / name).read_bytes()
+    assert_payloads_of_a_clean_run(small_storage, output, tmp_path / "clean")
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_promptly_and_the_rerun_resumes(small_storage: Path, tmp_path: Path) -> None:
     output = tmp_path / "interrupted"
-    process = start_b2cal(*caf_args(small_storage, output), plugins=True)
-    deadline = time.monotonic() + 120
-    while not finished_jobs(output) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    process = started_run(small_storage, output)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
@@ -83,10 +91,7 @@ def test_ctrl_c_stops_promptly_and_the_rerun_resumes(small_storage: Path, tmp_pa
 @pytest.mark.slow
 def test_a_second_run_on_a_busy_output_is_refused(small_storage: Path, tmp_path: Path) -> None:
     output = tmp_path / "busy"
-    first = start_b2cal(*caf_args(small_storage, output), plugins=True)
-    deadline = time.monotonic() + 120
-    while not finished_jobs(output) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    first = started_run(small_storage, output)
     second = b2cal(*caf_args(small_storage, output), plugins=True)
     assert second.returncode == 1
     assert second.stderr.strip().endswith(
@@ -94,3 +99,64 @@ def test_a_second_run_on_a_busy_output_is_refused(small_storage: Path, tmp_path:
     )
     first.communicate(timeout=120)
     assert first.returncode == 0
+
+
+def processes_in_group(group: int) -> list[str]:
+    """The processes (pid and command) of a process group, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.append(f"{entry.name} {command}")
+    return found
+
+
+@pytest.mark.slow
+def test_no_process_of_a_run_outlives_a_sigkill_of_its_driver(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "killed"
+    process = started_run(small_storage, output)
+    assert len(processes_in_group(process.pid)) >= 3  # the driver and its two workers at least
+    os.kill(process.pid, signal.SIGKILL)  # the driver only: nobody tells the workers
+    process.wait()
+    deadline = time.monotonic() + 5
+    while processes_in_group(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_in_group(process.pid) == []
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_the_rerun_gives_identical_payloads(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "terminated"
+    process = started_run(small_storage, output, jobs_done=2)
+    log = (output / "b2cal.log").read_text()  # written as things happen, not at the end
+    assert "SlowT0: iteration 0: collecting, 8 jobs" in log
+    assert "collector jobs submitted to local" in log
+    status = b2cal("caf", "status", output, "--json")
+    row = json.loads(status.stdout)[0]
+    assert row["state"] == "collecting" and row["active"] and row["done"] >= 2
+    os.kill(process.pid, signal.SIGTERM)  # what a batch system sends at the wall time
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert stderr.strip().splitlines()[-1] == (
+        "error: terminated (SIGTERM); rerun the same command to resume"
+    )
+    assert not (output / "SlowT0/result.json").exists()
+    stopped = json.loads(b2cal("caf", "status", output, "--json").stdout)[0]
+    assert stopped["state"] == "collecting" and not stopped["active"]
+    assert processes_in_group(process.pid) == []
+
+    rerun = b2cal(*caf_args(small_storage, output), plugins=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_payloads_of_a_clean_run(small_storage, output, tmp_path / "clean")
+    assert "interrupted" in (output / "b2cal.log").read_text()

@@ -1,4 +1,4 @@
-"""The toy generator writes what TOY_DETECTOR.md promises, reproducibly, and its truth.json."""
+"""The toy generator writes what docs/toy-detector.md promises, reproducibly, and its truth.json."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,18 @@ class ExpertSettings(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The fields the collector reads. A collector job's identity includes only these, so a
+    #: rerun that changes only other fields reuses every collector job. None (the default)
+    #: means the collector may read any field: every change collects again.
+    collector_fields: ClassVar[tuple[str, ...] | None] = None
+
+    def collector_view(self) -> dict[str, Any]:
+        """The fields the collector reads, with their values (what a job's identity holds)."""
+        values = self.model_dump(mode="json")
+        if self.collector_fields is None:
+            return values
+        return {name: values[name] for name in self.collector_fields}
 
     @classmethod
     def of(cls, context: RunContext | AlgorithmContext) -> Self:

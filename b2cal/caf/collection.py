@@ -15,15 +15,16 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from b2cal.caf.accumulator import Accumulator, RunAccumulators, merge_runs
+from b2cal.caf.accumulator import Accumulator, RunAccumulators
 from b2cal.caf.calibration import Collector, ExpertSettings, RunContext
 from b2cal.caf.chain import PayloadChain
 from b2cal.caf.records import BadFile, JobStatus
 from b2cal.caf.workspace import JobArea, host
 from b2cal.catalog.inputs import InputFile
 from b2cal.catalog.rootfile import one_line, read_chunks
+from b2cal.core.files import canonical_json, sha256sum
+from b2cal.core.iov import ExpRun
 from b2cal.errors import BadInputFile
 
 #: What a backend calls to run a collector job (see :class:`b2cal.backends.base.Job`).
@@ -35,6 +36,12 @@ log = logging.getLogger("b2cal.job")
 def collector_bytes(collector: Collector, settings: ExpertSettings | None) -> bytes:
     """The collector and its settings as a job loads them (pickled together)."""
     return pickle.dumps((collector, settings), protocol=5)
+
+
+def collector_digest(collector: Collector, settings: ExpertSettings | None) -> str:
+    """What makes collector jobs the same: the collector and the settings it reads."""
+    view = settings.collector_view() if settings is not None else None
+    return sha256sum(pickle.dumps(collector, protocol=5) + canonical_json(view))
 
 
 def run_job(directory: Path) -> int:
@@ -86,7 +93,8 @@ def collect_files(
     settings: ExpertSettings | None = None,
 ) -> tuple[RunAccumulators, JobStatus]:
     """Run ``collector`` over ``files`` in order: per-run accumulators, and what was read."""
-    per_file: list[dict[Any, Accumulator]] = []
+    per_run: RunAccumulators = {}
+    owned: set[ExpRun] = set()  # runs whose accumulator is our copy, merged into in place
     status = JobStatus(state="done", files=len(files), host=host())
     for file in files:
         context = RunContext(file.exprun, iteration, chain.lookup, settings)
@@ -97,9 +105,17 @@ def collect_files(
             status.bad_files.append(BadFile(path=exc.path, reason=exc.reason))
             continue
         status.events += events
-        if accumulator is not None:
-            per_file.append({file.exprun: accumulator})
-    return merge_runs(per_file), status
+        if accumulator is None:
+            continue
+        run = file.exprun
+        if run not in per_run:  # merged as files come, in file order
+            per_run[run] = accumulator
+            continue
+        if run not in owned:
+            per_run[run] = per_run[run].copy()
+            owned.add(run)
+        per_run[run] += accumulator
+    return dict(sorted(per_run.items())), status
 
 
 def _collect_file(
@@ -108,8 +124,13 @@ def _collect_file(
     """Process every chunk of one file; nothing of a file that fails half-way is kept."""
     total: Accumulator | None = None
     events = 0
-    for chunk in read_chunks(file, collector.branches):
+    for index, chunk in enumerate(read_chunks(file, collector.branches)):
         part = collector.process(chunk, context)
-        total = part if total is None else total + part
+        if total is None:
+            total = part
+        else:
+            if index == 1:  # merge into a copy, never into what process() returned
+                total = total.copy()
+            total += part
         events += len(chunk)
     return total, events

@@ -135,7 +135,8 @@ def _moments(centres: Any, weights: Any) -> tuple[float, float]:
 
 
 def plot(inspected: Inspected, path: Path) -> int:
-    """Plot every histogram and column of ``inspected`` into one PNG file; how many plots."""
+    """Plot every histogram and column of ``inspected`` into one PNG file; how many plots
+    (0, and no file, when there are only numbers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,7 +148,7 @@ def plot(inspected: Inspected, path: Path) -> int:
         if (_is_hist(value) and len(value.axes) <= 2) or isinstance(value, Column)
     ]
     if not items:
-        raise B2CalError("nothing to plot: no 1-D or 2-D histogram and no column")
+        return 0
     columns = min(3, len(items))
     rows = math.ceil(len(items) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)

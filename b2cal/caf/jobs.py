@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 from b2cal.backends.base import Backend, Job, JobReport, JobState
 from b2cal.caf.accumulator import RunAccumulators, merge_runs
 from b2cal.caf.calibration import Calibration
-from b2cal.caf.collection import JOB_TARGET, collector_bytes
+from b2cal.caf.collection import JOB_TARGET, collector_bytes, collector_digest
 from b2cal.caf.records import ChainLink, JobSpec, JobSubmission
 from b2cal.caf.workspace import IterationArea, JobArea
 from b2cal.catalog.inputs import InputFile
-from b2cal.core.files import atomic_write_bytes, sha256sum
+from b2cal.core.files import atomic_write_bytes
 from b2cal.errors import B2CalError, CollectionFailed, Interrupted
 
 log = logging.getLogger("b2cal.caf")
@@ -50,8 +50,10 @@ def prepare_jobs(
     chain: Sequence[ChainLink],
 ) -> list[JobArea]:
     """Write the job specs of one collection (keeping jobs whose spec is unchanged)."""
-    data = collector_bytes(calibration.collector, calibration.settings)
-    atomic_write_bytes(area.collector_path, data)
+    atomic_write_bytes(
+        area.collector_path, collector_bytes(calibration.collector, calibration.settings)
+    )
+    digest = collector_digest(calibration.collector, calibration.settings)
     groups = split_files(files, calibration.max_files_per_job, calibration.max_jobs)
     jobs = []
     for index, group in enumerate(groups):
@@ -61,7 +63,7 @@ def prepare_jobs(
                 calibration=calibration.name,
                 iteration=area.iteration,
                 collector=area.collector_path,
-                collector_digest=sha256sum(data),
+                collector_digest=digest,
                 chain=list(chain),
                 files=list(group),
             )
@@ -85,7 +87,7 @@ def run_jobs(
     todo = [job for job in jobs if not job.done]
     report(total - len(todo), total)
     attempts = backend.retries + 1
-    where = f"{calibration} iteration {iteration}"
+    where = f"{calibration}: iteration {iteration}"
     for attempt in range(1, attempts + 1):
         if not todo:
             return

@@ -182,31 +182,46 @@ def record_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) -
             open_ended=request.open_ended,
         )
     )
+    records = {name: _record(plan, name) for name in plan.order}
+    differences = {
+        f"config of {name}": (old.config, records[name].config)
+        for name in plan.order
+        if name not in rerun
+        and (old := _recorded(workspace, name)) is not None
+        and old.config != records[name].config
+    }
+    if differences:
+        raise ArgumentsChanged(workspace.root, differences)
     for name in plan.order:
-        calibration = plan.calibrations[name]
         area = workspace.calibration(name)
-        new = CalibrationRecord(
-            name=name,
-            config=calibration.config,
-            upstream=calibration.upstream,
-            input_databases=list(plan.request.input_databases),
-            files=calibration.files,
-            stamps=[FileStamp.of(f.path) for f in calibration.files],
-            runs_without_files=calibration.runs_without_files,
-        )
-        if not area.has_record():
+        new = records[name]
+        old = _recorded(workspace, name)
+        if old is not None:
+            changed = changed_files(old.stamps, new.stamps)
+            if changed:
+                raise InputsChanged(workspace.root, name, changed)
+        if old is None or name in rerun:
             with area.lock():
+                if old is not None:
+                    area.forget_results(keep_iterations=plan.calibrations[name].max_iterations)
+                    log.info("%s: results forgotten for a rerun (config %s)", name, new.config)
                 area.write_record(new)
-            continue
-        old = area.record()
-        changed = changed_files(old.stamps, new.stamps)
-        if changed:
-            raise InputsChanged(workspace.root, name, changed)
-        if name in rerun:
-            with area.lock():
-                area.forget_results(keep_iterations=calibration.max_iterations)
-                area.write_record(new)
-            log.info("%s: results forgotten for a rerun (config %s)", name, new.config or "{}")
-        elif old.config != new.config:
-            raise ArgumentsChanged(workspace.root, {f"config of {name}": (old.config, new.config)})
     return record
+
+
+def _record(plan: Plan, name: str) -> CalibrationRecord:
+    calibration = plan.calibrations[name]
+    return CalibrationRecord(
+        name=name,
+        config=calibration.config,
+        upstream=calibration.upstream,
+        input_databases=list(plan.request.input_databases),
+        files=calibration.files,
+        stamps=[FileStamp.of(f.path) for f in calibration.files],
+        runs_without_files=calibration.runs_without_files,
+    )
+
+
+def _recorded(workspace: Workspace, name: str) -> CalibrationRecord | None:
+    area = workspace.calibration(name)
+    return area.record() if area.has_record() else None

@@ -165,6 +165,9 @@ class IterationResult(Record):
     events: int = 0
     jobs: int = 0
     bad_files: list[BadFile] = Field(default_factory=list)
+    #: Seconds spent merging the job outputs, and in the strategy and algorithm.
+    merge_seconds: float = 0.0
+    algorithm_seconds: float = 0.0
 
 
 class ValidationOutcome(Record):

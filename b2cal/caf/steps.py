@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -140,7 +141,9 @@ def run_algorithm(
         if len(jobs) != planned:
             raise B2CalError(f"{name} iteration {iteration} has not been collected: collect first")
         shown.stage(name, f"iteration {iteration}: merging and running the algorithm")
+        start = time.perf_counter()
         per_run = merge_job_outputs(jobs)
+        merged = time.perf_counter()
         statuses = [job.status() for job in jobs]
         chain = PayloadChain(chain_directories(workspace, area, record, iteration))
         outcome = run_strategy(
@@ -153,6 +156,7 @@ def run_algorithm(
             open_ended=run.open_ended,
             settings=calibration.settings,
         )
+        computed = time.perf_counter()
         write_local_database(current.localdb, outcome.payloads)
         result = IterationResult(
             iteration=iteration,
@@ -163,6 +167,8 @@ def run_algorithm(
             events=sum(s.events for s in statuses if s is not None),
             jobs=len(jobs),
             bad_files=[b for s in statuses if s is not None for b in s.bad_files],
+            merge_seconds=round(merged - start, 3),
+            algorithm_seconds=round(computed - merged, 3),
         )
         current.write_result(result)
     for bad in result.bad_files:

@@ -20,8 +20,10 @@ from b2cal.errors import BadInputFile
 if TYPE_CHECKING:
     from b2cal.catalog.inputs import InputFile
 
-#: Chunk size for reading a file: bounds a job's memory whatever the file size.
-STEP_SIZE = "64 MB"
+#: Uncompressed bytes of the needed branches read at once: bounds a job's memory whatever the
+#: file size. A file whose branches hold less is read in one go (the common case); larger
+#: chunks cost more than they save (the kernel zeroes every fresh large array).
+STEP_BYTES = 16_000_000
 
 
 def one_line(exc: BaseException) -> str:
@@ -63,7 +65,17 @@ def read_chunks(file: InputFile, branches: Sequence[str]) -> Iterator[Any]:
         if source.file.fEND > size:
             raise BadInputFile(path, f"truncated: {size} bytes, its header says {source.file.fEND}")
         tree = _checked_tree(source, file, branches)
-        iterator = tree.iterate(list(branches), step_size=STEP_SIZE, library="ak")
+        names = list(branches)
+        try:
+            step = _entries_per_step(tree, names)
+            small = step >= tree.num_entries  # the common case: the file in one read
+            whole = tree.arrays(names, library="ak", array_cache=None) if small else None
+        except Exception as exc:
+            raise BadInputFile(path, f"cannot read events: {one_line(exc)}") from exc
+        if whole is not None:
+            yield whole
+            return
+        iterator = tree.iterate(names, step_size=step, library="ak")
         while True:
             try:
                 chunk = next(iterator)
@@ -72,6 +84,20 @@ def read_chunks(file: InputFile, branches: Sequence[str]) -> Iterator[Any]:
             except Exception as exc:
                 raise BadInputFile(path, f"cannot read events: {one_line(exc)}") from exc
             yield chunk
+
+
+def _entries_per_step(tree: Any, branches: list[str]) -> int:
+    """Entries per chunk so that a chunk of ``branches`` holds about ``STEP_BYTES`` bytes.
+
+    From the branches' uncompressed sizes in the tree's header (``fTotBytes``), read already;
+    uproot's own conversion of a step in bytes walks every basket of every branch, which
+    costs as much as reading a small file's events.
+    """
+    total = sum(int(tree[name].member("fTotBytes")) for name in branches)
+    entries = int(tree.num_entries)
+    if total <= STEP_BYTES:
+        return max(entries, 1)
+    return max(1, entries * STEP_BYTES // total)
 
 
 def _checked_tree(source: Any, file: InputFile, branches: Sequence[str]) -> Any:
@@ -86,10 +112,9 @@ def _checked_tree(source: Any, file: InputFile, branches: Sequence[str]) -> Any:
         )
     try:
         tree = source[EVENTS_TREE]
-        present = set(tree.keys())
+        missing = [b for b in branches if b not in tree]
     except Exception as exc:
         raise BadInputFile(path, f"no readable '{EVENTS_TREE}' tree: {one_line(exc)}") from exc
-    missing = [b for b in branches if b not in present]
     if missing:
         raise BadInputFile(path, f"missing branches: {', '.join(missing)}")
     expected = metadata.get("nevents")

@@ -4,18 +4,27 @@
 store (``sqlite:///…``, ``postgresql+psycopg://…``, ``mysql+pymysql://…``). The embedded store's
 payload files go to ``B2CAL_CDB_PAYLOADS`` if set, else beside an SQLite file
 (``cdb.sqlite`` → ``cdb.payloads/``), else to ``~/.b2cal/payloads`` for a database server.
+
+Only a caller that is about to store something opens with ``create=True``: for anyone else a
+missing SQLite file is an error (:class:`~b2cal.errors.DatabaseError`, "nothing has been stored
+in it yet") and no file or folder is made.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from b2cal.cdb.store import ConditionsStore
 from b2cal.settings import Settings
+from b2cal.sql.engine import sqlite_file
 
 
-def open_store(url: str | None = None, settings: Settings | None = None) -> ConditionsStore:
-    """The conditions database at ``url`` (default: the configured one, see b2cal.settings)."""
+def open_store(
+    url: str | None = None, settings: Settings | None = None, *, create: bool = True
+) -> ConditionsStore:
+    """The conditions database at ``url`` (default: the configured one, see b2cal.settings).
+
+    With ``create`` false, an SQLite database that does not exist yet is refused instead of
+    created (with its folders), e.g. for commands that only read.
+    """
     settings = settings or Settings()
     target = url or settings.cdb_database_url
     if target.startswith(("http://", "https://")):
@@ -26,10 +35,9 @@ def open_store(url: str | None = None, settings: Settings | None = None) -> Cond
     from b2cal.cdb.embedded import EmbeddedStore
 
     payload_dir = settings.cdb_payloads or settings.cdb_payload_dir
-    if target.startswith("sqlite:///"):
-        database = Path(target.removeprefix("sqlite:///"))
-        database.parent.mkdir(parents=True, exist_ok=True)
+    database = sqlite_file(target)
+    if database is not None:
         # An SQLite database is a file: its payload files go beside it, so whoever opens the
         # same file (another user, another B2CAL_HOME) finds them.
         payload_dir = settings.cdb_payloads or database.with_suffix(".payloads")
-    return EmbeddedStore(target, payload_dir)
+    return EmbeddedStore(target, payload_dir, create=create)

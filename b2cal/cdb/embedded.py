@@ -7,10 +7,14 @@ content-addressed (``<md5[:2]>/<md5>`` under the payload directory): identical c
 stored once, and a file that changed on disk is noticed because its name is its checksum.
 
 Every write is one transaction that first locks the global tag's row, then asks
-:mod:`b2cal.cdb.rules` what the write means, and only then changes anything, so a refused
-request leaves the database as it was. Two writers racing to store the same new payload are
-kept apart by the unique constraints: the loser's transaction fails, is retried
-(:func:`b2cal.sql.engine.in_transaction`), and then finds the winner's payload.
+:mod:`b2cal.cdb.rules` what the write means (the tag's state included: a write names the state
+it expects), and only then changes anything, so a refused request leaves the database as it was
+and no state change can slip in between the check and the write. A promotion locks both tags'
+rows, in name order so that two writers can never wait for each other in a circle (deadlock),
+and reads both tags' states and IoVs in the same transaction that appends to the running tag.
+Two writers racing to store the same new payload are kept apart by the unique constraints: the
+loser's transaction fails, is retried (:func:`b2cal.sql.engine.in_transaction`), and then finds
+the winner's payload.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, contains_eager
 
 from b2cal.cdb.model import GlobalTag, Payload, PayloadIoV, TagState, by_name_and_start
-from b2cal.cdb.rules import IoVChange, check_tag_name, check_transition, plan_add, plan_remove
+from b2cal.cdb.rules import (
+    IoVChange,
+    check_tag_name,
+    check_transition,
+    plan_add,
+    plan_promotion,
+    plan_remove,
+)
 from b2cal.cdb.schema import (
     LABEL,
     MIGRATIONS,
@@ -42,8 +53,8 @@ from b2cal.cdb.store import (
     with_provenance,
 )
 from b2cal.core.files import atomic_write_bytes, md5sum
-from b2cal.core.iov import IoV
-from b2cal.errors import CdbError, UnknownPayload, UnknownTag
+from b2cal.core.iov import ExpRun, IoV
+from b2cal.errors import CdbError, TagExists, UnknownPayload, UnknownTag
 from b2cal.sql.engine import WRITE, SqlDatabase, in_transaction, make_engine
 from b2cal.sql.migrations import upgrade_schema
 
@@ -118,7 +129,7 @@ def _locked_contents(session: Session, tag: str) -> _Contents:
 def _new_tag(session: Session, name: str, description: str) -> GlobalTagRow:
     """Insert an OPEN tag; a name taken meanwhile fails at flush and the write is retried."""
     if session.scalar(select(GlobalTagRow.id).where(GlobalTagRow.name == name)) is not None:
-        raise CdbError(f"global tag {name!r} exists already")
+        raise TagExists(name)
     row = GlobalTagRow(
         name=name, state=TagState.OPEN.value, description=description, created=creation_time()
     )
@@ -261,7 +272,9 @@ class EmbeddedStore(ConditionsStore):
 
         return by_name_and_start(self._run(work))
 
-    def write_iovs(self, tag: str, entries: Sequence[NewPayloadIoV]) -> IoVChange:
+    def write_iovs(
+        self, tag: str, entries: Sequence[NewPayloadIoV], *, state: TagState
+    ) -> IoVChange:
         uploads = [_Upload.checked(entry) for entry in entries]
         data = {upload.checksum: upload.entry.data for upload in uploads}
 
@@ -269,10 +282,23 @@ class EmbeddedStore(ConditionsStore):
             contents = _locked_contents(session, tag)
             payloads = _payload_rows(session, uploads)
             wanted = [(payloads[u.key].value(), u.entry.iov) for u in uploads]
-            change = plan_add(contents.tag, contents.entries, wanted)
+            change = plan_add(contents.tag, contents.entries, wanted, state=state)
             for payload, _ in change.add:
                 self._keep_file(payload.checksum, data[payload.checksum])
             _apply(session, contents, change, payloads)
+            return change
+
+        return self._run(work, write=True)
+
+    def promote(self, staging: str, running: str, start: ExpRun) -> IoVChange:
+        def work(session: Session) -> IoVChange:
+            locked = {name: _locked_contents(session, name) for name in sorted({staging, running})}
+            source, target = locked[staging], locked[running]
+            change = plan_promotion(source.tag, source.entries, target.tag, target.entries, start)
+            for payload, _ in change.add:
+                self.payload_data(payload)  # its file must be there, unchanged
+            payloads = {key[:2]: row.payload for key, row in source.rows.items()}
+            _apply(session, target, change, payloads)
             return change
 
         return self._run(work, write=True)

@@ -9,18 +9,23 @@
 
 Promotion and state changes are deliberate actions of the calibration coordinator; nothing here
 runs on its own.
+
+Nothing here checks a tag's state before writing to it: the store checks it inside the write
+(``write_iovs(..., state=OPEN)`` for uploads and imports; promotion is the store's own
+:meth:`~b2cal.cdb.store.ConditionsStore.promote`, decided by
+:func:`b2cal.cdb.rules.plan_promotion`), so the state cannot change between check and write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from b2cal.cdb.model import Payload, PayloadIoV, TagState
-from b2cal.cdb.rules import IoVChange, gaps_and_overlaps
+from b2cal.cdb.model import Payload, TagState
+from b2cal.cdb.rules import IoVChange
 from b2cal.cdb.store import ConditionsStore, NewPayloadIoV
 from b2cal.core.files import atomic_write_bytes
 from b2cal.core.iov import ExpRun, IoV
@@ -31,7 +36,7 @@ from b2cal.core.localdb import (
     provenance_path,
     read_database_txt,
 )
-from b2cal.errors import CdbError, ForbiddenChange
+from b2cal.errors import CdbError, TagExists
 
 #: ROOT files start with these bytes; everything else b2cal writes is JSON.
 ROOT_MAGIC = b"root"
@@ -64,23 +69,12 @@ def _new_payload(directory: Path, entry: PayloadEntry) -> NewPayloadIoV:
 
 
 def upload(store: ConditionsStore, outputdb: Path, tag: str) -> IoVChange:
-    """Put a calibration output into a staging tag, in one transaction.
+    """Put a calibration output into an OPEN staging tag, in one transaction.
 
-    Uploading the same output again changes nothing (same checksums, same IoVs).
+    Uploading the same output again changes nothing (same checksums, same IoVs). A RUNNING tag
+    changes only by promotion, which checks more.
     """
-    entries = read_local_database(outputdb)
-    _check_staging(store, tag)
-    return store.write_iovs(tag, entries)
-
-
-def _check_staging(store: ConditionsStore, tag: str) -> None:
-    """Uploads go into OPEN tags only: a RUNNING tag changes by promotion, which checks more."""
-    state = store.tag(tag).state
-    if state is not TagState.OPEN:
-        raise ForbiddenChange(
-            f"global tag {tag} is {state.value}: uploads and imports go into an OPEN (staging) "
-            "tag; a RUNNING tag changes only by promotion"
-        )
+    return store.write_iovs(tag, read_local_database(outputdb), state=TagState.OPEN)
 
 
 def import_local_database(
@@ -89,9 +83,9 @@ def import_local_database(
     """Import a basf2 local database into ``tag``, creating the tag (OPEN) if it is new."""
     entries = read_local_database(directory)
     if tag not in {t.name for t in store.tags()}:
-        store.create_tag(tag, description or f"imported from {Path(directory).resolve()}")
-    _check_staging(store, tag)
-    return store.write_iovs(tag, entries)
+        with contextlib.suppress(TagExists):  # another import created it meanwhile: fine
+            store.create_tag(tag, description or f"imported from {Path(directory).resolve()}")
+    return store.write_iovs(tag, entries, state=TagState.OPEN)
 
 
 def export_local_database(store: ConditionsStore, tag: str, directory: Path) -> int:
@@ -125,67 +119,11 @@ def promote(store: ConditionsStore, staging: str, running: str, start: ExpRun) -
     The staging payloads valid at or after ``start`` are appended to the running tag, the
     first of each name starting at ``start`` at the earliest; the running tag's open-ended
     IoVs are closed just before (by the RUNNING tag's append rule). A staging tag with gaps or
-    overlaps is refused: it would leave runs without constants, or ambiguous ones.
+    overlaps is refused: it would leave runs without constants, or ambiguous ones; so is one
+    that would leave runs the running tag covers without constants
+    (:func:`b2cal.cdb.rules.plan_promotion`, called by the store inside its write).
     """
-    source, target = store.tag(staging), store.tag(running)
-    if source.state is not TagState.VALIDATED:
-        raise ForbiddenChange(
-            f"global tag {staging} is {source.state.value}: only a VALIDATED tag is promoted"
-        )
-    if target.state is not TagState.RUNNING:
-        raise ForbiddenChange(
-            f"global tag {running} is {target.state.value}: promotion goes into a RUNNING tag"
-        )
-    entries = store.iovs(staging)
-    problems = gaps_and_overlaps(entries)
-    if problems:
-        raise CdbError(f"global tag {staging} cannot be promoted: {'; '.join(problems)}")
-    window = IoV(start.exp, start.run, -1, -1)
-    new = [
-        NewPayloadIoV(
-            entry.name,
-            store.payload_data(entry.payload),
-            _clip(entry.iov, start),
-            entry.payload.provenance,
-            entry.payload.checksum,
-        )
-        for entry in entries
-        if entry.iov.overlaps(window)
-    ]
-    if not new:
-        raise CdbError(
-            f"global tag {staging} has no payload valid from experiment {start.exp} run "
-            f"{start.run} on"
-        )
-    _check_coverage_kept(store.iovs(running), new, staging, running)
-    return store.write_iovs(running, new)
-
-
-def _check_coverage_kept(
-    current: Sequence[PayloadIoV], new: Sequence[NewPayloadIoV], staging: str, running: str
-) -> None:
-    """Refuse a promotion that would leave runs the RUNNING tag covers without a payload.
-
-    Closing a RUNNING tag's open-ended IoV is only right when what replaces it is open-ended
-    too; a staging tag that ends at some run would otherwise take every later run's constants
-    away (a recalibration of past runs is a new tag, not a promotion).
-    """
-    for name in sorted({entry.name for entry in new}):
-        open_now = any(e.name == name and e.iov.is_open_ended for e in current)
-        last = max((e.iov for e in new if e.name == name), key=lambda iov: iov.first)
-        if open_now and not last.is_open_ended:
-            raise ForbiddenChange(
-                f"promoting {staging} would leave {name} without payload after {last} in "
-                f"{running}, whose IoV is open-ended now; promote a staging tag whose last IoV "
-                "is open-ended (b2cal caf run --open-ended)"
-            )
-
-
-def _clip(iov: IoV, start: ExpRun) -> IoV:
-    """``iov`` without the runs before ``start``."""
-    if iov.first >= start:
-        return iov
-    return IoV(start.exp, start.run, iov.exp_high, iov.run_high)
+    return store.promote(staging, running, start)
 
 
 @dataclass(frozen=True)

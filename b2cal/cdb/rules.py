@@ -11,6 +11,12 @@ touches anything, so the rules of DESIGN.md §2 hold whatever the backend can en
 Writing an IoV that is already there (same payload, same IoV) is not a change, so a retried
 upload or promotion does nothing the second time.
 
+A write also says which state it expects its tag in (:func:`check_state`: uploads and imports
+go into OPEN tags, promotion into RUNNING ones): a store checks it on the state it has locked
+(embedded) or read last (nopayloaddb), together with the rules above. Promotion is decided as a
+whole by :func:`plan_promotion`, from both tags' states and IoVs as the store reads them inside
+the write (on the embedded store, in one transaction).
+
 New global tags get names every store can hold alike (:func:`check_tag_name`).
 """
 
@@ -56,6 +62,23 @@ def check_transition(tag: GlobalTag, new: TagState) -> None:
         )
 
 
+#: Why a write wants its tag in a state: the end of the refusal when the tag is in another.
+_WHY_STATE = {
+    TagState.OPEN: (
+        "uploads and imports go into an OPEN (staging) tag; a RUNNING tag changes only by promotion"
+    ),
+    TagState.RUNNING: "promotion goes into a RUNNING tag",
+    TagState.VALIDATED: "only a VALIDATED tag is promoted",
+}
+
+
+def check_state(tag: GlobalTag, state: TagState) -> None:
+    """Raise ForbiddenChange unless ``tag`` is in ``state``, the state a write expects it in."""
+    if tag.state is not state:
+        why = _WHY_STATE.get(state, f"this write expects it {state.value}")
+        raise ForbiddenChange(f"global tag {tag.name} is {tag.state.value}: {why}")
+
+
 @dataclass
 class IoVChange:
     """What a write does to one tag: IoVs closed (old entry, new IoV), removed, and added."""
@@ -70,9 +93,18 @@ class IoVChange:
 
 
 def plan_add(
-    tag: GlobalTag, existing: Sequence[PayloadIoV], new: Sequence[tuple[Payload, IoV]]
+    tag: GlobalTag,
+    existing: Sequence[PayloadIoV],
+    new: Sequence[tuple[Payload, IoV]],
+    *,
+    state: TagState,
 ) -> IoVChange:
-    """The change that adds ``new`` to ``tag``, or ForbiddenChange saying why it may not."""
+    """The change that adds ``new`` to ``tag``, or ForbiddenChange saying why it may not.
+
+    ``state`` is the state the write expects the tag in (:func:`check_state`); a tag in
+    another one refuses even a write that would change nothing.
+    """
+    check_state(tag, state)
     present = {e.key for e in existing}
     todo = [(p, iov) for p, iov in new if (p.name, p.checksum, iov) not in present]
     if not todo:
@@ -160,6 +192,65 @@ def valid_at(entries: Iterable[PayloadIoV], name: str, exprun: ExpRun) -> Payloa
     """The entry of ``name`` whose IoV contains ``exprun`` (the latest start, if several)."""
     matches = [e for e in entries if e.payload.name == name and e.iov.contains(exprun)]
     return max(matches, key=lambda e: e.iov.first) if matches else None
+
+
+def plan_promotion(
+    staging: GlobalTag,
+    staged: Sequence[PayloadIoV],
+    running: GlobalTag,
+    current: Sequence[PayloadIoV],
+    start: ExpRun,
+) -> IoVChange:
+    """The change promoting ``staging`` (holding ``staged``) into ``running`` (holding
+    ``current``) from run ``start`` on, or why it may not be done.
+
+    The staging tag must be VALIDATED and free of gaps and overlaps, the running tag RUNNING.
+    The staging payloads valid at or after ``start`` are appended to the running tag, the
+    first of each name starting at ``start`` at the earliest; the running tag's open-ended
+    IoVs are closed just before (the RUNNING append rule, :func:`plan_add`). Empty when the
+    promotion was done already.
+    """
+    check_state(staging, TagState.VALIDATED)
+    check_state(running, TagState.RUNNING)
+    problems = gaps_and_overlaps(staged)
+    if problems:
+        raise CdbError(f"global tag {staging.name} cannot be promoted: {'; '.join(problems)}")
+    window = IoV(start.exp, start.run, -1, -1)
+    new = [(e.payload, _clip(e.iov, start)) for e in staged if e.iov.overlaps(window)]
+    if not new:
+        raise CdbError(
+            f"global tag {staging.name} has no payload valid from experiment {start.exp} run "
+            f"{start.run} on"
+        )
+    _check_coverage_kept(current, new, staging.name, running.name)
+    return plan_add(running, current, new, state=TagState.RUNNING)
+
+
+def _check_coverage_kept(
+    current: Sequence[PayloadIoV], new: Sequence[tuple[Payload, IoV]], staging: str, running: str
+) -> None:
+    """Refuse a promotion that would leave runs the RUNNING tag covers without a payload.
+
+    Closing a RUNNING tag's open-ended IoV is only right when what replaces it is open-ended
+    too; a staging tag that ends at some run would otherwise take every later run's constants
+    away (a recalibration of past runs is a new tag, not a promotion).
+    """
+    for name in sorted({payload.name for payload, _ in new}):
+        open_now = any(e.name == name and e.iov.is_open_ended for e in current)
+        last = max((iov for payload, iov in new if payload.name == name), key=lambda i: i.first)
+        if open_now and not last.is_open_ended:
+            raise ForbiddenChange(
+                f"promoting {staging} would leave {name} without payload after {last} in "
+                f"{running}, whose IoV is open-ended now; promote a staging tag whose last IoV "
+                "is open-ended (b2cal caf run --open-ended)"
+            )
+
+
+def _clip(iov: IoV, start: ExpRun) -> IoV:
+    """``iov`` without the runs before ``start``."""
+    if iov.first >= start:
+        return iov
+    return IoV(start.exp, start.run, iov.exp_high, iov.run_high)
 
 
 def gaps_and_overlaps(entries: Iterable[PayloadIoV]) -> list[str]:

@@ -14,6 +14,22 @@ writes. How an accepted write happens depends on the store:
   payload name: a client that dies in the middle of a write may leave some payload names of it
   done and others not, and the same write run again completes it. A state change reads as the
   state before it until it is complete (:mod:`b2cal.cdb.nopayloaddb.writes`).
+
+A decision is only as good as the reads it is made from, so what a write depends on is read in
+the write itself, never by the caller beforehand:
+
+* :meth:`ConditionsStore.write_iovs` takes the state the tag must be in (``state=``: OPEN for
+  uploads and imports, RUNNING for appends) and checks it with the other rules, on the embedded
+  store after the tag's row is locked. A caller that checked the state first could see it
+  change before the write (a tag moved to RUNNING would take an upload without the promotion
+  checks).
+* :meth:`ConditionsStore.promote` is a store method, not an operation composed of reads and a
+  write: each store reads both tags' states and IoVs and decides with the pure
+  :func:`b2cal.cdb.rules.plan_promotion`; the embedded store does it all in one transaction
+  holding both tags' rows (locked in name order, so two promotions cannot deadlock).
+* nopayloaddb cannot lock anything: it checks once when it plans and again, from a fresh read,
+  right before the first request that makes the write visible (``docs/nopayloaddb.md`` says
+  what window is left).
 """
 
 from __future__ import annotations
@@ -123,16 +139,30 @@ class ConditionsStore(ABC):
         """The tag's payload IoVs (of one payload name, if given), by name then IoV start."""
 
     @abstractmethod
-    def write_iovs(self, tag: str, entries: Sequence[NewPayloadIoV]) -> IoVChange:
-        """Store the payloads and add their IoVs to ``tag``.
+    def write_iovs(
+        self, tag: str, entries: Sequence[NewPayloadIoV], *, state: TagState
+    ) -> IoVChange:
+        """Store the payloads and add their IoVs to ``tag``, which must be in ``state``.
 
-        On the embedded store this is one transaction. On nopayloaddb it is atomic per payload
-        name: interrupted, it may have added the IoVs of some names and not those of others,
-        and the same call repeated completes it (see the module doc). A payload whose (name,
-        checksum) is stored already is reused, never stored twice; an IoV already in the tag
-        with the same payload is not added again. What the tag's state allows is decided by
-        :func:`b2cal.cdb.rules.plan_add`. Returns the change applied
+        ``state`` is the state the caller's write is meant for (uploads and imports: OPEN; an
+        append to a RUNNING tag: RUNNING); a tag in another state refuses the write with
+        ForbiddenChange (:func:`b2cal.cdb.rules.check_state`), checked as late as the store can
+        (see the module doc). On the embedded store this is one transaction. On nopayloaddb it
+        is atomic per payload name: interrupted, it may have added the IoVs of some names and
+        not those of others, and the same call repeated completes it (see the module doc). A
+        payload whose (name, checksum) is stored already is reused, never stored twice; an IoV
+        already in the tag with the same payload is not added again. What the tag's state
+        allows is decided by :func:`b2cal.cdb.rules.plan_add`. Returns the change applied
         (empty when everything was there already, e.g. a retried upload).
+        """
+
+    @abstractmethod
+    def promote(self, staging: str, running: str, start: ExpRun) -> IoVChange:
+        """Merge the VALIDATED tag ``staging`` into the RUNNING tag ``running`` from ``start`` on.
+
+        What is appended is decided by :func:`b2cal.cdb.rules.plan_promotion` from both tags'
+        states and IoVs as the store reads them inside the write (see the module doc). The
+        payloads appended must have intact files. Promoting again changes nothing.
         """
 
     @abstractmethod

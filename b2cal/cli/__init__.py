@@ -5,6 +5,7 @@ traceback; unexpected errors are reported in one line too, with the full traceba
 a log file that the line names. SIGTERM (what batch systems and ``kill`` send) is handled like
 Ctrl-C: work stops cleanly, the command says how to resume and exits 143 (130 for Ctrl-C).
 Each command group lives in its own module.
+Help names values by their metavars, never by Python types (:func:`name_values`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from collections.abc import Sequence
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from b2cal import __version__
-from b2cal.cli.arguments import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
+from b2cal.cli.arguments import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    name_values,
+)
 from b2cal.cli.caf import caf_app, calibrations_app
 from b2cal.cli.cdb import cdb_app
 from b2cal.cli.toy import toy_app
@@ -48,20 +56,30 @@ def _root(
         raise typer.Exit()
 
 
+def build_command() -> TyperGroup:
+    """The ``b2cal`` command as it runs, its help naming values as :func:`name_values` says."""
+    command = typer.main.get_group(app)
+    name_values(command)
+    return command
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that it unwinds exactly as Ctrl-C does."""
 
 
+#: Set when SIGTERM arrived (typer turns every KeyboardInterrupt into exit status 130, losing
+#: which signal it was).
+_TERMINATED: list[bool] = []
+
+
 def _terminate(signum: int, frame: object) -> None:
+    _TERMINATED.append(True)
     raise Terminated()
 
 
-def _interrupted(exc: BaseException) -> int:
+def _interrupted() -> int:
     """Say how to resume; the exit status of the signal that stopped us."""
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, Terminated):
-        cause = cause.__cause__ or cause.__context__
-    if cause is not None:
+    if _TERMINATED:
         _error("terminated (SIGTERM); rerun the same command to resume")
         return EXIT_TERMINATED
     _error("interrupted; rerun the same command to resume")
@@ -79,22 +97,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: list[str]) -> int:
-    command = typer.main.get_command(app)
+    command = build_command()
     try:
         status = command.main(args=args, prog_name="b2cal", standalone_mode=False)
     except B2CalError as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT
-    except typer.Abort as exc:  # click turns KeyboardInterrupt into Abort
-        return _interrupted(exc)
+    except typer.Abort:
+        return _interrupted()
     except typer.TyperException as exc:  # usage errors: missing option, bad value
         format_message = getattr(exc, "format_message", None)
         message = format_message() if format_message else str(exc)
         if message.strip():  # empty for a bare command group: its help was printed
             _error(message)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt as exc:
-        return _interrupted(exc)
+    except KeyboardInterrupt:
+        return _interrupted()
     except OSError as exc:  # a path that is a file, not a folder; no permission; disk full
         where = f": {exc.filename}" if exc.filename else ""
         _error(f"{exc.strerror or type(exc).__name__}{where}")
@@ -105,8 +123,8 @@ def _main(args: list[str]) -> int:
             handle.write(traceback.format_exc())
         _error(f"internal error {type(exc).__name__}: {exc} (traceback in {log})")
         return EXIT_BAD_INPUT
-    if status == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this status
-        _error("interrupted; rerun the same command to resume")
+    if status == EXIT_INTERRUPTED:  # typer turns Ctrl-C (and our SIGTERM) into this status
+        return _interrupted()
     return status if isinstance(status, int) else EXIT_OK
 
 

@@ -49,8 +49,8 @@ def caf_run(
         Path | None,
         typer.Option(
             metavar="FILE",
-            help='Instead of --storage: a JSON list of input files, {"stream": [paths]} or '
-            "[paths] (each file's run and stream are read from its metadata).",
+            help='Instead of --storage: a JSON list of input files, {"stream": \\[paths]} or '
+            "\\[paths] (each file's run and stream are read from its metadata).",
         ),
     ] = None,
     workers: Annotated[
@@ -73,7 +73,7 @@ def caf_run(
         typer.Option(
             metavar="FILE",
             help="TOML file of per-calibration overrides: max_iterations, max_files_per_job, "
-            "max_jobs, [Cal.strategy], [Cal.settings] (expert settings).",
+            "max_jobs, \\[Cal.strategy], \\[Cal.settings] (expert settings).",
         ),
     ] = None,
     rerun: Annotated[
@@ -288,7 +288,10 @@ def caf_inspect(
     console.print(table)
     if plot is not None:
         count = plot_to(inspected, plot)
-        console.print(f"{count} plots written to {plot}")
+        if count:
+            console.print(f"{count} plots written to {plot}")
+        else:
+            console.print("nothing to plot: no 1-D or 2-D histogram and no column")
 
 
 @calibrations_app.command("list")

@@ -2,7 +2,9 @@
 
 Tables for humans, ``--json`` for scripts. The database is the configured one (``B2CAL_CDB_URL``
 or ``b2cal.toml``, default an embedded SQLite store under ``~/.b2cal``) unless ``--db`` names
-another.
+another. Only ``create`` and ``import`` make a new SQLite database; every other command needs
+one that exists (it reads, or writes to a tag that must be there) and refuses a missing one in
+one line, leaving no empty file behind.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ def _database(
 
 
 @contextmanager
-def _store() -> Iterator[ConditionsStore]:
+def _store(create: bool = False) -> Iterator[ConditionsStore]:
+    """The database; with ``create``, a new SQLite database is made if there is none."""
     from b2cal.cdb.connect import open_store
 
-    with open_store(_DB["url"]) as store:
+    with open_store(_DB["url"], create=create) as store:
         yield store
 
 
@@ -147,7 +150,7 @@ def create(
     description: Annotated[str, typer.Option(help="What the tag is for.")] = "",
 ) -> None:
     """Create an empty OPEN global tag."""
-    with _store() as store:
+    with _store(create=True) as store:
         created = store.create_tag(tag, description)
     _console_print(f"created global tag {created.name} ({created.state.value})")
 
@@ -264,7 +267,7 @@ def import_(
     """Import a basf2 local database into a global tag."""
     from b2cal.cdb.operations import import_local_database
 
-    with _store() as store:
+    with _store(create=True) as store:
         change = import_local_database(store, directory, tag)
     _console_print(f"{tag}: {_change_summary(change)}")
 

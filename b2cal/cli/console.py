@@ -183,7 +183,11 @@ def calibrations_table(calibrations: Sequence[Calibration]) -> Table:
     for column in ("name", "streams", "depends on", "strategy", "max iter.", "settings", "owner"):
         table.add_column(column)
     for cal in calibrations:
-        settings = ", ".join(cal.settings.model_dump()) if cal.settings is not None else "-"
+        settings = (
+            ", ".join(f"{k}={v}" for k, v in cal.settings.model_dump().items())
+            if cal.settings is not None
+            else "-"
+        )
         table.add_row(
             cal.name,
             ",".join(cal.input_streams),

@@ -13,68 +13,94 @@ from b2cal.cli.arguments import (
     parse_low_stat,
     parse_runs,
 )
+from b2cal.errors import B2CalError
 
 toy_app = typer.Typer(help="The toy detector: data with known truth.", no_args_is_help=True)
 
 
 @toy_app.command("generate")
 def toy_generate(
-    storage: Annotated[Path, typer.Option(help="Folder to write the data files into.")],
-    exp: Annotated[int, typer.Option(help="Experiment number.")],
-    runs: Annotated[str, typer.Option(help="Run range A-B (inclusive) or a single run A.")],
-    files_per_run: Annotated[int, typer.Option(help="Files per run and stream.")] = 2,
-    events: Annotated[int, typer.Option(help="Events per file.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 1,
-    t0_jumps: Annotated[str, typer.Option(help="Runs where every t0 changes: R1,R2,...")] = "",
-    beamspot_changes: Annotated[str, typer.Option(help="Runs where the beam spot moves.")] = "",
+    storage: Annotated[
+        Path, typer.Option(metavar="DIR", help="Folder to write the data files into.")
+    ],
+    exp: Annotated[int, typer.Option(metavar="EXP", help="Experiment number.")],
+    runs: Annotated[
+        str, typer.Option(metavar="A-B", help="Run range A-B (inclusive) or a single run A.")
+    ],
+    files_per_run: Annotated[int, typer.Option(metavar="N", help="Files per run and stream.")] = 2,
+    events: Annotated[int, typer.Option(metavar="N", help="Events per file.")] = 2000,
+    seed: Annotated[
+        int, typer.Option(metavar="SEED", help="Random seed (same seed, same data).")
+    ] = 1,
+    t0_jumps: Annotated[
+        str, typer.Option(metavar="R1,R2", help="Runs where every t0 changes.")
+    ] = "",
+    beamspot_changes: Annotated[
+        str, typer.Option(metavar="R1,R2", help="Runs where the beam spot moves.")
+    ] = "",
     low_stat: Annotated[
-        str, typer.Option(help="Low-statistics runs: RUN=EVENTS,... (events per file).")
+        str,
+        typer.Option(
+            metavar="RUN=EVENTS,...", help="Low-statistics runs and their events per file."
+        ),
     ] = "",
 ) -> None:
-    """Write toy detector files (TOY_DETECTOR.md) and the truth used to STORAGE/truth.json."""
+    """Write toy detector files and the truth used to DIR/truth.json (docs/toy-detector.md)."""
     from rich.progress import Progress
 
     from b2cal.cli.console import console
-    from b2cal.toy.generate import generate_toy, planned_files
+    from b2cal.toy.generate import draw_truth, planned_files, write_toy_data
+    from b2cal.toy.model import TRUTH_FILENAME, ToySettings
 
+    # Everything is checked before the progress bar is drawn or the storage folder made.
     first, last = parse_runs(runs)
-    run_list = list(range(first, last + 1))
+    settings = ToySettings(
+        files_per_run,
+        events,
+        parse_int_list(t0_jumps, "--t0-jumps"),
+        parse_int_list(beamspot_changes, "--beamspot-changes"),
+    )
+    truth = draw_truth(
+        exp,
+        list(range(first, last + 1)),
+        seed=seed,
+        settings=settings,
+        low_stat=parse_low_stat(low_stat),
+    )
     with Progress(console=console) as progress:
         task = progress.add_task(
-            "generating toy data", total=planned_files(run_list, files_per_run)
+            "generating toy data", total=planned_files(truth.runs, files_per_run)
         )
-        truth = generate_toy(
-            storage,
-            exp,
-            run_list,
-            files_per_run=files_per_run,
-            events=events,
-            seed=seed,
-            t0_jumps=parse_int_list(t0_jumps, "--t0-jumps"),
-            beamspot_changes=parse_int_list(beamspot_changes, "--beamspot-changes"),
-            low_stat=parse_low_stat(low_stat),
-            on_file=lambda _path: progress.advance(task),
-        )
+        write_toy_data(storage, truth, on_file=lambda _path: progress.advance(task))
     console.print(
         f"wrote experiment {truth.experiment} runs {first}-{last} to {storage} "
-        f"(truth: {storage / 'truth.json'})"
+        f"(truth: {storage / TRUTH_FILENAME})"
     )
 
 
 @toy_app.command("closure")
 def toy_closure(
-    output: Annotated[Path, typer.Option(help="Output folder of `b2cal caf run`.")],
-    truth: Annotated[Path, typer.Option(help="truth.json written by `b2cal toy generate`.")],
+    output: Annotated[Path, typer.Option(metavar="DIR", help="Output folder of `b2cal caf run`.")],
+    truth: Annotated[
+        Path, typer.Option(metavar="FILE", help="truth.json written by `b2cal toy generate`.")
+    ],
     calibrations: Annotated[
-        str, typer.Option(help="Comma-separated calibrations to check.")
+        str, typer.Option(metavar="C1,C2", help="Comma-separated calibrations to check.")
     ] = "ChannelT0,ChannelGain,ModuleAlignment,BeamSpot",
 ) -> None:
-    """Check calibration outputs against the toy truth (criteria of TOY_DETECTOR.md)."""
+    """Check calibration outputs against the toy truth (criteria: docs/toy-detector.md).
+
+    A calibration missing from the output, or whose payloads miss the truth, is a failed row
+    of the table (exit status 2); an output folder that is not one of `b2cal caf run` or a
+    truth file that cannot be read is an error.
+    """
     from b2cal.cli.console import console
     from b2cal.toy.closure import check_closure, format_closure_table
     from b2cal.toy.model import ToyTruth
 
     names = [n.strip() for n in calibrations.split(",") if n.strip()]
+    if not names:
+        raise B2CalError("--calibrations names no calibration")
     results = check_closure(output, ToyTruth.read(truth), names)
     console.print(format_closure_table(results), markup=False)
     if not all(r.passed for r in results):

@@ -1,12 +1,13 @@
-"""Closure check: do a calibration's payloads give back the toy truth (TOY_DETECTOR.md, end)?
+"""Closure check: do a calibration's payloads give back the toy truth?
 
-This is how b2cal proves its reference calibrations right: every requested run is looked up in
+The criteria are the toy detector contract's (docs/toy-detector.md, *Closure criteria*). This is
+how b2cal proves its reference calibrations right: every requested run is looked up in
 ``<output>/<Calibration>/outputdb/`` and the payload valid for it is compared, constant by
 constant, with the truth that generated the data. Passing needs unbiased estimates *and* honest
 uncertainties: the pulls must be small and, where the contract asks, neither too narrow nor too
-wide. A run covered by a merged IoV is compared once per run, as the contract says. Problems with
-the output are failed results (with a message), not exceptions, so one bad calibration does not
-hide the others in a table.
+wide. A run covered by a merged IoV is compared once per run, as the contract says. Problems
+with a calibration's output (missing, incomplete, wrong) are failed results with a message, not
+exceptions, so one bad calibration does not hide the others in a table.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from b2cal.caf.workspace import Workspace
 from b2cal.core.iov import ExpRun
 from b2cal.core.localdb import DATABASE_TXT, LocalDatabase, PayloadEntry
-from b2cal.errors import B2CalError
+from b2cal.errors import B2CalError, WorkspaceError
 from b2cal.toy.model import (
     FIRST_TRACK_MODULE,
     LAST_TRACK_MODULE,
@@ -87,8 +88,9 @@ def check_closure(
     """Check each calibration's ``outputdb`` under ``output`` against ``truth``.
 
     ``runs`` defaults to all runs of the truth. Asking for an unknown calibration or a run
-    outside the truth is a usage error (:class:`B2CalError`); everything wrong with the output
-    itself is reported in the results.
+    outside the truth, or giving a folder that is not the output of a calibration run, is a
+    usage error (:class:`B2CalError`); everything wrong with a calibration's output, including
+    its absence, is reported in the results.
     """
     unknown = [name for name in calibrations if name not in _COMPARERS]
     if unknown:
@@ -99,13 +101,26 @@ def check_closure(
     outside = sorted(set(checked) - set(truth.runs))
     if outside:
         raise B2CalError(f"runs {outside} are not in the toy truth (runs {truth.runs})")
-    return [_check_calibration(Path(output), truth, name, checked) for name in calibrations]
+    workspace = Workspace(output)
+    if not workspace.root.exists():
+        raise WorkspaceError(workspace.root, "does not exist")
+    calibrated = workspace.run_record().calibrations
+    return [
+        _check_calibration(workspace, calibrated, truth, name, checked) for name in calibrations
+    ]
 
 
-def _check_calibration(output: Path, truth: ToyTruth, name: str, runs: list[int]) -> ClosureResult:
-    directory = Workspace(output).calibration(name).outputdb
+def _check_calibration(
+    workspace: Workspace, calibrated: list[str], truth: ToyTruth, name: str, runs: list[int]
+) -> ClosureResult:
+    if name not in calibrated:
+        held = ", ".join(calibrated) or "no calibration"
+        return _failed(name, f"{name} is not in this output (it holds {held})")
+    directory = workspace.calibration(name).outputdb
     if not (directory / DATABASE_TXT).is_file():
-        return _failed(name, f"no output database: {directory / DATABASE_TXT} does not exist")
+        return _failed(
+            name, f"{name} has no output database yet: {directory / DATABASE_TXT} does not exist"
+        )
     try:
         entries = [entry for entry in LocalDatabase(directory).entries if entry.name == name]
         coverage = {
@@ -260,12 +275,14 @@ def format_closure_table(results: Sequence[ClosureResult]) -> str:
     header += f" {'chi2/ndf':>11} {'p':>8}  message"
     lines = [header]
     for r in results:
+        largest = f"{r.max_abs_pull:.2f}" if r.n_constants else "-"
+        below = f"{r.fraction_below_4:.2%}" if r.n_constants else "-"
         rms = "-" if r.pull_rms is None else f"{r.pull_rms:.3f}"
         chi2 = "-" if r.chi2 is None else f"{r.chi2:.1f}/{r.ndf}"
         p = "-" if r.p_value is None else f"{r.p_value:.3g}"
         lines.append(
             f"{r.calibration:<16} {'PASS' if r.passed else 'FAIL':<6} {r.n_constants:>6}"
-            f" {r.max_abs_pull:>9.2f} {r.fraction_below_4:>7.2%} {rms:>6} {chi2:>11} {p:>8}"
+            f" {largest:>9} {below:>7} {rms:>6} {chi2:>11} {p:>8}"
             f"  {r.message}"
         )
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Write toy detector data (TOY_DETECTOR.md) and the truth that produced it.
+"""Write toy detector data (contract: docs/toy-detector.md) and the truth that produced it.
 
 The generator is the only source of data for closure tests, so it follows the generative model
 to the letter and is reproducible: the truth comes from ``default_rng(seed)`` alone, and each
@@ -76,7 +76,7 @@ class Jagged:
 
 
 def planned_files(runs: Sequence[int], files_per_run: int) -> int:
-    """How many files :func:`generate_toy` writes (both streams), e.g. for a progress bar."""
+    """How many files :func:`generate_toy` or :func:`write_toy_data` writes (both streams)."""
     return len(runs) * files_per_run * len(STREAMS)
 
 
@@ -97,24 +97,34 @@ def generate_toy(
 
     ``t0_jumps`` and ``beamspot_changes`` list the runs at which t0 (all channels) and the
     beam spot take new random values; ``low_stat`` maps runs to a smaller number of events
-    per file. ``on_file`` is called with each file once it is complete. The truth is written
-    last, so its presence means the data set is complete.
+    per file. ``on_file`` is called with each file once it is complete. Every argument is
+    checked before anything is written.
     """
     truth = draw_truth(
         exp,
         runs,
         seed=seed,
-        settings=ToySettings(files_per_run, events, sorted(t0_jumps), sorted(beamspot_changes)),
+        settings=ToySettings(files_per_run, events, list(t0_jumps), list(beamspot_changes)),
         low_stat=low_stat,
     )
+    write_toy_data(storage, truth, on_file)
+    return truth
+
+
+def write_toy_data(
+    storage: Path, truth: ToyTruth, on_file: Callable[[Path], None] | None = None
+) -> None:
+    """Write every file of ``truth`` (from :func:`draw_truth`), then ``<storage>/truth.json``.
+
+    The truth is written last, so its presence means the data set is complete.
+    """
     for run in truth.runs:
         for stream in STREAMS:
-            for index in range(files_per_run):
+            for index in range(truth.settings.files_per_run):
                 path = write_toy_file(storage, truth, run, stream, index)
                 if on_file is not None:
                     on_file(path)
     truth.write(Path(storage) / TRUTH_FILENAME)
-    return truth
 
 
 def draw_truth(
@@ -125,7 +135,7 @@ def draw_truth(
     settings: ToySettings,
     low_stat: Mapping[int, int] | None = None,
 ) -> ToyTruth:
-    """Draw the truth of a run range without writing anything.
+    """Draw the truth of a run range without writing anything; B2CalError for bad arguments.
 
     Values are drawn in a fixed order (gain, delta, then run by run a new t0 or beam spot
     where one starts), so the same arguments always give the same truth, and declaring a run
@@ -133,7 +143,7 @@ def draw_truth(
     """
     low = dict(low_stat or {})
     ordered = _validated_runs(exp, runs)
-    _validate_counts(settings, low, seed)
+    _validate_counts(low, seed)
     _require_in_range("t0 jump", settings.t0_jumps, ordered)
     _require_in_range("beam spot change", settings.beamspot_changes, ordered)
     _require_in_range("low-statistics run", list(low), ordered)
@@ -351,11 +361,7 @@ def _validated_runs(exp: int, runs: Sequence[int]) -> list[int]:
     return sorted(runs)
 
 
-def _validate_counts(settings: ToySettings, low: Mapping[int, int], seed: int) -> None:
-    if settings.files_per_run < 1:
-        raise B2CalError(f"files per run must be at least 1, not {settings.files_per_run}")
-    if settings.events < 0:
-        raise B2CalError(f"events per file must be >= 0, not {settings.events}")
+def _validate_counts(low: Mapping[int, int], seed: int) -> None:
     bad = {run: n for run, n in low.items() if n < 0}
     if bad:
         raise B2CalError(f"low-statistics event counts must be >= 0, got {bad}")

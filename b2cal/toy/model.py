@@ -1,9 +1,9 @@
-"""The toy detector's constants, file layout and truth record (TOY_DETECTOR.md).
+"""The toy detector's constants, file layout and truth record (docs/toy-detector.md).
 
-Everything that TOY_DETECTOR.md fixes as a number or a name lives here, once: the generator,
-the reference calibrations and the closure check import it instead of repeating it, so the
-contract can only be implemented one way. :class:`ToyTruth` is what a generator drew; it is
-written to ``<storage>/truth.json`` so that a closure check (or a person) can compare
+Everything that the toy detector's contract fixes as a number or a name lives here, once: the
+generator, the reference calibrations and the closure check import it instead of repeating it,
+so the contract can only be implemented one way. :class:`ToyTruth` is what a generator drew; it
+is written to ``<storage>/truth.json`` so that a closure check (or a person) can compare
 calibration output with the values that really produced the data.
 """
 
@@ -80,12 +80,25 @@ def vertex_x_shift_cm(delta: Sequence[float] | FloatArray) -> float:
 
 @dataclass(frozen=True)
 class ToySettings:
-    """The generator arguments that are not truth values, kept so a file can be regenerated."""
+    """The generator arguments that are not truth values, kept so a file can be regenerated.
+
+    Checked when made (:class:`B2CalError` if a count is impossible); the runs of t0 jumps and
+    beam-spot changes are kept sorted. Whether those runs lie in the generated range is checked
+    by the generator, which knows the range.
+    """
 
     files_per_run: int
     events: int
     t0_jumps: list[int] = field(default_factory=list)
     beamspot_changes: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.files_per_run < 1:
+            raise B2CalError(f"files per run must be at least 1, not {self.files_per_run}")
+        if self.events < 0:
+            raise B2CalError(f"events per file must be >= 0, not {self.events}")
+        object.__setattr__(self, "t0_jumps", sorted(self.t0_jumps))
+        object.__setattr__(self, "beamspot_changes", sorted(self.beamspot_changes))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -229,8 +242,10 @@ class ToyTruth:
             raise B2CalError(f"cannot read toy truth {path}: {exc.strerror}") from exc
         except B2CalError as exc:
             raise B2CalError(f"{path}: {exc}") from exc
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise B2CalError(f"{path} is not a toy truth file: {exc!r}") from exc
+        except KeyError as exc:
+            raise B2CalError(f"{path} is not a toy truth file: it has no {exc}") from exc
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise B2CalError(f"{path} is not a toy truth file ({exc})") from exc
 
 
 #: A JSON list holding no object or list, as laid out by ``json.dumps(..., indent=1)``.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from counting import HitCounter, counting
+
 from b2cal.caf.accumulator import Accumulator
 from b2cal.caf.calibration import Calibration, RunContext
 from b2cal.toy.calibrations import channel_t0
@@ -30,6 +32,32 @@ def slow_t0() -> Calibration:
     return channel_t0().model_copy(
         update={"name": "SlowT0", "collector": SlowT0Collector(), "max_files_per_job": 1}
     )
+
+
+def counting_plugin() -> Calibration:
+    """The exact counting calibration of the engine tests (tests/counting.py), as a plugin."""
+    return counting(minimum=2000, max_files_per_job=2)
+
+
+def counting_child() -> Calibration:
+    """A calibration that depends on Counting (its collector reads Counting's payload)."""
+    return counting().model_copy(
+        update={
+            "name": "CountingChild",
+            "depends_on": ("Counting",),
+            "collector": ChildCounter(),
+            "settings": None,  # it declares none: its algorithm uses the defaults
+        }
+    )
+
+
+class ChildCounter(HitCounter):
+    """Counts hits, and needs the Counting payload of each run to exist."""
+
+    def process(self, events: Any, run: RunContext) -> Accumulator:
+        if run.payload("Counting") is None:
+            raise RuntimeError(f"no Counting payload for {run.exprun}")
+        return super().process(events, run)
 
 
 def cycle_a() -> Calibration:

@@ -33,7 +33,15 @@ from b2cal.cdb.nopayloaddb.mapping import (
 )
 from b2cal.cdb.nopayloaddb.payload_directory import PayloadDirectory
 from b2cal.cdb.nopayloaddb.writes import TagWriter
-from b2cal.cdb.rules import IoVChange, check_tag_name, check_transition, plan_add, plan_remove
+from b2cal.cdb.rules import (
+    IoVChange,
+    check_state,
+    check_tag_name,
+    check_transition,
+    plan_add,
+    plan_promotion,
+    plan_remove,
+)
 from b2cal.cdb.store import (
     ConditionsStore,
     NewPayloadIoV,
@@ -41,7 +49,15 @@ from b2cal.cdb.store import (
     with_provenance,
 )
 from b2cal.core.iov import ExpRun
-from b2cal.errors import CdbError, NopayloaddbError, NoPayloadValid, UnknownPayload, UnknownTag
+from b2cal.errors import (
+    CdbError,
+    ForbiddenChange,
+    NopayloaddbError,
+    NoPayloadValid,
+    TagExists,
+    UnknownPayload,
+    UnknownTag,
+)
 
 
 def _created(text: Any) -> datetime | None:
@@ -195,7 +211,7 @@ class RestStore(ConditionsStore):
             self._server_tag(name, light=True)
         except UnknownTag:
             return
-        raise CdbError(f"global tag {name!r} exists already")
+        raise TagExists(name)
 
     def create_tag(self, name: str, description: str = "") -> GlobalTag:
         self._absent(name)
@@ -227,7 +243,22 @@ class RestStore(ConditionsStore):
         return GlobalTag(name, state, current.description, current.created)
 
     # --- payload IoVs ---------------------------------------------------------------------------
-    def write_iovs(self, tag: str, entries: Sequence[NewPayloadIoV]) -> IoVChange:
+    def _recheck(self, view: TagView, state: TagState, unchanged: bool = False) -> None:
+        """Read the tag's state again, right before a write becomes visible: it must still be
+        ``state`` (and, if ``unchanged``, have had no state change at all since ``view`` was
+        read, as the latest state record tells). ``view`` takes the status and record read."""
+        fresh = self._read(view.tag.name, contents=False)
+        check_state(fresh.tag, state)
+        if unchanged and fresh.record != view.record:
+            raise ForbiddenChange(
+                f"global tag {view.tag.name} changed state while this write was prepared; "
+                "nothing was written, run it again"
+            )
+        view.status, view.record = fresh.status, fresh.record
+
+    def write_iovs(
+        self, tag: str, entries: Sequence[NewPayloadIoV], *, state: TagState
+    ) -> IoVChange:
         checked = []
         for entry in entries:
             check_payload_name(entry.name)
@@ -240,7 +271,7 @@ class RestStore(ConditionsStore):
             wanted.append(
                 (stored or Payload(entry.name, 0, checksum, len(entry.data), provenance), entry.iov)
             )
-        change = plan_add(view.tag, view.entries, wanted)
+        change = plan_add(view.tag, view.entries, wanted, state=state)
         if change.empty:
             self._writer.relock(view)  # a retry after a crash while the tag was unlocked
             return change
@@ -257,7 +288,24 @@ class RestStore(ConditionsStore):
             remove=change.remove,
             add=[(stored_now[(p.name, p.checksum)], iov) for p, iov in change.add],
         )
-        self._writer.apply(view, change)
+        self._writer.apply(view, change, lambda: self._recheck(view, state))
+        return change
+
+    def promote(self, staging: str, running: str, start: ExpRun) -> IoVChange:
+        source, target = self._read(staging), self._read(running)
+        change = plan_promotion(source.tag, source.entries, target.tag, target.entries, start)
+        if change.empty:
+            self._writer.relock(target)
+            return change
+        for payload, _ in change.add:
+            self.files.data(payload)  # in the shared payload directory, unchanged
+
+        def recheck() -> None:
+            self._recheck(source, TagState.VALIDATED, unchanged=True)
+            self._recheck(target, TagState.RUNNING)
+
+        self._writer.check_iov_mode()
+        self._writer.apply(target, change, recheck)
         return change
 
     def remove_iovs(self, tag: str, entries: Sequence[PayloadIoV]) -> IoVChange:

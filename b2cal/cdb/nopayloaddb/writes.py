@@ -23,12 +23,19 @@ Crashes and retries
     it came from (or, for RUNNING, as RUNNING while the tag is unlocked for an append); retrying
     the change completes it. Leftovers of an interrupted write (payload lists attached to no
     tag) are invisible and harmless.
+
+State checks
+    Nothing can be locked on the server, so the store reads the tag's state once to plan a
+    write and once more, through the ``recheck`` of :meth:`TagWriter.apply`, after the
+    invisible preparations and right before the first request that changes what the tag shows.
+    A state change completed in the few requests after that is not seen
+    (``docs/nopayloaddb.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from b2cal.cdb.model import PayloadIoV, TagState
@@ -98,9 +105,17 @@ class TagWriter:
             )
         self._mode_checked = True
 
-    def apply(self, view: TagView, change: IoVChange) -> None:
+    def apply(
+        self, view: TagView, change: IoVChange, recheck: Callable[[], None] | None = None
+    ) -> None:
         """Carry out a change the rules accepted: invisible preparations, then one atomic step
-        per payload name (a single appended IoV, or a whole new list replacing the old one)."""
+        per payload name (a single appended IoV, or a whole new list replacing the old one).
+
+        ``recheck`` runs after the preparations, right before the first request that changes
+        what the tag shows: it reads again what the decision rests on (the tag's state) and
+        raises to refuse the write after all. It may update ``view.status`` and
+        ``view.record`` from what it read.
+        """
         after = apply(view.entries, view.tag.name, change)
         names = sorted(
             {p.name for p, _ in change.add}
@@ -120,6 +135,8 @@ class TagWriter:
             else:
                 mine = [e for e in after if e.payload.name == name]
                 steps.append((name, None, self._build_list(name, mine, urls)))
+        if recheck is not None:
+            recheck()
         with self._writable(view, unlock=any(name in view.lists for name in names)):
             for name, single, plist in steps:
                 if single is not None:

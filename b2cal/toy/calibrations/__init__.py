@@ -5,8 +5,9 @@ Each factory returns a fresh :class:`~b2cal.caf.calibration.Calibration`; the en
 run merging at low statistics (ChannelT0, BeamSpot), dependencies whose payloads change the
 result (ChannelGain on ChannelT0, BeamSpot on ModuleAlignment) and iteration (ModuleAlignment).
 The physics lives in one module per calibration (``timing`` for ChannelT0, ``gain``,
-``alignment``, ``beamspot``) with the shared peak fit in ``peak_fit``; TOY_DETECTOR.md is the
-contract they close on.
+``alignment``, ``beamspot``) with the shared peak fit in ``peak_fit``; docs/toy-detector.md
+describes the contract they close on. Each declares expert settings (its ``...Settings``
+model) that ``caf run --config`` may override.
 """
 
 from __future__ import annotations
@@ -16,24 +17,28 @@ from b2cal.toy.calibrations.alignment import NAME as MODULE_ALIGNMENT
 from b2cal.toy.calibrations.alignment import (
     ModuleAlignmentAlgorithm,
     ModuleAlignmentCollector,
+    ModuleAlignmentSettings,
     validate_module_alignment,
 )
 from b2cal.toy.calibrations.beamspot import NAME as BEAM_SPOT
 from b2cal.toy.calibrations.beamspot import (
     BeamSpotAlgorithm,
     BeamSpotCollector,
+    BeamSpotSettings,
     validate_beam_spot,
 )
 from b2cal.toy.calibrations.gain import NAME as CHANNEL_GAIN
 from b2cal.toy.calibrations.gain import (
     ChannelGainAlgorithm,
     ChannelGainCollector,
+    ChannelGainSettings,
     validate_channel_gain,
 )
 from b2cal.toy.calibrations.timing import NAME as CHANNEL_T0
 from b2cal.toy.calibrations.timing import (
     ChannelT0Algorithm,
     ChannelT0Collector,
+    ChannelT0Settings,
     validate_channel_t0,
 )
 
@@ -59,6 +64,7 @@ def channel_t0() -> Calibration:
         strategy=_RUN_BY_RUN,
         max_files_per_job=FILES_PER_JOB,
         validation=validate_channel_t0,
+        settings=ChannelT0Settings(),
         owner=OWNER,
         description="t0 of the 64 channels (ns): fit of each channel's hit-time peak",
     )
@@ -75,6 +81,7 @@ def channel_gain() -> Calibration:
         strategy=_SINGLE_IOV,
         max_files_per_job=FILES_PER_JOB,
         validation=validate_channel_gain,
+        settings=ChannelGainSettings(),
         owner=OWNER,
         description="gain of the 64 channels: fit of each pulse-height peak of in-time hits",
     )
@@ -91,6 +98,7 @@ def module_alignment() -> Calibration:
         strategy=_SINGLE_IOV,
         max_files_per_job=FILES_PER_JOB,
         validation=validate_module_alignment,
+        settings=ModuleAlignmentSettings(),
         owner=OWNER,
         description="offsets du of the 16 modules (µm; 0 and 15 fixed) from track residuals",
     )
@@ -107,6 +115,7 @@ def beam_spot() -> Calibration:
         strategy=_RUN_BY_RUN,
         max_files_per_job=FILES_PER_JOB,
         validation=validate_beam_spot,
+        settings=BeamSpotSettings(),
         owner=OWNER,
         description="mean vertex position (cm), x corrected for the module alignment",
     )

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import hist
 import numpy as np
+from pydantic import Field
 
 from b2cal.caf.accumulator import Accumulator
 from b2cal.caf.calibration import (
@@ -27,6 +29,7 @@ from b2cal.caf.calibration import (
     Collector,
     Events,
     Execution,
+    ExpertSettings,
     PayloadDoc,
     RunContext,
     ValidationReport,
@@ -67,7 +70,7 @@ RESIDUAL_RESOLUTION_UM = POSITION_RESOLUTION_UM * math.sqrt(1.5)
 FIT_HALF_WIDTH_UM = 100.0
 #: Tracks a module needs in its fit window.
 MIN_MODULE_TRACKS = 100
-#: Iterate while some constant moves by this much or more, µm (TOY_DETECTOR.md).
+#: Iterate while some constant moves by this much or more, µm (docs/toy-detector.md).
 CONVERGENCE_UM = 1.0
 #: Constants outside this range fail validation, µm.
 PLAUSIBLE_DU_UM = (-1000.0, 1000.0)
@@ -142,12 +145,24 @@ RESIDUAL_PEAKS = RowPeaks(
 )
 
 
+class ModuleAlignmentSettings(ExpertSettings):
+    """What an expert may tune (``caf run --config``, section ``[ModuleAlignment.settings]``)."""
+
+    collector_fields = ()  # all of them are the algorithm's
+
+    #: Iterate while some constant moves by this many µm or more.
+    convergence_um: float = Field(default=CONVERGENCE_UM, gt=0)
+    #: Tracks every module needs in its fit window.
+    min_module_tracks: int = Field(default=MIN_MODULE_TRACKS, ge=1)
+
+
 class ModuleAlignmentAlgorithm(Algorithm):
     """Fits each module's residual peak, then solves the coupled system for new constants."""
 
     def execute(self, data: Accumulator, context: AlgorithmContext) -> Execution:
         metrics: dict[str, Any] = {}
-        fits = RESIDUAL_PEAKS.fit(data, metrics)
+        settings = ModuleAlignmentSettings.of(context)
+        fits = replace(RESIDUAL_PEAKS, minimum=settings.min_module_tracks).fit(data, metrics)
         if isinstance(fits, Execution):
             return fits
         previous = alignment_constants(context.payload(NAME))
@@ -157,7 +172,8 @@ class ModuleAlignmentAlgorithm(Algorithm):
             residual_resolution_mean_um=float(fits.sigmas.mean()),
             du_err_max_um=max(payload["du_err"]),
         )
-        result = AlgorithmResult.ITERATE if largest >= CONVERGENCE_UM else AlgorithmResult.OK
+        converged = largest < settings.convergence_um
+        result = AlgorithmResult.OK if converged else AlgorithmResult.ITERATE
         return Execution(result, payloads={NAME: payload}, metrics=metrics)
 
 

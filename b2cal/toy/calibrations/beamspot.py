@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from b2cal.caf.accumulator import Accumulator, Column
 from b2cal.caf.calibration import (
@@ -23,6 +24,7 @@ from b2cal.caf.calibration import (
     Collector,
     Events,
     Execution,
+    ExpertSettings,
     PayloadDoc,
     RunContext,
     ValidationReport,
@@ -47,7 +49,7 @@ from b2cal.toy.model import (
 )
 
 NAME = "BeamSpot"
-#: Vertices an IoV needs (TOY_DETECTOR.md).
+#: Vertices an IoV needs (docs/toy-detector.md).
 MIN_VERTICES = 500
 #: Positions outside these ranges (cm) fail validation: far outside the beam pipe's centre.
 PLAUSIBLE_RANGE_CM = {"x": (-1.0, 1.0), "y": (-1.0, 1.0), "z": (-10.0, 10.0)}
@@ -91,6 +93,15 @@ class BeamSpotCollector(Collector):
         )
 
 
+class BeamSpotSettings(ExpertSettings):
+    """What an expert may tune (``caf run --config``, section ``[BeamSpot.settings]``)."""
+
+    collector_fields = ()  # all of them are the algorithm's
+
+    #: Vertices an IoV needs; a run with fewer is merged with the next one.
+    min_vertices: int = Field(default=MIN_VERTICES, ge=2)
+
+
 class BeamSpotAlgorithm(Algorithm):
     """Mean vertex position; statistical errors std/sqrt(n), plus the alignment error in x."""
 
@@ -99,8 +110,9 @@ class BeamSpotAlgorithm(Algorithm):
         vertices = np.asarray(stored, dtype=np.float64)
         count = len(vertices)
         metrics: dict[str, Any] = {"vertices": count}
-        if count < MIN_VERTICES:
-            return not_enough_data(f"{count} vertices, {MIN_VERTICES} needed", metrics)
+        minimum = BeamSpotSettings.of(context).min_vertices
+        if count < minimum:
+            return not_enough_data(f"{count} vertices, {minimum} needed", metrics)
         position = vertices.mean(axis=0)
         spread = vertices.std(axis=0, ddof=1)
         errors = spread / math.sqrt(count)

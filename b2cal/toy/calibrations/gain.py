@@ -5,7 +5,7 @@ the ChannelT0 payload valid for each run. The ~0.8% background that survives the
 exponentially falling pulse heights; it would bias a plain mean at the level of its statistical
 error, so the algorithm fits the peak with an exponential background.
 
-A wrong t0 does not bias this gain (DESIGN.md's "a wrong t0 biases the gain" holds for a plain
+A wrong t0 does not bias this gain (the design's "a wrong t0 biases the gain" holds for a plain
 mean, not for the fit): a signal hit's pulse height does not depend on its time, so a t0 that is
 off only loses signal hits, which widens the uncertainty (NOT_ENOUGH_DATA once fewer than
 ``MIN_CHANNEL_HITS`` remain), and raises the background share, which the exponential takes up.
@@ -18,6 +18,7 @@ from typing import Any
 
 import hist
 import numpy as np
+from pydantic import Field
 
 from b2cal.caf.accumulator import Accumulator
 from b2cal.caf.calibration import (
@@ -27,6 +28,7 @@ from b2cal.caf.calibration import (
     Collector,
     Events,
     Execution,
+    ExpertSettings,
     PayloadDoc,
     RunContext,
     ValidationReport,
@@ -68,6 +70,17 @@ def adc_histogram() -> Any:
     )
 
 
+class ChannelGainSettings(ExpertSettings):
+    """What an expert may tune (``caf run --config``, section ``[ChannelGain.settings]``)."""
+
+    collector_fields = ("signal_window_ns",)
+
+    #: Hits are kept when their time lies within this many ns of their channel's t0.
+    signal_window_ns: float = Field(default=SIGNAL_WINDOW_NS, gt=0)
+    #: Kept hits every channel needs before its gain is fitted.
+    min_channel_hits: int = Field(default=MIN_CHANNEL_HITS, ge=1)
+
+
 class ChannelGainCollector(Collector):
     """Histograms the pulse height of hits within the signal window around their channel's t0."""
 
@@ -76,7 +89,8 @@ class ChannelGainCollector(Collector):
     def process(self, events: Events, run: RunContext) -> Accumulator:
         t0 = upstream_payload(run, CHANNEL_T0, NAME, {"t0": NUM_CHANNELS})["t0"]
         channel = int_column(events, "hit_channel")
-        in_time = np.abs(float_column(events, "hit_time") - t0[channel]) < SIGNAL_WINDOW_NS
+        window = ChannelGainSettings.of(run).signal_window_ns
+        in_time = np.abs(float_column(events, "hit_time") - t0[channel]) < window
         adc = adc_histogram()
         adc.fill(channel=channel[in_time], adc=float_column(events, "hit_adc")[in_time])
         return Accumulator(adc=adc)
@@ -94,9 +108,8 @@ class ChannelGainAlgorithm(Algorithm):
             "hits": float(per_channel.sum()),
             "min_channel_hits": float(per_channel.min()),
         }
-        lacking = too_few(
-            per_channel, MIN_CHANNEL_HITS, "channel(s)", "hits near their t0", metrics
-        )
+        minimum = ChannelGainSettings.of(context).min_channel_hits
+        lacking = too_few(per_channel, minimum, "channel(s)", "hits near their t0", metrics)
         if lacking is not None:
             return lacking
         fits = fit_rows(counts, edges, *_fit_settings(counts, edges))

@@ -11,9 +11,11 @@ so that run is merged too.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import hist
+from pydantic import Field
 
 from b2cal.caf.accumulator import Accumulator
 from b2cal.caf.calibration import (
@@ -23,6 +25,7 @@ from b2cal.caf.calibration import (
     Collector,
     Events,
     Execution,
+    ExpertSettings,
     PayloadDoc,
     RunContext,
     ValidationReport,
@@ -40,9 +43,9 @@ from b2cal.toy.calibrations.peak_fit import Background
 from b2cal.toy.model import BACKGROUND_TIME_RANGE_NS, NUM_CHANNELS, TIME_RESOLUTION_NS
 
 NAME = "ChannelT0"
-#: Half width of a channel's signal region around its peak (TOY_DETECTOR.md), ns.
+#: Half width of a channel's signal region around its peak (docs/toy-detector.md), ns.
 SIGNAL_WINDOW_NS = 7.5
-#: Hits a channel needs in its signal region before its t0 is fitted (TOY_DETECTOR.md).
+#: Hits a channel needs in its signal region before its t0 is fitted (docs/toy-detector.md).
 MIN_PEAK_HITS = 50
 #: Time bins: 0.5 ns (a third of the resolution; the fit integrates the model over each bin).
 TIME_BINS = 400
@@ -88,12 +91,23 @@ TIME_PEAKS = RowPeaks(
 )
 
 
+class ChannelT0Settings(ExpertSettings):
+    """What an expert may tune (``caf run --config``, section ``[ChannelT0.settings]``)."""
+
+    collector_fields = ()  # all of them are the algorithm's
+
+    #: Hits every channel needs within ``SIGNAL_WINDOW_NS`` of its peak before the t0 of an
+    #: IoV is fitted; a run with fewer is merged with the next one.
+    min_peak_hits: int = Field(default=MIN_PEAK_HITS, ge=1)
+
+
 class ChannelT0Algorithm(Algorithm):
     """Fits each channel's time peak (Gaussian on flat background) once all have enough hits."""
 
     def execute(self, data: Accumulator, context: AlgorithmContext) -> Execution:
         metrics: dict[str, Any] = {}
-        fits = TIME_PEAKS.fit(data, metrics)
+        settings = ChannelT0Settings.of(context)
+        fits = replace(TIME_PEAKS, minimum=settings.min_peak_hits).fit(data, metrics)
         if isinstance(fits, Execution):
             return fits
         metrics["resolution_mean_ns"] = float(fits.sigmas.mean())
