@@ -1,7 +1,8 @@
-"""Shared set-up of the benchmarks: toy data made fresh for each run, and timing.
+"""Shared set-up of the benchmarks: toy data made fresh for each run, timing, a results table.
 
 Benchmarks print ratios against a baseline measured in the same process and run, never absolute
-times alone: the machines here are noisy and shared.
+times alone: the machines here are noisy and shared. Candidates and baselines are timed in
+turn (interleaved), so a noisy neighbour slows both alike; the median of the repeats is kept.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from b2cal.toy.generate import generate_toy
@@ -18,17 +19,19 @@ EXP = 1
 RUNS = list(range(1, 7))
 
 
-def make_storage(events: int = 4000, files_per_run: int = 2) -> Path:
+def make_storage(events: int = 4000, files_per_run: int = 2, runs: list[int] = RUNS) -> Path:
+    """Toy data of both streams in a fresh temporary folder (the caller removes its parent)."""
     storage = Path(tempfile.mkdtemp(prefix="b2cal-bench-")) / "storage"
-    generate_toy(storage, EXP, RUNS, files_per_run=files_per_run, events=events, seed=11)
+    generate_toy(storage, EXP, runs, files_per_run=files_per_run, events=events, seed=11)
     return storage
 
 
-def best_of(repeats: int, action: Callable[[], object]) -> float:
-    """Median wall time of ``repeats`` calls (the median resists a noisy neighbour)."""
-    times = []
+def interleaved(repeats: int, actions: Mapping[str, Callable[[], object]]) -> dict[str, float]:
+    """Median wall time of each action, the actions timed in turn ``repeats`` times."""
+    times: dict[str, list[float]] = {name: [] for name in actions}
     for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, action in actions.items():
+            start = time.perf_counter()
+            action()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

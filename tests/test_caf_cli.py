@@ -156,7 +156,8 @@ def test_dry_run_prints_the_plan_and_creates_nothing(small_storage: Path, tmp_pa
     assert text.index("│ 1 │ ChannelT0") < text.index("│ 2 │ ChannelGain")
     assert "sequential_run_by_run" in text and "single_iov" in text
     assert "5-6" in text  # runs without files
-    assert "ChannelT0: collector jobs (iteration 0)" in text
+    assert "ChannelT0: collector jobs of each iteration" in text
+    assert "bhabha.e0001.r00004.f00001.root" in text  # every input file is listed
     assert "nothing was created" in text
     assert not out.exists()
 
@@ -223,8 +224,10 @@ def test_rerun_of_a_calibration_not_in_the_output_is_refused(
 ) -> None:
     out = tmp_path / "o"
     assert b2cal(*run_args(out, "--storage", small_storage), plugins=True).returncode == 0
+    before = stamps(out, "**/*")
     ran = b2cal(*run_args(out, "--storage", small_storage, "--rerun", "ChannelT0"), plugins=True)
-    assert_one_line_error(ran, "--rerun ChannelT0", "not a calibration of output")
+    assert_one_line_error(ran, "has no calibration ChannelT0 to rerun", "it has Counting")
+    assert stamps(out, "**/*") == before  # nothing changed
     nowhere = b2cal(*run_args(tmp_path / "x", "--storage", small_storage, "--rerun", "Counting"),
                     plugins=True)  # fmt: skip
     assert_one_line_error(nowhere, "is not the output of a b2cal calibration run")

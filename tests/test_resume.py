@@ -118,6 +118,14 @@ def processes_in_group(group: int) -> list[str]:
     return found
 
 
+def leftover(group: int, seconds: float = 5.0) -> list[str]:
+    """The processes of ``group`` still there after waiting up to ``seconds`` for them to go."""
+    deadline = time.monotonic() + seconds
+    while processes_in_group(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return processes_in_group(group)
+
+
 @pytest.mark.slow
 def test_no_process_of_a_run_outlives_a_sigkill_of_its_driver(
     small_storage: Path, tmp_path: Path
@@ -127,10 +135,7 @@ def test_no_process_of_a_run_outlives_a_sigkill_of_its_driver(
     assert len(processes_in_group(process.pid)) >= 3  # the driver and its two workers at least
     os.kill(process.pid, signal.SIGKILL)  # the driver only: nobody tells the workers
     process.wait()
-    deadline = time.monotonic() + 5
-    while processes_in_group(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert processes_in_group(process.pid) == []
+    assert leftover(process.pid) == []
 
 
 @pytest.mark.slow
@@ -154,9 +159,26 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_gives_identical_payloads(
     assert not (output / "SlowT0/result.json").exists()
     stopped = json.loads(b2cal("caf", "status", output, "--json").stdout)[0]
     assert stopped["state"] == "collecting" and not stopped["active"]
-    assert processes_in_group(process.pid) == []
+    assert leftover(process.pid) == []
 
     rerun = b2cal(*caf_args(small_storage, output), plugins=True)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert_payloads_of_a_clean_run(small_storage, output, tmp_path / "clean")
     assert "interrupted" in (output / "b2cal.log").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_group_is_an_interrupt_not_a_failure(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    """A batch system signals every process of a job: workers must not die as failed jobs."""
+    output = tmp_path / "group"
+    process = started_run(small_storage, output)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert not (output / "SlowT0/result.json").exists()  # no FAILURE recorded
+    assert "failed" not in (output / "b2cal.log").read_text()
+    assert leftover(process.pid) == []
+    rerun = b2cal(*caf_args(small_storage, output), plugins=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr

@@ -94,7 +94,7 @@ def test_steps_are_idempotent_and_in_order(small_storage: Path, tmp_path: Path) 
     cal = calibration()
     request = CalibrationRequest(exp=1, first_run=1, last_run=4, storage=small_storage)
     plan(workspace, request, {"Counting": cal})
-    with pytest.raises(B2CalError, match="has not been collected: collect first"):
+    with pytest.raises(B2CalError, match=r"not collected as planned now .*: collect first"):
         run_algorithm(workspace, cal, 0)
     with pytest.raises(B2CalError, match="no finished iteration"):
         finish(workspace, cal)
@@ -107,9 +107,54 @@ def test_steps_are_idempotent_and_in_order(small_storage: Path, tmp_path: Path) 
         collect(workspace, cal, 0, backend)  # nothing left to do
         assert [j.root.joinpath("status.json").stat().st_mtime_ns for j in jobs] == stamps
         first = run_algorithm(workspace, cal, 0)
-        assert run_algorithm(workspace, cal, 0) == first  # recorded, not recomputed
+        result = workspace.calibration("Counting").iteration(0).root / "result.json"
+        stamp = result.stat().st_mtime_ns
+        assert run_algorithm(workspace, cal, 0) == first
+        assert result.stat().st_mtime_ns == stamp  # recorded, not recomputed
         with pytest.raises(B2CalError, match="asked to iterate: run iteration 1 before"):
             finish(workspace, cal)
+
+
+def test_a_step_killed_before_its_record_is_done_again_with_the_same_result(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    """A kill between a step's files and its record (written last) leaves the step undone;
+    doing it again gives exactly what it would have given."""
+    workspace = Workspace(tmp_path / "out")
+    cal = counting(minimum=5000)
+    request = CalibrationRequest(exp=1, first_run=1, last_run=4, storage=small_storage)
+    plan(workspace, request, {"Counting": cal})
+    area = workspace.calibration("Counting")
+    with LocalBackend(1) as backend:
+        collect(workspace, cal, 0, backend)
+    first = run_algorithm(workspace, cal, 0)
+    (area.iteration(0).root / "result.json").unlink()  # killed after localdb/, before this
+    timing = {"merge_seconds", "algorithm_seconds"}
+    again = run_algorithm(workspace, cal, 0)
+    assert again.model_dump(exclude=timing) == first.model_dump(exclude=timing)
+    outcome = finish(workspace, cal)
+    payloads = {p.name: p.read_bytes() for p in area.outputdb.iterdir()}
+    (area.root / "result.json").unlink()  # killed after outputdb/, before the outcome
+    assert finish(workspace, cal) == outcome
+    assert {p.name: p.read_bytes() for p in area.outputdb.iterdir()} == payloads
+
+
+def test_steps_refuse_stale_collections_and_other_calibrations(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    workspace = Workspace(tmp_path / "out")
+    cal = counting(minimum=5000)
+    request = CalibrationRequest(exp=1, first_run=1, last_run=4, storage=small_storage)
+    plan(workspace, request, {"Counting": cal})
+    with LocalBackend(1) as backend:
+        collect(workspace, cal, 0, backend)
+    other = counting(minimum=5000, max_files_per_job=2)
+    with pytest.raises(B2CalError, match=r"not the calibration planned .*max_files_per_job"):
+        run_algorithm(workspace, other, 0)
+    # replanned with another split (a rerun) but not collected again: the old outputs are stale
+    plan(workspace, request, {"Counting": other}, rerun=["Counting"])
+    with pytest.raises(B2CalError, match="not collected as planned now"):
+        run_algorithm(workspace, other, 0)
 
 
 def test_a_plan_lists_runs_without_files_and_refuses_a_calibration_without_any(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def test_records_round_trip_through_their_files(tmp_path: Path) -> None:
     assert job.spec() == spec and job.root.name == "0003"
     status = JobStatus(state="done", events=5, bad_files=[BadFile(path="p", reason="r")])
     job.write_status(status)
+    assert job.status() == status and not job.done  # done, but with which spec?
+    status.spec_digest = spec.digest()
+    job.write_status(status)
     assert job.status() == status and job.done
     result = IterationResult(
         iteration=0,
@@ -88,7 +92,7 @@ def test_a_changed_spec_wipes_the_job_and_an_unchanged_one_keeps_it(tmp_path: Pa
         calibration="A", iteration=0, collector=tmp_path, collector_digest="1", chain=[], files=[]
     )
     job.write_spec(spec)
-    job.write_status(JobStatus(state="done"))
+    job.write_status(JobStatus(state="done", spec_digest=spec.digest()))
     job.write_spec(spec)
     assert job.done  # same plan: the finished job is kept
     job.write_spec(spec.model_copy(update={"collector_digest": "2"}))
@@ -162,3 +166,60 @@ def test_changed_inputs_are_named_up_to_five(tmp_path: Path) -> None:
     many = InputsChanged(tmp_path, "A", [f"f{i}" for i in range(8)])
     assert "f0, f1, f2, f3, f4 and 3 more changed" in str(many)
     assert many.changed == [f"f{i}" for i in range(8)]
+
+
+def test_another_thread_of_the_process_is_refused_like_another_process(tmp_path: Path) -> None:
+    area = Workspace(tmp_path).calibration("A")
+    refused: list[BaseException] = []
+
+    def second_driver() -> None:
+        try:
+            with area.lock():
+                pass
+        except CalibrationBusy as exc:
+            refused.append(exc)
+
+    with area.lock():
+        thread = threading.Thread(target=second_driver)
+        thread.start()
+        thread.join(30)
+    assert len(refused) == 1
+    with area.lock():  # released: the thread that held it is done with it
+        pass
+
+
+def test_a_rerun_changes_nothing_while_a_dependant_is_busy(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    from counting import counting
+
+    from b2cal.backends.local import LocalBackend
+    from b2cal.caf.driver import run_calibrations
+    from b2cal.caf.plan import CalibrationRequest
+    from b2cal.caf.steps import plan
+
+    base = counting(minimum=5000)
+    child = counting().model_copy(update={"name": "Child", "depends_on": ("Counting",)})
+    cals = {"Counting": base, "Child": child}
+    workspace = Workspace(tmp_path / "out")
+    request = CalibrationRequest(exp=1, first_run=1, last_run=4, storage=small_storage)
+    with LocalBackend(2) as backend:
+        plan(workspace, request, cals)
+        run_calibrations(workspace, cals, backend)
+    outputdb = workspace.calibration("Counting").outputdb
+    before = sorted(p.name for p in outputdb.iterdir())
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold, args=(str(workspace.root), "Child", ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(CalibrationBusy, match="Child is being run"):
+            plan(workspace, request, cals, rerun=["Counting"])
+    finally:
+        release.set()
+        holder.join(30)
+    assert sorted(p.name for p in outputdb.iterdir()) == before  # nothing was forgotten
+    assert workspace.calibration("Counting").outcome() is not None
+    made = plan(workspace, request, cals, rerun=["Counting"])
+    assert made.rerun == ["Counting", "Child"]

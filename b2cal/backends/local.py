@@ -62,8 +62,13 @@ def _preload(targets: Sequence[str]) -> None:
 
 
 def _worker_main(conn: Connection, parent: int, targets: list[str]) -> None:
-    """A worker: run the jobs sent through ``conn`` one after the other, until told to stop."""
+    """A worker: run the jobs sent through ``conn`` one after the other, until told to stop.
+
+    Ctrl-C and SIGTERM are the driver's to handle (a batch system signals every process of a
+    job, a terminal every process of its group): it stops the workers itself.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _watch_parent(parent)
     _preload(targets)
     while True:
@@ -138,6 +143,7 @@ class LocalBackend(Backend):
         self._targets: list[str] = []
         self._counter = 0
         self._closed = False
+        self._broken = ""  # why the dispatcher stopped, if it failed
         self._wake_read, self._wake_write = os.pipe()
         self._pool = [_Worker(self._context, list(self._targets)) for _ in range(count)]
         self._dispatcher = threading.Thread(
@@ -156,15 +162,15 @@ class LocalBackend(Backend):
     def submit(self, jobs: Sequence[Job]) -> list[JobHandle]:
         handles = []
         with self._lock:
-            if self._closed:
-                raise B2CalError("the local backend is closed")
+            if self._closed or self._broken:
+                raise B2CalError(f"the local backend is {self._broken or 'closed'}")
             for job in jobs:
                 self._counter += 1
                 handle = JobHandle(f"local-{self._counter}", job)
                 self._entries[handle.job_id] = _Entry(handle, JobReport(JobState.PENDING))
                 self._queue.append(handle.job_id)
                 handles.append(handle)
-        self._wake()
+            self._wake()
         return handles
 
     def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobReport]:
@@ -200,7 +206,7 @@ class LocalBackend(Backend):
                 if not entry.report.state.finished:
                     entry.report = JobReport(JobState.CANCELLED, "the backend was closed")
             self._lock.notify_all()
-        self._wake()
+            os.write(self._wake_write, b"x")
         self._dispatcher.join()
         for worker in self._pool:
             if worker.job is not None:
@@ -219,8 +225,10 @@ class LocalBackend(Backend):
 
     # --- the dispatcher thread -------------------------------------------------------------
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # closed: nobody to wake
-            os.write(self._wake_write, b"x")
+        """Wake the dispatcher (called with the lock held, so the pipe is still open)."""
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_write, b"x")
 
     @staticmethod
     def _send(worker: _Worker, message: Any) -> bool:
@@ -247,6 +255,20 @@ class LocalBackend(Backend):
             entry.report = JobReport(JobState.RUNNING)
 
     def _dispatch(self) -> None:
+        """The dispatcher thread; if it fails, every unfinished job fails with the reason (a
+        caller waiting for jobs must never wait forever)."""
+        try:
+            self._dispatch_loop()
+        except Exception as exc:
+            with self._lock:
+                self._broken = f"broken ({type(exc).__name__}: {exc})"
+                for entry in self._entries.values():
+                    if not entry.report.state.finished:
+                        reason = f"the local backend failed: {type(exc).__name__}: {exc}"
+                        entry.report = JobReport(JobState.FAILED, reason)
+                self._lock.notify_all()
+
+    def _dispatch_loop(self) -> None:
         while True:
             with self._lock:
                 if self._closed:

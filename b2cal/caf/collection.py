@@ -9,6 +9,7 @@ the input files and the chain's local databases: it never talks to a database or
 
 from __future__ import annotations
 
+import inspect
 import logging
 import pickle
 import time
@@ -18,14 +19,14 @@ from pathlib import Path
 
 from b2cal.caf.accumulator import Accumulator, RunAccumulators
 from b2cal.caf.calibration import Collector, ExpertSettings, RunContext
-from b2cal.caf.chain import PayloadChain
-from b2cal.caf.records import BadFile, JobStatus
+from b2cal.caf.chain import PayloadChain, database_digest
+from b2cal.caf.records import BadFile, JobStatus, now
 from b2cal.caf.workspace import JobArea, host
 from b2cal.catalog.inputs import InputFile
 from b2cal.catalog.rootfile import one_line, read_chunks
 from b2cal.core.files import canonical_json, sha256sum
 from b2cal.core.iov import ExpRun
-from b2cal.errors import BadInputFile
+from b2cal.errors import B2CalError, BadInputFile
 
 #: What a backend calls to run a collector job (see :class:`b2cal.backends.base.Job`).
 JOB_TARGET = "b2cal.caf.collection:run_job"
@@ -39,9 +40,27 @@ def collector_bytes(collector: Collector, settings: ExpertSettings | None) -> by
 
 
 def collector_digest(collector: Collector, settings: ExpertSettings | None) -> str:
-    """What makes collector jobs the same: the collector and the settings it reads."""
+    """What makes collector jobs the same: the collector (its state and the source of the
+    modules that define its class: a fixed collector collects again), and the settings it
+    reads."""
     view = settings.collector_view() if settings is not None else None
-    return sha256sum(pickle.dumps(collector, protocol=5) + canonical_json(view))
+    return sha256sum(
+        pickle.dumps(collector, protocol=5) + _code_digest(type(collector)).encode()
+        + canonical_json(view)
+    )  # fmt: skip
+
+
+def _code_digest(cls: type) -> str:
+    sources = []
+    for klass in cls.__mro__:
+        if klass is object or klass is Collector:
+            continue
+        try:
+            path = inspect.getsourcefile(klass)
+            sources.append(Path(path).read_bytes() if path else klass.__qualname__.encode())
+        except (OSError, TypeError):  # defined interactively: its name is all there is
+            sources.append(klass.__qualname__.encode())
+    return sha256sum(b"\0".join(sources))
 
 
 def run_job(directory: Path) -> int:
@@ -51,22 +70,33 @@ def run_job(directory: Path) -> int:
     as bad and left out; the job still succeeds. Any other error fails the job: its traceback
     goes to ``job.log`` and the status says ``failed`` with the error in one line.
     """
-    job = JobArea(Path(directory), int(Path(directory).name))
+    job = JobArea.at(directory)
     handler = logging.FileHandler(job.log_path, mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.setLevel(logging.INFO)
     log.addHandler(handler)
     start = time.perf_counter()
+    spec_digest = ""
     try:
         spec = job.spec()
         if spec is None:
             raise FileNotFoundError(f"no job spec in {directory}")
+        spec_digest = spec.digest()
+        changed = [
+            str(link.path) for link in spec.chain if database_digest(link.path) != link.digest
+        ]
+        if changed:
+            raise B2CalError(
+                f"the database chain changed since the job was planned: {', '.join(changed)}"
+            )
         with spec.collector.open("rb") as handle:
             collector, settings = pickle.load(handle)
         chain = PayloadChain([link.path for link in spec.chain])
         log.info("job %s: %d files, chain %s", directory, len(spec.files), chain.directories)
         output, status = collect_files(collector, spec.files, chain, spec.iteration, settings)
         status.seconds = round(time.perf_counter() - start, 3)
+        status.finished = now()
+        status.spec_digest = spec_digest
         job.write_output(output)
         job.write_status(status)
         log.info("done: %d events, %d bad files", status.events, len(status.bad_files))
@@ -75,7 +105,13 @@ def run_job(directory: Path) -> int:
         log.error("job failed:\n%s", traceback.format_exc())
         seconds = round(time.perf_counter() - start, 3)
         job.write_status(
-            JobStatus(state="failed", seconds=seconds, error=one_line(exc), host=host())
+            JobStatus(
+                state="failed",
+                spec_digest=spec_digest,
+                seconds=seconds,
+                error=one_line(exc),
+                host=host(),
+            )
         )
         if not isinstance(exc, Exception):
             raise  # an interrupt: the process is going away anyway

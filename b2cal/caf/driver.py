@@ -65,6 +65,8 @@ def calibrate(
             log.warning("%s: interrupted", name)
             raise
         except B2CalError as exc:  # collector jobs that keep failing, a broken chain
+            if stop is not None and stop.is_set():  # a consequence of the interrupt
+                raise Interrupted(f"{name}: {exc}") from exc
             outcome = CalibrationOutcome(
                 calibration=name, result=AlgorithmResult.FAILURE, message=str(exc)
             )

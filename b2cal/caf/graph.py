@@ -90,12 +90,3 @@ def upstream(name: str, calibrations: Mapping[str, Calibration]) -> list[str]:
             seen.append(dep)
             frontier.extend(calibrations[dep].depends_on)
     return seen
-
-
-def dependants(name: str, calibrations: Mapping[str, Calibration]) -> list[str]:
-    """Every calibration that depends on ``name``, directly or not, in dependency order."""
-    found = {name}
-    for candidate in topological_order(calibrations):
-        if any(dep in found for dep in calibrations[candidate].depends_on):
-            found.add(candidate)
-    return [n for n in topological_order(calibrations) if n in found and n != name]

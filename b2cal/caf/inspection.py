@@ -44,13 +44,17 @@ class ValueSummary(BaseModel):
 def merged_output(
     workspace: Workspace, calibration: str, iteration: int | None = None, run: int | None = None
 ) -> Inspected:
-    """The merged output of ``iteration`` (default: the last one fully collected)."""
+    """The merged output of ``iteration`` (default: the final iteration of a finished
+    calibration, else the last one fully collected)."""
     record = workspace.run_record()
     if calibration not in record.calibrations:
         known = ", ".join(record.calibrations)
         raise B2CalError(f"{calibration} is not a calibration of {workspace.root} ({known})")
     area = workspace.calibration(calibration)
     collected = [it for it in area.iterations() if it.jobs() and all(j.done for j in it.jobs())]
+    outcome = area.outcome()
+    if iteration is None and outcome is not None and outcome.iterations:
+        iteration = outcome.iterations - 1  # the final iteration of a finished calibration
     if iteration is None:
         if not collected:
             raise B2CalError(f"{calibration} has no fully collected iteration yet")

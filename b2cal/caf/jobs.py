@@ -43,6 +43,28 @@ def split_files(
     return [tuple(ordered[i : i + per_job]) for i in range(0, len(ordered), per_job)]
 
 
+def job_specs(
+    area: IterationArea,
+    calibration: Calibration,
+    files: Sequence[InputFile],
+    chain: Sequence[ChainLink],
+) -> list[JobSpec]:
+    """The specs of one collection's jobs, in job order, as they must be now."""
+    digest = collector_digest(calibration.collector, calibration.settings)
+    groups = split_files(files, calibration.max_files_per_job, calibration.max_jobs)
+    return [
+        JobSpec(
+            calibration=calibration.name,
+            iteration=area.iteration,
+            collector=area.collector_path,
+            collector_digest=digest,
+            chain=list(chain),
+            files=list(group),
+        )
+        for group in groups
+    ]
+
+
 def prepare_jobs(
     area: IterationArea,
     calibration: Calibration,
@@ -53,23 +75,33 @@ def prepare_jobs(
     atomic_write_bytes(
         area.collector_path, collector_bytes(calibration.collector, calibration.settings)
     )
-    digest = collector_digest(calibration.collector, calibration.settings)
-    groups = split_files(files, calibration.max_files_per_job, calibration.max_jobs)
+    specs = job_specs(area, calibration, files, chain)
     jobs = []
-    for index, group in enumerate(groups):
+    for index, spec in enumerate(specs):
         job = area.job(index)
-        job.write_spec(
-            JobSpec(
-                calibration=calibration.name,
-                iteration=area.iteration,
-                collector=area.collector_path,
-                collector_digest=digest,
-                chain=list(chain),
-                files=list(group),
-            )
-        )
+        job.write_spec(spec)
         jobs.append(job)
-    area.remove_jobs_from(len(groups))
+    area.remove_jobs_from(len(specs))
+    return jobs
+
+
+def collected_jobs(area: IterationArea, specs: Sequence[JobSpec]) -> list[JobArea]:
+    """The iteration's jobs if every one is done with exactly ``specs`` (the collection as it
+    must be now); else B2CalError: outputs of another plan, another collector or another
+    chain must never be merged."""
+    jobs = area.jobs()
+    stale = [job.index for job, spec in zip(jobs, specs, strict=False) if job.spec() != spec]
+    unfinished = [job.index for job in jobs if not job.done]
+    if len(jobs) != len(specs) or stale or unfinished:
+        detail = (
+            f"jobs {stale} were planned otherwise"
+            if stale
+            else f"{len(jobs) - len(unfinished)} of {len(specs)} planned jobs are done"
+        )
+        raise B2CalError(
+            f"{specs[0].calibration if specs else area.root} iteration {area.iteration} is not "
+            f"collected as planned now ({detail}): collect first"
+        )
     return jobs
 
 
@@ -91,6 +123,8 @@ def run_jobs(
     for attempt in range(1, attempts + 1):
         if not todo:
             return
+        if stop is not None and stop.is_set():
+            raise Interrupted(f"{where} before collector jobs were submitted")
         for job in todo:
             job.forget_status()
         handles = backend.submit(
@@ -121,6 +155,8 @@ def run_jobs(
                 backend.cancel(handles)
                 raise Interrupted(f"{where}: collector jobs cancelled")
             backend.wait(handles, backend.poll_seconds)
+        if stop is not None and stop.is_set():  # jobs killed by the interrupt did not fail
+            raise Interrupted(f"{where}: collector jobs stopped")
         failed = []
         for job, handle in zip(todo, handles, strict=True):
             if reports[handle.job_id].state is JobState.DONE and job.done:

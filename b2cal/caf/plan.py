@@ -8,6 +8,7 @@ input files (by size, modification time and inode).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Collection, Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from b2cal.caf.calibration import Calibration
+from b2cal.caf.collection import collector_digest
 from b2cal.caf.config import Overrides
 from b2cal.caf.graph import topological_order, upstream
 from b2cal.caf.jobs import split_files
@@ -26,7 +28,7 @@ from b2cal.caf.workspace import Workspace
 from b2cal.catalog.inputs import FileStamp, InputFile, changed_files, read_file_list
 from b2cal.catalog.storage import find_files
 from b2cal.core.iov import ExpRun
-from b2cal.errors import ArgumentsChanged, B2CalError, InputsChanged
+from b2cal.errors import ArgumentsChanged, B2CalError, InputsChanged, WorkspaceError
 
 log = logging.getLogger("b2cal.caf")
 
@@ -94,6 +96,8 @@ class CalibrationPlan(BaseModel):
     job_files: list[int]
     runs_without_files: list[int]
     config: dict[str, Any]
+    #: :func:`fingerprint` of the calibration as planned.
+    effective: dict[str, Any]
 
 
 class Plan(BaseModel):
@@ -102,6 +106,8 @@ class Plan(BaseModel):
     calibrations: dict[str, CalibrationPlan]
     #: Listed files (``--files-from``) outside the requested experiment and runs.
     left_out: int = 0
+    #: Calibrations recomputed by a rerun, dependants included (set when the plan is recorded).
+    rerun: list[str] = []
 
     def arguments(self) -> dict[str, Any]:
         return self.request.arguments(self.order)
@@ -145,6 +151,7 @@ def make_plan(
             ],
             runs_without_files=[r for r in request.runs if r not in with_files],
             config=dict((overrides or {}).get(name, {})),
+            effective=fingerprint(calibration),
         )
     return Plan(request=request, order=order, calibrations=plans, left_out=left_out)
 
@@ -162,16 +169,48 @@ def _input_files(
     return inside, len(listed) - len(inside)
 
 
-def record_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) -> RunRecord:
+def fingerprint(calibration: Calibration) -> dict[str, Any]:
+    """What a calibration computes with: its configuration as given to the engine, and a digest
+    of its collector (class, code, the settings it reads). Recorded at plan time; a step given a
+    calibration with another fingerprint refuses to run."""
+    settings = calibration.settings
+    return {
+        "max_iterations": calibration.max_iterations,
+        "max_files_per_job": calibration.max_files_per_job,
+        "max_jobs": calibration.max_jobs,
+        "strategy": calibration.strategy.model_dump(mode="json"),
+        "settings": settings.model_dump(mode="json") if settings is not None else None,
+        "collector": collector_digest(calibration.collector, settings),
+    }
+
+
+def with_dependants(plan: Plan, names: Collection[str]) -> list[str]:
+    """``names`` and every calibration of the plan that depends on one of them, in order."""
+    found = set(names)
+    for name in plan.order:
+        if any(dep in found for dep in plan.calibrations[name].depends_on):
+            found.add(name)
+    return [name for name in plan.order if name in found]
+
+
+def record_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) -> list[str]:
     """Make ``plan`` the workspace's, or check that it is the recorded one (resume).
 
-    ``rerun`` names calibrations to compute again (``caf run --rerun``): their results are
-    forgotten (collector jobs stay, so unchanged ones are reused) and their configuration may
-    differ from the recorded one. Anything else that differs is refused, the input files
-    included: finished jobs and dependencies' payloads were made from the files seen first.
+    ``rerun`` names calibrations to compute again (``caf run --rerun``): they and their
+    dependants have their results forgotten (collector jobs stay, so unchanged ones are
+    reused), and their configuration may differ from the recorded one. Anything else that
+    differs is refused, the input files included: finished jobs and dependencies' payloads were
+    made from the files seen first. Everything is checked, and the calibrations to write are
+    locked, before anything changes. Returns the calibrations to recompute.
     """
+    unknown = sorted(set(rerun) - set(plan.order))
+    if unknown:
+        raise WorkspaceError(
+            workspace.root, f"has no calibration {', '.join(unknown)} to rerun (it has "
+            f"{', '.join(plan.order)})",
+        )  # fmt: skip
     request = plan.request
-    record = workspace.claim(
+    workspace.claim(
         RunRecord(
             arguments=plan.arguments(),
             calibration_run=uuid.uuid4().hex[:12],
@@ -182,31 +221,39 @@ def record_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) -
             open_ended=request.open_ended,
         )
     )
-    records = {name: _record(plan, name) for name in plan.order}
-    differences = {
-        f"config of {name}": (old.config, records[name].config)
-        for name in plan.order
-        if name not in rerun
-        and (old := _recorded(workspace, name)) is not None
-        and old.config != records[name].config
-    }
+    again = with_dependants(plan, rerun)
+    new = {name: _record(plan, name) for name in plan.order}
+    old = {name: _recorded(workspace, name) for name in plan.order}
+    differences: dict[str, tuple[Any, Any]] = {}
+    for name in plan.order:
+        before = old[name]
+        if before is None:
+            continue
+        changed = changed_files(before.stamps, new[name].stamps)
+        if changed:
+            raise InputsChanged(workspace.root, name, changed)
+        if name in again:
+            continue
+        if before.config != new[name].config:
+            differences[f"config of {name}"] = (before.config, new[name].config)
+        elif before.effective != new[name].effective:
+            keys = [
+                k for k in new[name].effective if before.effective.get(k) != new[name].effective[k]
+            ]
+            differences[f"{name} ({', '.join(keys)})"] = ("as planned", "changed (use --rerun)")
     if differences:
         raise ArgumentsChanged(workspace.root, differences)
-    for name in plan.order:
-        area = workspace.calibration(name)
-        new = records[name]
-        old = _recorded(workspace, name)
-        if old is not None:
-            changed = changed_files(old.stamps, new.stamps)
-            if changed:
-                raise InputsChanged(workspace.root, name, changed)
-        if old is None or name in rerun:
-            with area.lock():
-                if old is not None:
-                    area.forget_results(keep_iterations=plan.calibrations[name].max_iterations)
-                    log.info("%s: results forgotten for a rerun (config %s)", name, new.config)
-                area.write_record(new)
-    return record
+    writes = [name for name in plan.order if old[name] is None or name in again]
+    with contextlib.ExitStack() as locks:
+        for name in writes:
+            locks.enter_context(workspace.calibration(name).lock())
+        for name in writes:
+            area = workspace.calibration(name)
+            if old[name] is not None:
+                area.forget_results(keep_iterations=plan.calibrations[name].max_iterations)
+                log.info("%s: results forgotten for a rerun (config %s)", name, new[name].config)
+            area.write_record(new[name])
+    return again
 
 
 def _record(plan: Plan, name: str) -> CalibrationRecord:
@@ -214,6 +261,7 @@ def _record(plan: Plan, name: str) -> CalibrationRecord:
     return CalibrationRecord(
         name=name,
         config=calibration.config,
+        effective=calibration.effective,
         upstream=calibration.upstream,
         input_databases=list(plan.request.input_databases),
         files=calibration.files,

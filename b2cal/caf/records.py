@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 from b2cal.caf.calibration import AlgorithmResult
 from b2cal.caf.strategies import RunRange
 from b2cal.catalog.inputs import FileStamp, InputFile
-from b2cal.core.files import atomic_write_json
+from b2cal.core.files import atomic_write_json, canonical_json, create_exclusive, sha256sum
 from b2cal.core.iov import ExpRun, IoV
 from b2cal.errors import B2CalError
 
@@ -55,6 +55,11 @@ class Record(BaseModel):
     def write(self, path: Path) -> None:
         atomic_write_json(path, self.model_dump(mode="json"))
 
+    def create(self, path: Path) -> bool:
+        """Write the record only if there is none yet (of two writers, one wins); whether it
+        was written."""
+        return create_exclusive(path, canonical_json(self.model_dump(mode="json")))
+
 
 # --- the run and each calibration ---------------------------------------------------------------
 class RunRecord(Record):
@@ -89,6 +94,8 @@ class CalibrationRecord(Record):
 
     name: str
     config: dict[str, Any] = Field(default_factory=dict)
+    #: What the calibration computes with (:func:`b2cal.caf.plan.fingerprint`).
+    effective: dict[str, Any] = Field(default_factory=dict)
     #: Calibrations whose outputs are in the database chain, nearest first.
     upstream: list[str] = Field(default_factory=list)
     input_databases: list[Path] = Field(default_factory=list)
@@ -124,11 +131,20 @@ class JobSpec(Record):
     chain: list[ChainLink]
     files: list[InputFile]
 
+    def digest(self) -> str:
+        """Identifies the spec: a status says which spec its job ran."""
+        return sha256sum(canonical_json(self.model_dump(mode="json")))
+
 
 class JobStatus(Record):
-    """How a collector job ended; written last, so ``done`` means its output is complete."""
+    """How a collector job ended; written last, so ``done`` means its output is complete.
+
+    ``spec_digest`` is the digest of the spec the job ran: a job that was still running when
+    its folder got another spec cannot pass its output off as the new spec's.
+    """
 
     state: Literal["done", "failed"]
+    spec_digest: str = ""
     events: int = 0
     files: int = 0
     bad_files: list[BadFile] = Field(default_factory=list)

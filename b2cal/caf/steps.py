@@ -24,12 +24,13 @@ from pathlib import Path
 from b2cal.backends.base import Backend
 from b2cal.caf.calibration import AlgorithmResult, Calibration, PayloadDoc
 from b2cal.caf.chain import PayloadChain, chain_links
-from b2cal.caf.config import Overrides
-from b2cal.caf.jobs import merge_job_outputs, prepare_jobs, run_jobs, split_files
+from b2cal.caf.config import Overrides, configure
+from b2cal.caf.jobs import collected_jobs, job_specs, merge_job_outputs, prepare_jobs, run_jobs
 from b2cal.caf.outputs import inputs_digest, validate, write_final_output
-from b2cal.caf.plan import CalibrationRequest, Plan, make_plan, record_plan
+from b2cal.caf.plan import CalibrationRequest, Plan, fingerprint, make_plan, record_plan
 from b2cal.caf.progress import NoProgress, Progress
 from b2cal.caf.records import CalibrationOutcome, CalibrationRecord, IterationResult, PayloadRef
+from b2cal.caf.registry import load
 from b2cal.caf.strategies import run_strategy
 from b2cal.caf.workspace import CalibrationArea, Workspace
 from b2cal.core.iov import IoV, run_ranges
@@ -47,14 +48,37 @@ def plan(
     rerun: Collection[str] = (),
 ) -> Plan:
     """Plan the run and record the plan in the workspace (or check it against the recorded
-    one); ``rerun`` names calibrations whose results are forgotten, to be computed again."""
+    one); ``rerun`` names calibrations whose results (and their dependants') are forgotten,
+    to be computed again (``Plan.rerun`` says which)."""
     result = make_plan(request, calibrations, overrides)
-    record_plan(workspace, result, rerun)
+    result.rerun = record_plan(workspace, result, rerun)
     for name in result.order:
         missing = result.calibrations[name].runs_without_files
         if missing:
             log.warning("%s: no input files for requested runs %s", name, run_ranges(missing))
     return result
+
+
+def load_calibration(workspace: Workspace, name: str) -> Calibration:
+    """The calibration ``name`` as planned in ``workspace``: the registered plugin with its
+    recorded ``--config`` section applied (what a step in another process runs)."""
+    section = workspace.calibration(name).record().config
+    calibration = load(name)
+    return configure(calibration, section, workspace.root) if section else calibration
+
+
+def _planned(workspace: Workspace, calibration: Calibration) -> CalibrationRecord:
+    """The calibration's record, if ``calibration`` is the one planned (else B2CalError: a
+    step must never compute with other settings than those the output records)."""
+    record = workspace.calibration(calibration.name).record()
+    now = fingerprint(calibration)
+    if now != record.effective:
+        keys = ", ".join(k for k in now if record.effective.get(k) != now[k])
+        raise B2CalError(
+            f"{calibration.name} is not the calibration planned in {workspace.root} ({keys} "
+            "differ): run the steps with load_calibration(), or plan again with a rerun"
+        )
+    return record
 
 
 def chain_directories(
@@ -89,7 +113,7 @@ def collect(
         current = area.iteration(iteration)
         if current.result() is not None:
             return
-        record = area.record()
+        record = _planned(workspace, calibration)
         _check_ready(workspace, area, record, iteration)
         chain = chain_links(chain_directories(workspace, area, record, iteration))
         jobs = prepare_jobs(current, calibration, record.files, chain)
@@ -132,20 +156,17 @@ def run_algorithm(
         done = current.result()
         if done is not None:
             return done
-        record = area.record()
+        record = _planned(workspace, calibration)
         run = workspace.run_record()
-        planned = len(
-            split_files(record.files, calibration.max_files_per_job, calibration.max_jobs)
-        )
-        jobs = current.jobs()
-        if len(jobs) != planned:
-            raise B2CalError(f"{name} iteration {iteration} has not been collected: collect first")
+        directories = chain_directories(workspace, area, record, iteration)
+        specs = job_specs(current, calibration, record.files, chain_links(directories))
+        jobs = collected_jobs(current, specs)
         shown.stage(name, f"iteration {iteration}: merging and running the algorithm")
         start = time.perf_counter()
         per_run = merge_job_outputs(jobs)
         merged = time.perf_counter()
         statuses = [job.status() for job in jobs]
-        chain = PayloadChain(chain_directories(workspace, area, record, iteration))
+        chain = PayloadChain(directories)
         outcome = run_strategy(
             calibration.strategy,
             calibration.algorithm,
@@ -195,8 +216,10 @@ def finish(
         done = area.outcome()
         if done is not None and done.finished:
             return done
+        record = _planned(workspace, calibration)
         results = _iteration_results(area, calibration.max_iterations)
         final = results[-1]
+        area.remove_iterations_from(len(results))  # left from an earlier, longer computation
         code, message = final.result, final.message
         # As the CAF does: at the limit the last payloads are kept, and whether the limit was
         # hit without convergence is recorded, whatever max_iterations is.
@@ -211,7 +234,6 @@ def finish(
             converged = code is AlgorithmResult.OK
         if code is AlgorithmResult.OK and not final.payloads:
             code, message = AlgorithmResult.FAILURE, "the algorithm ended OK without any payload"
-        record = area.record()
         outcome = CalibrationOutcome(
             calibration=name,
             result=code,

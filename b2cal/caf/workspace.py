@@ -40,6 +40,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,35 +69,51 @@ log = logging.getLogger("b2cal.caf")
 
 
 # --- locks ---------------------------------------------------------------------------------------
+@dataclass
+class _Held:
+    handle: IO[str]
+    owner: int  # the thread that holds it
+    count: int
+
+
 class _HeldLocks:
-    """The calibration locks this process holds, so that taking one again does not block."""
+    """The calibration locks this process holds.
+
+    A lock is the thread's that took it: the same thread may take it again (a driver around
+    the steps it calls), any other thread of the process is refused like another process
+    would be (two tasks of one worker driving the same calibration).
+    """
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
-        self._held: dict[Path, tuple[IO[str], int]] = {}
+        self._held: dict[Path, _Held] = {}
 
     @contextlib.contextmanager
     def hold(self, path: Path, output: Path, calibration: str) -> Iterator[None]:
+        me = threading.get_ident()
         with self._mutex:
-            if path in self._held:
-                handle, count = self._held[path]
-                self._held[path] = (handle, count + 1)
-            else:
-                self._held[path] = (self._take(path, output, calibration), 1)
+            held = self._held.get(path)
+            if held is not None and held.owner == me:
+                held.count += 1
+        if held is None or held.owner != me:
+            handle = self._take(path, output, calibration)  # outside the mutex: it may wait
+            with self._mutex:
+                self._held[path] = _Held(handle, me, 1)
         try:
             yield
         finally:
             with self._mutex:
-                handle, count = self._held[path]
-                if count > 1:
-                    self._held[path] = (handle, count - 1)
-                else:
+                held = self._held[path]
+                held.count -= 1
+                if held.count == 0:
                     del self._held[path]
-                    fcntl.flock(handle, fcntl.LOCK_UN)
-                    handle.close()
+                    fcntl.flock(held.handle, fcntl.LOCK_UN)
+                    held.handle.close()
 
     @staticmethod
     def _take(path: Path, output: Path, calibration: str) -> IO[str]:
+        """The system lock on ``path``; another open file of it, even in this process, holds
+        it exclusively, so a second thread or process waits, then is refused."""
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = path.open("a+")
         deadline = time.monotonic() + _LOCK_PATIENCE_SECONDS
@@ -133,6 +150,11 @@ class JobArea:
         self.root = root
         self.index = index
 
+    @classmethod
+    def at(cls, root: Path) -> JobArea:
+        """The job whose folder is ``root`` (what a backend hands a job)."""
+        return cls(Path(root), int(Path(root).name))
+
     @property
     def log_path(self) -> Path:
         """What the job wrote while it ran (its traceback, if it failed)."""
@@ -158,8 +180,12 @@ class JobArea:
 
     @property
     def done(self) -> bool:
+        """Whether the job finished, with the spec it has now."""
         status = self.status()
-        return status is not None and status.state == "done"
+        if status is None or status.state != "done":
+            return False
+        spec = self.spec()
+        return spec is not None and status.spec_digest == spec.digest()
 
     def forget_status(self) -> None:
         """Before an attempt: the job is not finished until it writes a new status."""
@@ -295,6 +321,12 @@ class CalibrationArea:
         """``outputdb/`` and the provenance folder beside it."""
         return self.outputdb, self.root / PROVENANCE_FOLDER
 
+    def remove_iterations_from(self, count: int) -> None:
+        """Remove the folders of iterations ``count`` and up."""
+        for iteration in self.iterations():
+            if iteration.iteration >= count:
+                shutil.rmtree(iteration.root)
+
     def forget_results(self, keep_iterations: int) -> None:
         """Make the calibration pending again, for ``caf run --rerun``: its outcome, final
         output and iteration results go; collector jobs stay (unchanged ones are reused).
@@ -303,11 +335,9 @@ class CalibrationArea:
         self.error_log.unlink(missing_ok=True)
         for folder in self.final_output_folders():
             shutil.rmtree(folder, ignore_errors=True)
+        self.remove_iterations_from(keep_iterations)
         for iteration in self.iterations():
-            if iteration.iteration >= keep_iterations:
-                shutil.rmtree(iteration.root)
-            else:
-                iteration.forget_result()
+            iteration.forget_result()
 
 
 class Workspace:
@@ -342,13 +372,16 @@ class Workspace:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / RUN_RECORD
         recorded = RunRecord.read(path)
-        if recorded is not None:
-            self.check_arguments(recorded, record.arguments)
-            return recorded
-        if any(self.root.iterdir()):
-            raise WorkspaceError(self.root, "is not empty and was not made by b2cal caf run")
-        record.write(path)
-        return record
+        if recorded is None:
+            foreign = [p for p in self.root.iterdir() if not p.name.startswith(f".{RUN_RECORD}.")]
+            if foreign:
+                raise WorkspaceError(self.root, "is not empty and was not made by b2cal caf run")
+            if record.create(path):
+                return record
+            recorded = RunRecord.read(path)  # another driver claimed it first: same run?
+            assert recorded is not None
+        self.check_arguments(recorded, record.arguments)
+        return recorded
 
     def check_arguments(self, recorded: RunRecord, arguments: dict[str, Any]) -> None:
         """ArgumentsChanged, naming each difference, unless ``arguments`` are the recorded."""

@@ -74,6 +74,7 @@ _TERMINATED: list[bool] = []
 
 def _terminate(signum: int, frame: object) -> None:
     _TERMINATED.append(True)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not break the clean-up
     raise Terminated()
 
 

@@ -181,22 +181,6 @@ def _print_plan(
     console.print(f"dry run: nothing was created (output {workspace.root} {state})")
 
 
-def _rerun_set(
-    workspace_root: Path, calibration: str, configured: dict[str, Calibration]
-) -> set[str]:
-    """``calibration`` and every calibration of the run that depends on it."""
-    from b2cal.caf.graph import dependants
-    from b2cal.caf.workspace import Workspace
-
-    recorded = Workspace(workspace_root).run_record().calibrations
-    if calibration not in recorded:
-        raise B2CalError(
-            f"--rerun {calibration}: not a calibration of output {workspace_root} "
-            f"(it has {', '.join(recorded)})"
-        )
-    return {calibration, *dependants(calibration, configured)}
-
-
 def _run(
     request: CalibrationRequest,
     configured: dict[str, Calibration],
@@ -213,24 +197,28 @@ def _run(
     from b2cal.cli.console import console, progress_display
 
     workspace = Workspace(output)
-    again = _rerun_set(workspace.root, rerun, configured) if rerun is not None else set()
+    if rerun is not None:
+        workspace.run_record()  # a rerun happens inside an existing output
     with LocalBackend(workers) as backend, workspace.run_log():
         backend.preload([JOB_TARGET])  # workers import while the plan is made
-        made = plan(workspace, request, configured, overrides, rerun=again)
-        if again:
-            console.print(f"recomputing: {', '.join(n for n in made.order if n in again)}")
+        made = plan(workspace, request, configured, overrides, rerun=[rerun] if rerun else [])
+        if made.rerun:
+            console.print(f"recomputing: {', '.join(made.rerun)}")
         with progress_display(made.order) as progress:
             return run_calibrations(workspace, configured, backend, progress=progress)
 
 
 def _print_outcomes(outcomes: dict[str, CalibrationOutcome], output: Path) -> None:
+    from b2cal.caf.workspace import Workspace
     from b2cal.cli.console import console, outcome_table
 
     console.print(outcome_table(outcomes))
     for name, outcome in outcomes.items():
         for bad in outcome.bad_files:
             console.print(f"[yellow]bad input file[/] ({name}): {bad.path}: {bad.reason}")
-    console.print(f"output databases: {output}/<Calibration>/outputdb/ (log: {output}/b2cal.log)")
+    workspace = Workspace(output)
+    example = workspace.calibration("<Calibration>").outputdb
+    console.print(f"output databases: {example}/ (log: {workspace.log_path})")
 
 
 @caf_app.command("status")

@@ -158,10 +158,19 @@ def outcome_table(outcomes: Mapping[str, CalibrationOutcome]) -> Table:
     return table
 
 
+#: More IoVs than this are summarised as the first and last few.
+_IOVS_SHOWN = 8
+
+
 def iov_summary(iovs: Sequence[IoV]) -> str:
-    """IoVs as run ranges, e.g. ``e1: r1-4, r5, r6-∞`` (full ``e,r,e,r`` across experiments)."""
+    """IoVs as run ranges, e.g. ``e1: r1-4, r5, r6-∞`` (full ``e,r,e,r`` across experiments);
+    many IoVs as ``30 IoVs, e1: r1, r2, r3, …, r29, r30-∞``."""
     if not iovs:
         return "-"
+    if len(iovs) > _IOVS_SHOWN:
+        ends = [*iovs[:3], *iovs[-2:]]
+        parts = iov_summary(ends).split(", ")
+        return f"{len(iovs)} IoVs, " + ", ".join([*parts[:3], "…", *parts[3:]])
     exps = {iov.exp_low for iov in iovs}
     if len(exps) > 1 or any(iov.exp_high not in (-1, iov.exp_low) for iov in iovs):
         return ", ".join(str(iov) for iov in iovs)
@@ -232,20 +241,17 @@ def plan_tables(plan: Plan) -> list[Table]:
     tables = [overview]
     for name in plan.order:
         cal = plan.calibrations[name]
-        jobs = Table(title=f"{name}: collector jobs (iteration 0)")
-        for column in ("job", "files", "runs", "first file", "last file"):
-            jobs.add_column(column)
+        folders = sorted({str(f.path.parent) for f in cal.files})
+        where = folders[0] if len(folders) == 1 else "their folders"
+        jobs = Table(title=f"{name}: collector jobs of each iteration (files in {where})")
+        for column in ("job", "files", "runs", "input files"):
+            jobs.add_column(column, overflow="fold")
         start = 0
         for index, count in enumerate(cal.job_files):
             group = cal.files[start : start + count]
             start += count
-            jobs.add_row(
-                str(index),
-                str(count),
-                run_ranges(f.run for f in group),
-                str(group[0].path),
-                str(group[-1].path),
-            )
+            shown = [f.path.name if len(folders) == 1 else str(f.path) for f in group]
+            jobs.add_row(str(index), str(count), run_ranges(f.run for f in group), "\n".join(shown))
         tables.append(jobs)
     return tables
 

@@ -32,6 +32,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def create_exclusive(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` only if no file is there yet, atomically; whether it did.
+
+    Of two processes creating the same file at once, exactly one succeeds (a hard link of a
+    complete temporary file; a reader never sees a part).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return True
+
+
 def canonical_json(doc: Any) -> bytes:
     """``doc`` as canonical JSON bytes: sorted keys, one-space indent, newline at the end."""
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
