@@ -52,6 +52,8 @@ test: lint
 test-fast: install
 	$(BIN)/pytest -m "not slow"
 
+# Ratios against baselines measured in the same run. The engine-overhead data set is sized so
+# that its baseline takes over a minute: about 20 minutes in all and 8 GB of temporary disk.
 bench: install
 	$(BIN)/python bench/collector_throughput.py
 	$(BIN)/python bench/engine_overhead.py

@@ -106,10 +106,9 @@ def main() -> int:
             f"{times['loop'] / times['b2cal']:.2f}",
             f"{times['read'] / times['b2cal']:.2f}",
         )
-    Console().print(table)
-    Console().print(
-        "throughput ratios: above 1 means b2cal is faster (target: b2cal / bare loop >= 0.95)"
-    )
+    console = Console(width=140)
+    console.print(table)
+    console.print("throughput ratios: above 1, b2cal is faster (target: b2cal / bare loop >= 0.95)")
     shutil.rmtree(storage.parent)
     return 0
 

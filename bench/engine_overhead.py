@@ -8,13 +8,13 @@ takes at least a minute (fixed costs then weigh what they weigh in real use).
 
 Then the engine's fixed costs, from the records of the last run:
 * start to first collector job: from launching the command to the first job starting;
-* per-iteration overhead: from the last collector job of ModuleAlignment's first iteration to
-  the first job of its second, minus the merge and algorithm time recorded in between;
+* per-iteration overhead: ModuleAlignment alone on small data, from the last collector job of
+  its first iteration to the first job of its second, minus the merge and algorithm time;
 * per-job overhead: collecting many tiny files, one per job, compared with reading and
   processing the same files in a plain loop.
 
 Usage: python bench/engine_overhead.py [RUNS FILES_PER_RUN EVENTS_PER_FILE [REPEATS]]
-(default 60 10 90000 3: 54M events per stream, about 6 GB, a few minutes to generate; with
+(default 72 10 90000 3: 65M events per stream, about 7 GB, a few minutes to generate; with
 B2CAL_BENCH_DATA=DIR the data is generated there once and kept for the next run).
 """
 
@@ -36,6 +36,7 @@ from rich.table import Table
 from b2cal.backends.local import LocalBackend
 from b2cal.caf.calibration import RunContext
 from b2cal.caf.chain import PayloadChain
+from b2cal.caf.driver import run_calibrations
 from b2cal.caf.plan import CalibrationRequest
 from b2cal.caf.registry import load
 from b2cal.caf.steps import collect, plan
@@ -60,21 +61,34 @@ def job_times(workspace: Workspace, calibration: str, iteration: int) -> list[tu
     return times
 
 
-def fixed_costs(output: Path, launched: float) -> tuple[float, float]:
-    """(start to first collector job, ModuleAlignment's per-iteration overhead), seconds."""
+def first_job_delay(output: Path, launched: float) -> float:
+    """Seconds from launching ``caf run`` to its first collector job starting."""
     workspace = Workspace(output)
     first = min(
         start
         for name in workspace.run_record().calibrations
         for start, _ in job_times(workspace, name, 0)
     )
-    area = workspace.calibration("ModuleAlignment")
-    result = area.iteration(0).result()
+    return first - launched
+
+
+def per_iteration_overhead(folder: Path) -> float:
+    """ModuleAlignment alone on small data: from the last collector job of its first iteration
+    to the first job of its second, minus the merge and algorithm time recorded in between
+    (what the engine spends per iteration on records, payloads, specs and submission)."""
+    storage = folder / "small"
+    generate_toy(storage, EXP, [1, 2, 3], files_per_run=4, events=3000, seed=5)
+    calibration = load("ModuleAlignment")
+    workspace = Workspace(folder / "small-output")
+    request = CalibrationRequest(exp=EXP, first_run=1, last_run=3, storage=storage)
+    with LocalBackend(2) as backend:
+        plan(workspace, request, {"ModuleAlignment": calibration})
+        run_calibrations(workspace, {"ModuleAlignment": calibration}, backend)
+    result = workspace.calibration("ModuleAlignment").iteration(0).result()
     assert result is not None
     last_of_first = max(end for _, end in job_times(workspace, "ModuleAlignment", 0))
     first_of_second = min(start for start, _ in job_times(workspace, "ModuleAlignment", 1))
-    between = first_of_second - last_of_first - result.merge_seconds - result.algorithm_seconds
-    return first - launched, between
+    return first_of_second - last_of_first - result.merge_seconds - result.algorithm_seconds
 
 
 def per_job_overhead(folder: Path) -> tuple[float, float]:
@@ -110,7 +124,7 @@ def per_job_overhead(folder: Path) -> tuple[float, float]:
 
 def main() -> int:
     runs, files_per_run, events = (
-        (int(a) for a in sys.argv[1:4]) if len(sys.argv) > 3 else (60, 10, 90_000)
+        (int(a) for a in sys.argv[1:4]) if len(sys.argv) > 3 else (72, 10, 90_000)
     )
     repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 3
     folder = Path(tempfile.mkdtemp(prefix="b2cal-bench-"))
@@ -140,7 +154,8 @@ def main() -> int:
 
     bare()  # warm the page cache
     times = interleaved(repeats, {"bare": bare, "b2cal": engine})
-    first_job, per_iteration = fixed_costs(*launched[-1])
+    first_job = first_job_delay(*launched[-1])
+    per_iteration = per_iteration_overhead(folder)
     per_job, plain = per_job_overhead(folder)
 
     table = Table(title="engine overhead: b2cal caf run / bare multiprocessing script (2 workers)")
@@ -156,7 +171,7 @@ def main() -> int:
     console.print(table)
     if times["bare"] < 60:
         console.print("[yellow]the bare script took less than 60 s: use a larger data set")
-    costs = Table(title="fixed costs of the engine (from the last run's records)")
+    costs = Table(title="fixed costs of the engine (from job and iteration records)")
     for column in ("cost", "value"):
         costs.add_column(column)
     costs.add_row("start to first collector job", f"{first_job:.2f} s")
