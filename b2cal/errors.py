@@ -51,15 +51,21 @@ class WorkspaceError(B2CalError):
 class ArgumentsChanged(WorkspaceError):
     """The output was made with other arguments: ``differences`` maps name -> (then, now)."""
 
-    def __init__(self, output: Path | str, differences: dict[str, tuple[Any, Any]]) -> None:
+    def __init__(
+        self,
+        output: Path | str,
+        differences: dict[str, tuple[Any, Any]],
+        rerun_hint: bool = False,
+    ) -> None:
         self.differences = differences
         detail = "; ".join(
             f"{k}: {then!r} then, {now!r} now" for k, (then, now) in differences.items()
         )
+        hint = ", or --rerun CAL to recompute a calibration as it is now" if rerun_hint else ""
         super().__init__(
             output,
-            f"was made with other arguments ({detail}); use another --output or the same "
-            "arguments to resume",
+            f"was made with other arguments ({detail}); use another --output, or the same "
+            f"arguments to resume{hint}",
         )
 
 

@@ -128,7 +128,7 @@ def test_files_from_refuses_missing_files_and_wrong_metadata(
     files = sorted(str(p) for p in small_storage.rglob("bhabha.*.root"))
     missing = write(tmp_path / "missing.json", json.dumps([*files, str(tmp_path / "gone.root")]))
     ran = b2cal(*run_args(tmp_path / "o", "--files-from", missing), plugins=True)
-    assert_one_line_error(ran, "gone.root does not exist")
+    assert_one_line_error(ran, "gone.root: does not exist", "1 of 9 files cannot be used")
     wrong = write(tmp_path / "wrong.json", json.dumps({"mumu": files[:1]}))
     ran = b2cal(*run_args(tmp_path / "o", "--files-from", wrong), plugins=True)
     assert_one_line_error(ran, "listed under stream mumu", "says stream bhabha")
@@ -268,3 +268,54 @@ def test_inspect_plots_histograms(small_storage: Path, tmp_path: Path) -> None:
     assert inspect.returncode == 0, inspect.stderr
     assert "hits │ 2-D histogram" in " ".join(inspect.stdout.split())
     assert (tmp_path / "t0.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_more_bad_input_is_one_line_and_changes_nothing(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "o"
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00junk")
+    ran = b2cal(*run_args(out, "--storage", small_storage, "--config", binary), plugins=True)
+    assert_one_line_error(ran, "binary.toml", "not UTF-8 text")
+    flag = write(tmp_path / "flag.toml", "[Counting.settings]\nminimum = true\n")
+    ran = b2cal(*run_args(out, "--storage", small_storage, "--config", flag), plugins=True)
+    assert_one_line_error(ran, "[Counting.settings.minimum]", "expected a number, not true")
+    assert not out.exists()
+    assert b2cal(*run_args(out, "--storage", small_storage), plugins=True).returncode == 0
+    before = stamps(out, "**/*")
+    other = b2cal(*run_args(out, "--storage", small_storage, "--dry-run", "--open-ended"),
+                  plugins=True)  # fmt: skip
+    assert_one_line_error(other, "was made with other arguments", "open_ended")
+    assert other.stdout == ""  # not a word before the error
+    plot = b2cal("caf", "inspect", out, "Counting", "--plot", tmp_path / "plot.txt")
+    assert_one_line_error(plot, "the plot is a PNG file")
+    assert plot.stdout == ""
+    assert stamps(out, "**/*") == before
+
+
+def test_status_says_why_a_calibration_was_not_run(tmp_path: Path) -> None:
+    from b2cal.toy.generate import generate_toy
+
+    generate_toy(tmp_path / "s", 1, [1, 2], files_per_run=1, events=30, seed=3)
+    out = tmp_path / "o"
+    args = ["caf", "run", "--storage", tmp_path / "s", "--exp", "1", "--runs", "1-2",
+            "--calibrations", "BeamSpot", "--output", out]  # fmt: skip
+    assert b2cal(*args).returncode == 2
+    rows = {r["calibration"]: r for r in json.loads(b2cal("caf", "status", out, "--json").stdout)}
+    assert rows["ModuleAlignment"]["state"] == "NOT_ENOUGH_DATA"
+    assert rows["BeamSpot"]["state"] == "not run"
+    assert rows["BeamSpot"]["last_error"] == "dependency ModuleAlignment ended NOT_ENOUGH_DATA"
+
+
+def test_inspect_splits_columns_of_several_components() -> None:
+    import numpy as np
+
+    from b2cal.caf.accumulator import Accumulator, Column
+    from b2cal.caf.inspection import summarise
+
+    rows = summarise(Accumulator(vertices=Column(np.array([[1.0, 10.0], [3.0, 30.0]]))))
+    assert [(r.key, r.summary.split(";")[1].strip()) for r in rows] == [
+        ("vertices[0]", "mean 2 std 1"),
+        ("vertices[1]", "mean 20 std 10"),
+    ]

@@ -147,7 +147,7 @@ def test_a_file_where_a_folder_belongs_is_one_line(small_storage: Path, tmp_path
     afile = tmp_path / "afile"
     afile.write_text("x")
     generate = ("toy", "generate", "--storage", afile, "--exp", "1", "--runs", "1")
-    assert_one_line_error(b2cal(*generate), "Not a directory")
+    assert_one_line_error(b2cal(*generate), "is a file, not a folder")
     run_into_file = caf_run(small_storage, afile, "1", "ChannelT0")
     assert_one_line_error(b2cal(*run_into_file), "is a file, not a folder")
     workers = b2cal(*caf_run(small_storage, tmp_path / "o", "1", "ChannelT0"), "--workers", "0")

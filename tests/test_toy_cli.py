@@ -122,6 +122,22 @@ def test_generate_refuses_bad_arguments_before_anything_is_shown_or_made(
     assert not storage.exists()
 
 
+def test_generate_refuses_a_storage_holding_toy_data_or_a_file(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    args = ("toy", "generate", "--storage", storage, "--exp", "1", "--events", "20")
+    assert b2cal(*args, "--runs", "1-2").returncode == 0
+    truth = (storage / "truth.json").read_bytes()
+    again = b2cal(*args, "--runs", "1-3", "--seed", "5")
+    assert_one_line_error(again, "holds toy data already")
+    assert again.stdout == ""
+    assert (storage / "truth.json").read_bytes() == truth  # nothing was overwritten
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    into_file = b2cal("toy", "generate", "--storage", afile, "--exp", "1", "--runs", "1")
+    assert_one_line_error(into_file, "is a file, not a folder")
+    assert into_file.stdout == ""
+
+
 # --- help ----------------------------------------------------------------------------------------
 def command_paths() -> list[tuple[str, ...]]:
     """Every command and command group of ``b2cal``, the root included, as argument lists."""

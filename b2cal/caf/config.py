@@ -48,6 +48,8 @@ def read_config(path: Path, known: Iterable[str]) -> Overrides:
         doc = tomllib.loads(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(path, exc.strerror or str(exc)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, f"not TOML: {exc}") from None
     names = set(known)
@@ -73,6 +75,7 @@ def configure(
     update: dict[str, Any] = {}
     for key in _NUMBERS:
         if key in section:
+            _not_a_bool(section[key], file, f"{name}.{key}")
             update[key] = section[key]
     if "strategy" in section:
         try:
@@ -94,10 +97,20 @@ def _settings(calibration: Calibration, given: Any, file: Path | str) -> Any:
     if not isinstance(given, dict):
         raise ConfigError(file, "must be a table", key=key)
     model = type(calibration.settings)
+    for field, value in given.items():
+        info = model.model_fields.get(field)
+        if info is not None and info.annotation is not bool:
+            _not_a_bool(value, file, f"{key}.{field}")
     try:
         return model.model_validate({**calibration.settings.model_dump(), **given})
     except ValidationError as exc:
         raise _invalid(file, key, exc) from None
+
+
+def _not_a_bool(value: Any, file: Path | str, key: str) -> None:
+    """TOML's true and false are not numbers, whatever Python thinks (``True == 1``)."""
+    if isinstance(value, bool):
+        raise ConfigError(file, f"expected a number, not {str(value).lower()}", key=key)
 
 
 def _fields(calibration: Calibration) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from b2cal.backends.base import Backend
 from b2cal.caf.calibration import AlgorithmResult, Calibration
 from b2cal.caf.graph import sorter
-from b2cal.caf.progress import NoProgress, Progress
+from b2cal.caf.progress import NoProgress, Progress, plural
 from b2cal.caf.records import CalibrationOutcome
 from b2cal.caf.steps import collect, finish, run_algorithm
 from b2cal.caf.workspace import Workspace
@@ -49,17 +49,24 @@ def calibrate(
         if done is not None and done.finished:
             shown.stage(name, f"done earlier: {done.result.value}")
             return done
-        log.info("%s: started (up to %d iterations)", name, calibration.max_iterations)
+        resumed = bool(area.iterations())
+        log.info(
+            "%s: %s (%s)",
+            name,
+            "resumed" if resumed else "started",
+            plural(calibration.max_iterations, "iteration", "at most"),
+        )
         try:
             for iteration in range(calibration.max_iterations):
-                if stop is not None and stop.is_set():
-                    raise Interrupted(f"{name} before iteration {iteration}")
+                _check(stop, f"{name} before iteration {iteration}")
                 result = area.iteration(iteration).result()
                 if result is None:
                     collect(workspace, calibration, iteration, backend, progress=shown, stop=stop)
+                    _check(stop, f"{name} before its algorithm")
                     result = run_algorithm(workspace, calibration, iteration, progress=shown)
                 if result.result is not AlgorithmResult.ITERATE:
                     break
+            _check(stop, f"{name} before its final output")
             outcome = finish(workspace, calibration, progress=shown)
         except Interrupted:
             log.warning("%s: interrupted", name)
@@ -141,6 +148,12 @@ def run_calibrations(
         pool.shutdown(wait=True, cancel_futures=True)
     order = workspace.run_record().calibrations
     return {name: outcomes[name] for name in order if name in outcomes}
+
+
+def _check(stop: threading.Event | None, where: str) -> None:
+    """Start nothing new once the run is interrupted."""
+    if stop is not None and stop.is_set():
+        raise Interrupted(where)
 
 
 def _failed_dependency(

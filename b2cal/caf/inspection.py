@@ -46,6 +46,8 @@ def merged_output(
 ) -> Inspected:
     """The merged output of ``iteration`` (default: the final iteration of a finished
     calibration, else the last one fully collected)."""
+    if iteration is not None and iteration < 0:
+        raise B2CalError(f"iteration numbers start at 0, not {iteration}")
     record = workspace.run_record()
     if calibration not in record.calibrations:
         known = ", ".join(record.calibrations)
@@ -83,10 +85,15 @@ def merged_output(
 
 
 def _values(data: Accumulator, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every value, nested accumulators flattened (``outer.inner``) and columns of several
+    components (vertex x, y, z) split into one column each (``vertices[0]``)."""
     for key in sorted(data):
         value = data[key]
         if isinstance(value, Accumulator):
             yield from _values(value, f"{prefix}{key}.")
+        elif isinstance(value, Column) and np.ndim(value.values) == 2:
+            for component in range(np.shape(value.values)[1]):
+                yield f"{prefix}{key}[{component}]", Column(value.values[:, component])
         else:
             yield f"{prefix}{key}", value
 
@@ -138,9 +145,23 @@ def _moments(centres: Any, weights: Any) -> tuple[float, float]:
     return mean, float(np.sqrt(np.sum(weights * (centres - mean) ** 2) / total))
 
 
+def check_plot_path(path: Path) -> None:
+    """Refuse, before anything is computed, a plot file that cannot be written as PNG."""
+    if path.suffix.lower() != ".png":
+        raise B2CalError(f"--plot {path}: the plot is a PNG file: name it ….png")
+    if path.is_dir():
+        raise B2CalError(f"--plot {path} is a folder")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise B2CalError(f"--plot {path}: {parent} is a file, not a folder")
+
+
 def plot(inspected: Inspected, path: Path) -> int:
     """Plot every histogram and column of ``inspected`` into one PNG file; how many plots
     (0, and no file, when there are only numbers)."""
+    check_plot_path(path)
     import matplotlib
 
     matplotlib.use("Agg")

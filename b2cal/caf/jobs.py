@@ -17,6 +17,7 @@ from b2cal.backends.base import Backend, Job, JobReport, JobState
 from b2cal.caf.accumulator import RunAccumulators, merge_runs
 from b2cal.caf.calibration import Calibration
 from b2cal.caf.collection import JOB_TARGET, collector_bytes, collector_digest
+from b2cal.caf.progress import plural
 from b2cal.caf.records import ChainLink, JobSpec, JobSubmission
 from b2cal.caf.workspace import IterationArea, JobArea
 from b2cal.catalog.inputs import InputFile
@@ -138,9 +139,9 @@ def run_jobs(
                 JobSubmission(backend=backend.name, job_id=handle.job_id, attempt=attempt)
             )
         log.info(
-            "%s: %d collector jobs submitted to %s (attempt %d)",
+            "%s: %s submitted to %s (attempt %d)",
             where,
-            len(todo),
+            plural(len(todo), "collector job"),
             backend.name,
             attempt,
         )
@@ -173,7 +174,7 @@ def run_jobs(
             )
         todo = [job for job, _ in failed]
         if not todo:
-            log.info("%s: all %d collector jobs done", where, total)
+            log.info("%s: %s done", where, plural(total, "collector job"))
 
 
 def _reason(job: JobArea, report: JobReport) -> str:

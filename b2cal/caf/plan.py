@@ -193,22 +193,70 @@ def with_dependants(plan: Plan, names: Collection[str]) -> list[str]:
     return [name for name in plan.order if name in found]
 
 
-def record_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) -> list[str]:
-    """Make ``plan`` the workspace's, or check that it is the recorded one (resume).
-
-    ``rerun`` names calibrations to compute again (``caf run --rerun``): they and their
-    dependants have their results forgotten (collector jobs stay, so unchanged ones are
-    reused), and their configuration may differ from the recorded one. Anything else that
-    differs is refused, the input files included: finished jobs and dependencies' payloads were
-    made from the files seen first. Everything is checked, and the calibrations to write are
-    locked, before anything changes. Returns the calibrations to recompute.
-    """
+def check_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) -> list[str]:
+    """Refuse ``plan`` on an existing workspace unless it is the recorded one (resume) — same
+    arguments, same configuration and calibrations except those recomputed, same input files —
+    and return the calibrations a rerun recomputes (``rerun`` and their dependants). Reads
+    only: ``caf run --dry-run`` says what a run would do."""
     unknown = sorted(set(rerun) - set(plan.order))
     if unknown:
         raise WorkspaceError(
             workspace.root, f"has no calibration {', '.join(unknown)} to rerun (it has "
             f"{', '.join(plan.order)})",
         )  # fmt: skip
+    if workspace.exists():
+        workspace.check_arguments(workspace.run_record(), plan.arguments())
+    again = with_dependants(plan, rerun)
+    differences: dict[str, tuple[Any, Any]] = {}
+    for name in plan.order:
+        before = _recorded(workspace, name)
+        if before is None:
+            continue
+        now = _record(plan, name)
+        changed = changed_files(before.stamps, now.stamps)
+        if changed:
+            raise InputsChanged(workspace.root, name, changed)
+        if name in again:
+            continue
+        config = _config_differences(name, before.config, now.config)
+        differences.update(config)
+        if not config and before.effective != now.effective:
+            keys = ", ".join(
+                k for k in now.effective if before.effective.get(k) != now.effective[k]
+            )
+            differences[f"{name} ({keys})"] = ("as planned", "changed")
+    if differences:
+        raise ArgumentsChanged(workspace.root, differences, rerun_hint=True)
+    return again
+
+
+def _config_differences(
+    name: str, before: dict[str, Any], now: dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """Each setting of a --config section that differs, as ``config of Cal.key.sub``."""
+    found: dict[str, tuple[Any, Any]] = {}
+
+    def walk(prefix: str, old: Any, new: Any) -> None:
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new)):
+                walk(f"{prefix}.{key}", old.get(key), new.get(key))
+        elif old != new:
+            found[f"config of {prefix}"] = (old, new)
+
+    walk(name, before, now)
+    return found
+
+
+def record_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) -> list[str]:
+    """Make ``plan`` the workspace's, or check that it is the recorded one (resume).
+
+    ``rerun`` names calibrations to compute again (``caf run --rerun``): they and their
+    dependants have their results forgotten (collector jobs stay, so unchanged ones are
+    reused), and their configuration may differ from the recorded one. Anything else that
+    differs is refused (:func:`check_plan`). Everything is checked, and the calibrations to
+    write are locked, before anything changes. Returns the calibrations to recompute.
+    """
+    again = check_plan(workspace, plan, rerun)
     request = plan.request
     workspace.claim(
         RunRecord(
@@ -221,28 +269,8 @@ def record_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) -
             open_ended=request.open_ended,
         )
     )
-    again = with_dependants(plan, rerun)
     new = {name: _record(plan, name) for name in plan.order}
     old = {name: _recorded(workspace, name) for name in plan.order}
-    differences: dict[str, tuple[Any, Any]] = {}
-    for name in plan.order:
-        before = old[name]
-        if before is None:
-            continue
-        changed = changed_files(before.stamps, new[name].stamps)
-        if changed:
-            raise InputsChanged(workspace.root, name, changed)
-        if name in again:
-            continue
-        if before.config != new[name].config:
-            differences[f"config of {name}"] = (before.config, new[name].config)
-        elif before.effective != new[name].effective:
-            keys = [
-                k for k in new[name].effective if before.effective.get(k) != new[name].effective[k]
-            ]
-            differences[f"{name} ({', '.join(keys)})"] = ("as planned", "changed (use --rerun)")
-    if differences:
-        raise ArgumentsChanged(workspace.root, differences)
     writes = [name for name in plan.order if old[name] is None or name in again]
     with contextlib.ExitStack() as locks:
         for name in writes:

@@ -17,6 +17,13 @@ class Progress(Protocol):
         """``done`` of ``total`` collector jobs of ``calibration``'s current iteration ended."""
 
 
+def plural(count: int, word: str, prefix: str = "") -> str:
+    """``3 iterations``, ``1 iteration`` (with an optional prefix: ``at most 1 iteration``),
+    for messages and log lines."""
+    text = f"{count} {word}{'' if count == 1 else 's'}"
+    return f"{prefix} {text}" if prefix else text
+
+
 class NoProgress:
     def stage(self, calibration: str, text: str) -> None:
         pass

@@ -16,8 +16,8 @@ from b2cal.caf.workspace import CalibrationArea, IterationArea, Workspace
 
 class CalibrationStatus(BaseModel):
     calibration: str
-    #: not started, collecting, running the algorithm, finishing, or the final result (OK,
-    #: NOT_ENOUGH_DATA, FAILURE).
+    #: not started, not run (a dependency did not end OK), collecting, running the algorithm,
+    #: finishing, or the final result (OK, NOT_ENOUGH_DATA, FAILURE).
     state: str
     #: Whether a process holds the calibration now; a state that is not final without one
     #: means the run was stopped (rerun to resume).
@@ -33,7 +33,24 @@ class CalibrationStatus(BaseModel):
 def workspace_status(workspace: Workspace) -> list[CalibrationStatus]:
     """The status of every calibration of the workspace, in dependency order."""
     record = workspace.run_record()
-    return [calibration_status(workspace.calibration(name)) for name in record.calibrations]
+    rows = [calibration_status(workspace.calibration(name)) for name in record.calibrations]
+    for row in rows:
+        if row.state == "not started":
+            _blocked(workspace, row)
+    return rows
+
+
+def _blocked(workspace: Workspace, row: CalibrationStatus) -> None:
+    """A calibration not started because a dependency ended otherwise than OK."""
+    area = workspace.calibration(row.calibration)
+    if not area.has_record():
+        return
+    for dep in area.record().upstream:
+        outcome = workspace.calibration(dep).outcome()
+        if outcome is not None and outcome.result.value != "OK":
+            row.state = "not run"
+            row.last_error = f"dependency {dep} ended {outcome.result.value}"
+            return
 
 
 def calibration_status(area: CalibrationArea) -> CalibrationStatus:

@@ -28,7 +28,7 @@ from b2cal.caf.config import Overrides, configure
 from b2cal.caf.jobs import collected_jobs, job_specs, merge_job_outputs, prepare_jobs, run_jobs
 from b2cal.caf.outputs import inputs_digest, validate, write_final_output
 from b2cal.caf.plan import CalibrationRequest, Plan, fingerprint, make_plan, record_plan
-from b2cal.caf.progress import NoProgress, Progress
+from b2cal.caf.progress import NoProgress, Progress, plural
 from b2cal.caf.records import CalibrationOutcome, CalibrationRecord, IterationResult, PayloadRef
 from b2cal.caf.registry import load
 from b2cal.caf.strategies import run_strategy
@@ -52,6 +52,14 @@ def plan(
     to be computed again (``Plan.rerun`` says which)."""
     result = make_plan(request, calibrations, overrides)
     result.rerun = record_plan(workspace, result, rerun)
+    if result.left_out:
+        log.warning(
+            "%s of --files-from outside experiment %d runs %d-%d (or of other streams): left out",
+            plural(result.left_out, "listed file"),
+            request.exp,
+            request.first_run,
+            request.last_run,
+        )
     for name in result.order:
         missing = result.calibrations[name].runs_without_files
         if missing:
@@ -117,8 +125,12 @@ def collect(
         _check_ready(workspace, area, record, iteration)
         chain = chain_links(chain_directories(workspace, area, record, iteration))
         jobs = prepare_jobs(current, calibration, record.files, chain)
-        shown.stage(name, f"iteration {iteration}: collecting ({len(jobs)} jobs)")
-        log.info("%s: iteration %d: collecting, %d jobs", name, iteration, len(jobs))
+        done = sum(1 for job in jobs if job.done)
+        kept = f", {done} done before" if done else ""
+        shown.stage(name, f"iteration {iteration}: collecting ({plural(len(jobs), 'job')}{kept})")
+        log.info(
+            "%s: iteration %d: collecting, %s%s", name, iteration, plural(len(jobs), "job"), kept
+        )
         run_jobs(name, iteration, jobs, backend, lambda d, t: shown.jobs(name, d, t), stop=stop)
 
 
@@ -194,12 +206,14 @@ def run_algorithm(
         current.write_result(result)
     for bad in result.bad_files:
         log.warning("%s: bad input file %s: %s", name, bad.path, bad.reason)
+    iovs = sorted({p.iov for p in result.payloads}, key=lambda iov: iov.first)
     log.info(
-        "%s: iteration %d: %s%s",
+        "%s: iteration %d: %s%s%s",
         name,
         iteration,
         result.result.value,
         f" ({result.message})" if result.message else "",
+        f"; payload IoVs {'; '.join(str(iov) for iov in iovs)}" if iovs else "",
     )
     return result
 

@@ -22,6 +22,8 @@ from b2cal.errors import B2CalError, BadInputFile
 
 #: Sorts files without a standard name after those with one, within their run and stream.
 _NO_INDEX = 2**62
+#: How many unusable listed files an error names.
+_PROBLEMS_SHOWN = 5
 
 
 class InputFile(BaseModel):
@@ -87,6 +89,8 @@ def read_file_list(path: Path) -> list[InputFile]:
         doc: Any = json.loads(Path(path).read_text())
     except OSError as exc:
         raise B2CalError(f"--files-from {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise B2CalError(f"--files-from {path} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise B2CalError(f"--files-from {path} is not JSON: {exc}") from None
     entries: list[tuple[str | None, Any]]
@@ -100,32 +104,46 @@ def read_file_list(path: Path) -> list[InputFile]:
         entries = [(None, item) for item in doc]
     else:
         raise B2CalError(f"--files-from {path}: expected {{stream: [paths]}} or [paths]")
-    files = []
+    if not entries:
+        raise B2CalError(f"--files-from {path} lists no file")
+    files: list[InputFile] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
     for stream, item in entries:
         if not isinstance(item, str) or not item:
             raise B2CalError(f"--files-from {path}: {item!r} is not a file path")
         file = (Path(path).parent / item).resolve()
-        files.append(_listed_file(path, file, stream))
-    if len({f.path for f in files}) != len(files):
-        raise B2CalError(f"--files-from {path} lists a file more than once")
+        if file in seen:
+            raise B2CalError(f"--files-from {path} lists {file} more than once")
+        seen.add(file)
+        listed = _listed_file(file, stream)
+        if isinstance(listed, str):
+            problems.append(f"{file}: {listed}")
+        else:
+            files.append(listed)
+    if problems:
+        shown = "; ".join(problems[:_PROBLEMS_SHOWN])
+        more = len(problems) - _PROBLEMS_SHOWN
+        raise B2CalError(
+            f"--files-from {path}: {len(problems)} of {len(entries)} files cannot be used: "
+            f"{shown}{f'; and {more} more' if more > 0 else ''}"
+        )
     return sorted(files)
 
 
-def _listed_file(listing: Path, file: Path, stream: str | None) -> InputFile:
+def _listed_file(file: Path, stream: str | None) -> InputFile | str:
+    """The listed file, or why it cannot be used."""
+    if not file.exists():
+        return "does not exist"
     if not file.is_file():
-        raise B2CalError(f"--files-from {listing}: {file} does not exist")
+        return "is not a file"
     try:
         metadata = read_metadata(file)
     except BadInputFile as exc:
-        raise B2CalError(f"--files-from {listing}: {file}: {exc.reason}") from None
+        return exc.reason
     exp, run, found = metadata.get("experiment"), metadata.get("run"), metadata.get("stream")
     if not (isinstance(exp, int) and isinstance(run, int) and isinstance(found, str)):
-        raise B2CalError(
-            f"--files-from {listing}: {file}: its metadata lacks experiment, run or stream"
-        )
+        return "its metadata lacks experiment, run or stream"
     if stream is not None and found != stream:
-        raise B2CalError(
-            f"--files-from {listing}: {file} is listed under stream {stream} but its metadata "
-            f"says stream {found}"
-        )
+        return f"listed under stream {stream} but its metadata says stream {found}"
     return InputFile(exp=exp, run=run, stream=found, path=file)

@@ -11,7 +11,6 @@ Help names values by their metavars, never by Python types (:func:`name_values`)
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import tempfile
 import traceback
@@ -31,6 +30,7 @@ from b2cal.cli.arguments import (
 )
 from b2cal.cli.caf import caf_app, calibrations_app
 from b2cal.cli.cdb import cdb_app
+from b2cal.cli.signals import interruption, sigterm_as_interrupt, terminated
 from b2cal.cli.toy import toy_app
 from b2cal.errors import B2CalError
 
@@ -63,38 +63,17 @@ def build_command() -> TyperGroup:
     return command
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that it unwinds exactly as Ctrl-C does."""
-
-
-#: Set when SIGTERM arrived (typer turns every KeyboardInterrupt into exit status 130, losing
-#: which signal it was).
-_TERMINATED: list[bool] = []
-
-
-def _terminate(signum: int, frame: object) -> None:
-    _TERMINATED.append(True)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not break the clean-up
-    raise Terminated()
-
-
 def _interrupted() -> int:
     """Say how to resume; the exit status of the signal that stopped us."""
-    if _TERMINATED:
-        _error("terminated (SIGTERM); rerun the same command to resume")
-        return EXIT_TERMINATED
-    _error("interrupted; rerun the same command to resume")
-    return EXIT_INTERRUPTED
+    _error(f"{interruption()}; rerun the same command to resume")
+    return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
+    with sigterm_as_interrupt():
         return _main(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _main(args: list[str]) -> int:

@@ -4,6 +4,7 @@ their outputs, list the plugins."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -11,12 +12,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from b2cal.cli.arguments import EXIT_CALIBRATION_FAILED, parse_runs
+from b2cal.cli.signals import interruption
 from b2cal.errors import B2CalError
 
 if TYPE_CHECKING:
     from b2cal.caf.calibration import Calibration
     from b2cal.caf.plan import CalibrationRequest
     from b2cal.caf.records import CalibrationOutcome
+
+log = logging.getLogger("b2cal.caf")
 
 caf_app = typer.Typer(
     help="Run calibrations directly, without Prefect; watch and inspect their outputs.",
@@ -100,7 +104,7 @@ def caf_run(
     if storage is not None and not storage.is_dir():
         raise B2CalError(f"storage folder {storage} does not exist")
     databases = _input_databases(input_db or [])
-    configured, overrides = _calibrations(calibrations, config)
+    configured, overrides, added = _calibrations(calibrations, config)
     if exp < 0:
         raise B2CalError(f"--exp must be a number >= 0, got {exp}")
     request = CalibrationRequest(
@@ -113,9 +117,9 @@ def caf_run(
         input_databases=databases,
     )
     if dry_run:
-        _print_plan(request, configured, overrides, output)
+        _print_plan(request, configured, overrides, output, rerun, added)
         return
-    outcomes = _run(request, configured, overrides, output, workers, rerun)
+    outcomes = _run(request, configured, overrides, output, workers, rerun, added)
     _print_outcomes(outcomes, output)
     if any(o.result is not AlgorithmResult.OK for o in outcomes.values()):
         raise typer.Exit(EXIT_CALIBRATION_FAILED)
@@ -128,34 +132,42 @@ def _input_databases(paths: list[Path]) -> tuple[Path, ...]:
     for database in databases:
         if not (database / DATABASE_TXT).is_file():
             raise B2CalError(f"--input-db {database} is not a local database (no {DATABASE_TXT})")
-        read_database_txt(database)  # a malformed line is refused now, not in a job
+        missing = [e.path.name for e in read_database_txt(database) if not e.path.is_file()]
+        if missing:  # refused now, not in a job
+            raise B2CalError(f"--input-db {database} lacks payload files: {', '.join(missing[:5])}")
     return databases
 
 
 def _calibrations(
     names_option: str, config: Path | None
-) -> tuple[dict[str, Calibration], dict[str, dict[str, Any]]]:
-    """The named calibrations and their dependencies, with their --config sections applied."""
+) -> tuple[dict[str, Calibration], dict[str, dict[str, Any]], list[str]]:
+    """The named calibrations and their dependencies, with their --config sections applied,
+    and the dependencies that were added (said once the run is known to go ahead: bad input
+    gives nothing but its error line)."""
     from b2cal.caf.config import configure, read_config
     from b2cal.caf.graph import with_dependencies
     from b2cal.caf.registry import available, load
-    from b2cal.cli.console import console
 
     names = [n.strip() for n in names_option.split(",") if n.strip()]
     if not names:
         raise B2CalError("--calibrations names no calibration")
     found, added = with_dependencies(names, load)
-    if added:
-        console.print(f"adding dependencies: {', '.join(added)}")
     if config is None:
-        return found, {}
+        return found, {}, added
     sections = read_config(config, available())
     overrides = {name: section for name, section in sections.items() if name in found}
     configured = {
         name: configure(cal, overrides[name], config) if name in overrides else cal
         for name, cal in found.items()
     }
-    return configured, overrides
+    return configured, overrides, added
+
+
+def _say_added(added: list[str]) -> None:
+    from b2cal.cli.console import console
+
+    if added:
+        console.print(f"adding dependencies: {', '.join(added)}")
 
 
 def _print_plan(
@@ -163,21 +175,34 @@ def _print_plan(
     configured: dict[str, Calibration],
     overrides: dict[str, dict[str, Any]],
     output: Path,
+    rerun: str | None,
+    added: list[str],
 ) -> None:
-    from b2cal.caf.plan import make_plan
+    """The plan, and what a run on ``output`` would do with it (resume, recompute, refuse)."""
+    from b2cal.caf.plan import check_plan, make_plan
+    from b2cal.caf.progress import plural
     from b2cal.caf.workspace import Workspace
     from b2cal.cli.console import console, plan_tables
 
     plan = make_plan(request, configured, overrides)
+    workspace = Workspace(output)
+    if rerun is not None:
+        workspace.run_record()  # a rerun happens inside an existing output
+    again = check_plan(workspace, plan, [rerun] if rerun else [])  # refused: an error, exit 1
+    _say_added(added)
     for table in plan_tables(plan):
         console.print(table)
     if plan.left_out:
         console.print(
-            f"{plan.left_out} listed files are outside experiment {request.exp} runs "
-            f"{request.first_run}-{request.last_run} (or of other streams) and are left out"
+            f"{plural(plan.left_out, 'listed file')} outside experiment {request.exp} runs "
+            f"{request.first_run}-{request.last_run} (or of other streams) would be left out"
         )
-    workspace = Workspace(output)
-    state = "exists: a run resumes it" if workspace.exists() else "would be created"
+    if again:
+        state = f"exists: a run would recompute {', '.join(again)}"
+    elif workspace.exists():
+        state = "exists: a run would resume it"
+    else:
+        state = "would be created"
     console.print(f"dry run: nothing was created (output {workspace.root} {state})")
 
 
@@ -188,6 +213,7 @@ def _run(
     output: Path,
     workers: int | None,
     rerun: str | None,
+    added: list[str],
 ) -> dict[str, CalibrationOutcome]:
     from b2cal.backends.local import LocalBackend
     from b2cal.caf.collection import JOB_TARGET
@@ -202,10 +228,30 @@ def _run(
     with LocalBackend(workers) as backend, workspace.run_log():
         backend.preload([JOB_TARGET])  # workers import while the plan is made
         made = plan(workspace, request, configured, overrides, rerun=[rerun] if rerun else [])
+        _say_added(added)
         if made.rerun:
             console.print(f"recomputing: {', '.join(made.rerun)}")
-        with progress_display(made.order) as progress:
-            return run_calibrations(workspace, configured, backend, progress=progress)
+        log.info(
+            "caf run of %s (%s), experiment %d runs %d-%d, %d workers, calibration run %s",
+            ", ".join(made.order),
+            request.source(),
+            request.exp,
+            request.first_run,
+            request.last_run,
+            backend.workers,
+            workspace.run_record().calibration_run,
+        )
+        try:
+            with progress_display(made.order) as progress:
+                outcomes = run_calibrations(workspace, configured, backend, progress=progress)
+        except KeyboardInterrupt:
+            log.warning("caf run %s; rerun the same command to resume", interruption())
+            raise
+        log.info(
+            "caf run ended: %s",
+            ", ".join(f"{name} {o.result.value}" for name, o in outcomes.items()),
+        )
+        return outcomes
 
 
 def _print_outcomes(outcomes: dict[str, CalibrationOutcome], output: Path) -> None:
@@ -257,12 +303,14 @@ def caf_inspect(
     """The merged collector output an algorithm saw, summarised (and plotted)."""
     from rich.table import Table
 
-    from b2cal.caf.inspection import merged_output, summarise
+    from b2cal.caf.inspection import check_plot_path, merged_output, summarise
     from b2cal.caf.inspection import plot as plot_to
     from b2cal.caf.workspace import Workspace
     from b2cal.cli.console import console
     from b2cal.core.iov import run_ranges
 
+    if plot is not None:
+        check_plot_path(plot)
     inspected = merged_output(Workspace(output), calibration, iteration, run)
     title = (
         f"{inspected.calibration} iteration {inspected.iteration}: merged collector output of "

@@ -128,10 +128,9 @@ def progress_display(names: Sequence[str]) -> RichProgress | PlainProgress:
 def outcome_table(outcomes: Mapping[str, CalibrationOutcome]) -> Table:
     """The final table of ``b2cal caf run``: one row per calibration."""
     table = Table(title="Calibration results")
-    for column in ("calibration", "result", "iterations", "IoVs", "jobs", "events", "bad files"):
-        table.add_column(
-            column, justify="right" if column not in ("calibration", "IoVs") else "left"
-        )
+    table.add_column("calibration", no_wrap=True)  # names are never cut
+    for column in ("result", "iterations", "IoVs", "jobs", "events", "bad files"):
+        table.add_column(column, justify="left" if column == "IoVs" else "right")
     table.add_column("validation")
     table.add_column("notes", overflow="fold")
     for name, outcome in outcomes.items():
@@ -192,11 +191,13 @@ def calibrations_table(calibrations: Sequence[Calibration]) -> Table:
     for column in ("name", "streams", "depends on", "strategy", "max iter.", "settings", "owner"):
         table.add_column(column)
     for cal in calibrations:
-        settings = (
-            ", ".join(f"{k}={v}" for k, v in cal.settings.model_dump().items())
-            if cal.settings is not None
-            else "-"
-        )
+        settings = "-"
+        if cal.settings is not None:
+            read = cal.settings.collector_fields
+            settings = ", ".join(
+                f"{k}={v}" + (" (collector)" if read is None or k in read else "")
+                for k, v in cal.settings.model_dump().items()
+            )
         table.add_row(
             cal.name,
             ",".join(cal.input_streams),
@@ -220,7 +221,11 @@ def plan_tables(plan: Plan) -> list[Table]:
         "#", "calibration", "depends on", "strategy", "max iter.", "files", "jobs",
         "files/job", "runs without files", "config",
     ):  # fmt: skip
-        overview.add_column(column)
+        overview.add_column(
+            column,
+            no_wrap=column == "calibration",
+            overflow="fold" if column == "config" else "ellipsis",
+        )
     for number, name in enumerate(plan.order, start=1):
         cal = plan.calibrations[name]
         per_job = f"{min(cal.job_files)}-{max(cal.job_files)}" if cal.job_files else "-"
@@ -237,6 +242,10 @@ def plan_tables(plan: Plan) -> list[Table]:
             per_job,
             f"[yellow]{run_ranges(cal.runs_without_files)}" if cal.runs_without_files else "-",
             ", ".join(f"{k}={v}" for k, v in cal.config.items()) or "-",
+        )
+    if request.input_databases:
+        overview.caption = "input databases, last in the chain: " + ", ".join(
+            str(d) for d in request.input_databases
         )
     tables = [overview]
     for name in plan.order:
@@ -258,19 +267,28 @@ def plan_tables(plan: Plan) -> list[Table]:
 
 def status_table(rows: Sequence[CalibrationStatus], title: str) -> Table:
     table = Table(title=title)
-    for column in ("calibration", "state", "iteration", "jobs", "done", "failed", "running"):
-        table.add_column(column, justify="left" if column in ("calibration", "state") else "right")
+    for column in ("calibration", "state", "iterations", "jobs", "done", "failed", "running"):
+        left = column in ("calibration", "state")
+        table.add_column(
+            column, justify="left" if left else "right", no_wrap=column == "calibration"
+        )
     table.add_column("last error", overflow="fold")
     for row in rows:
         state = row.state
-        if not row.active and row.state not in ("OK", "NOT_ENOUGH_DATA", "FAILURE", "not started"):
+        if not row.active and row.state not in (
+            "OK",
+            "NOT_ENOUGH_DATA",
+            "FAILURE",
+            "not started",
+            "not run",
+        ):
             state += " [yellow](stopped)"
         elif row.active:
             state += " [green](active)"
         table.add_row(
             row.calibration,
             state,
-            "-" if row.iteration is None else str(row.iteration),
+            "-" if row.iteration is None else str(row.iteration + 1),
             str(row.jobs),
             str(row.done),
             str(row.failed),

@@ -67,6 +67,13 @@ def toy_generate(
         settings=settings,
         low_stat=parse_low_stat(low_stat),
     )
+    if storage.exists() and not storage.is_dir():
+        raise B2CalError(f"storage {storage} is a file, not a folder")
+    if (storage / TRUTH_FILENAME).exists():
+        raise B2CalError(
+            f"storage {storage} holds toy data already ({TRUTH_FILENAME}): use another --storage "
+            "or remove it (new data would mix with the old files)"
+        )
     with Progress(console=console) as progress:
         task = progress.add_task(
             "generating toy data", total=planned_files(truth.runs, files_per_run)

@@ -111,8 +111,12 @@ def read_database_txt(directory: Path) -> list[PayloadEntry]:
     path = Path(directory) / DATABASE_TXT
     if not path.exists():
         return []
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise B2CalError(f"{path} is not a database.txt: not UTF-8 text") from None
     entries = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
