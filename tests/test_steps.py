@@ -171,3 +171,24 @@ def test_a_plan_lists_runs_without_files_and_refuses_a_calibration_without_any(
     with pytest.raises(B2CalError, match="no input files for Counting"):
         plan(Workspace(tmp_path / "other"), empty, {"Counting": calibration()})
     assert not (tmp_path / "other").exists()
+
+
+def test_a_step_in_another_process_loads_the_calibration_as_planned(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    """What a flow task does: the registered plugin with the output's recorded config."""
+    from b2cal.caf.config import configure
+    from b2cal.caf.plan import fingerprint
+    from b2cal.caf.registry import load
+    from b2cal.caf.steps import load_calibration
+
+    section = {"max_files_per_job": 3, "settings": {"min_peak_hits": 60}}
+    configured = configure(load("ChannelT0"), section, "test.toml")
+    workspace = Workspace(tmp_path / "out")
+    request = CalibrationRequest(exp=1, first_run=1, last_run=4, storage=small_storage)
+    plan(workspace, request, {"ChannelT0": configured}, {"ChannelT0": section})
+    loaded = load_calibration(workspace, "ChannelT0")
+    assert loaded.max_files_per_job == 3 and loaded.settings is not None
+    assert loaded.settings.model_dump()["min_peak_hits"] == 60
+    assert fingerprint(loaded) == workspace.calibration("ChannelT0").record().effective
+    assert fingerprint(load("ChannelT0")) != fingerprint(loaded)  # the plain plugin is not it

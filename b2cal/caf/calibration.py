@@ -49,7 +49,8 @@ class ExpertSettings(BaseModel):
     are refused. Collectors and algorithms read them with ``MySettings.of(context)``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Strict: no silent conversions (``true`` is not the number 1, ``"5"`` not 5).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     #: The fields the collector reads. A collector job's identity includes only these, so a
     #: rerun that changes only other fields reuses every collector job. None (the default)
@@ -193,10 +194,10 @@ class Calibration(BaseModel):
     algorithm: Algorithm
     input_streams: tuple[str, ...] = Field(min_length=1)
     depends_on: tuple[str, ...] = ()
-    max_iterations: int = Field(default=1, ge=1, le=100)
+    max_iterations: int = Field(default=1, ge=1, le=100, strict=True)
     strategy: Strategy = Strategy()
-    max_files_per_job: int = Field(default=10, ge=1)
-    max_jobs: int | None = Field(default=None, ge=1)
+    max_files_per_job: int = Field(default=10, ge=1, strict=True)
+    max_jobs: int | None = Field(default=None, ge=1, strict=True)
     backend_args: dict[str, Any] = Field(default_factory=dict)
     validation: Validation | None = None
     #: Expert settings with their defaults (an :class:`ExpertSettings` subclass), or None.

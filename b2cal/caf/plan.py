@@ -198,6 +198,16 @@ def check_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) ->
     arguments, same configuration and calibrations except those recomputed, same input files —
     and return the calibrations a rerun recomputes (``rerun`` and their dependants). Reads
     only: ``caf run --dry-run`` says what a run would do."""
+    return _checked(workspace, plan, rerun)[0]
+
+
+_Records = dict[str, CalibrationRecord]
+
+
+def _checked(
+    workspace: Workspace, plan: Plan, rerun: Collection[str]
+) -> tuple[list[str], _Records, dict[str, CalibrationRecord | None]]:
+    """:func:`check_plan`, and the records as they would be written and as they are."""
     unknown = sorted(set(rerun) - set(plan.order))
     if unknown:
         raise WorkspaceError(
@@ -207,12 +217,13 @@ def check_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) ->
     if workspace.exists():
         workspace.check_arguments(workspace.run_record(), plan.arguments())
     again = with_dependants(plan, rerun)
+    new = _records(plan)
+    old = {name: _recorded(workspace, name) for name in plan.order}
     differences: dict[str, tuple[Any, Any]] = {}
     for name in plan.order:
-        before = _recorded(workspace, name)
+        before, now = old[name], new[name]
         if before is None:
             continue
-        now = _record(plan, name)
         changed = changed_files(before.stamps, now.stamps)
         if changed:
             raise InputsChanged(workspace.root, name, changed)
@@ -227,7 +238,7 @@ def check_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) ->
             differences[f"{name} ({keys})"] = ("as planned", "changed")
     if differences:
         raise ArgumentsChanged(workspace.root, differences, rerun_hint=True)
-    return again
+    return again, new, old
 
 
 def _config_differences(
@@ -256,7 +267,7 @@ def record_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) -
     differs is refused (:func:`check_plan`). Everything is checked, and the calibrations to
     write are locked, before anything changes. Returns the calibrations to recompute.
     """
-    again = check_plan(workspace, plan, rerun)
+    again, new, old = _checked(workspace, plan, rerun)
     request = plan.request
     workspace.claim(
         RunRecord(
@@ -269,8 +280,6 @@ def record_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) -
             open_ended=request.open_ended,
         )
     )
-    new = {name: _record(plan, name) for name in plan.order}
-    old = {name: _recorded(workspace, name) for name in plan.order}
     writes = [name for name in plan.order if old[name] is None or name in again]
     with contextlib.ExitStack() as locks:
         for name in writes:
@@ -284,18 +293,27 @@ def record_plan(workspace: Workspace, plan: Plan, rerun: Collection[str] = ()) -
     return again
 
 
-def _record(plan: Plan, name: str) -> CalibrationRecord:
-    calibration = plan.calibrations[name]
-    return CalibrationRecord(
-        name=name,
-        config=calibration.config,
-        effective=calibration.effective,
-        upstream=calibration.upstream,
-        input_databases=list(plan.request.input_databases),
-        files=calibration.files,
-        stamps=[FileStamp.of(f.path) for f in calibration.files],
-        runs_without_files=calibration.runs_without_files,
-    )
+def _records(plan: Plan) -> _Records:
+    """The calibrations' records of ``plan``; each input file is stamped once, however many
+    calibrations read it."""
+    stamps: dict[Path, FileStamp] = {}
+    records = {}
+    for name in plan.order:
+        calibration = plan.calibrations[name]
+        for file in calibration.files:
+            if file.path not in stamps:
+                stamps[file.path] = FileStamp.of(file.path)
+        records[name] = CalibrationRecord(
+            name=name,
+            config=calibration.config,
+            effective=calibration.effective,
+            upstream=calibration.upstream,
+            input_databases=list(plan.request.input_databases),
+            files=calibration.files,
+            stamps=[stamps[f.path] for f in calibration.files],
+            runs_without_files=calibration.runs_without_files,
+        )
+    return records
 
 
 def _recorded(workspace: Workspace, name: str) -> CalibrationRecord | None:

@@ -26,25 +26,23 @@ says "done" last, so the existence of a record is a reliable "this step is finis
 advisory ``flock``, released by the system however the process ends). The calibrations of one
 output can therefore be driven by separate processes (the Prefect flow runs of one request)
 without blocking each other, while two drivers of the same calibration cannot collide. The
-lock is re-entrant within a process, so a driver may hold it around the steps it calls.
+lock is the thread's that took it (re-entrant for that thread, so a driver may hold it around
+the steps it calls): :mod:`b2cal.caf.locks`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import pickle
 import shutil
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from b2cal.caf.accumulator import RunAccumulators
+from b2cal.caf.locks import hold, is_held
 from b2cal.caf.records import (
     CalibrationOutcome,
     CalibrationRecord,
@@ -61,86 +59,24 @@ from b2cal.errors import ArgumentsChanged, CalibrationBusy, WorkspaceError
 RUN_RECORD = "b2cal-run.json"
 RUN_LOG = "b2cal.log"
 _LOCK = ".lock"
-#: How long a driver waits for a calibration's lock before saying it is busy (a ``caf
-#: status`` probing the lock holds it for an instant).
-_LOCK_PATIENCE_SECONDS = 1.0
 
 log = logging.getLogger("b2cal.caf")
 
 
-# --- locks ---------------------------------------------------------------------------------------
-@dataclass
-class _Held:
-    handle: IO[str]
-    owner: int  # the thread that holds it
-    count: int
-
-
-class _HeldLocks:
-    """The calibration locks this process holds.
-
-    A lock is the thread's that took it: the same thread may take it again (a driver around
-    the steps it calls), any other thread of the process is refused like another process
-    would be (two tasks of one worker driving the same calibration).
-    """
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._held: dict[Path, _Held] = {}
-
-    @contextlib.contextmanager
-    def hold(self, path: Path, output: Path, calibration: str) -> Iterator[None]:
-        me = threading.get_ident()
-        with self._mutex:
-            held = self._held.get(path)
-            if held is not None and held.owner == me:
-                held.count += 1
-        if held is None or held.owner != me:
-            handle = self._take(path, output, calibration)  # outside the mutex: it may wait
-            with self._mutex:
-                self._held[path] = _Held(handle, me, 1)
-        try:
-            yield
-        finally:
-            with self._mutex:
-                held = self._held[path]
-                held.count -= 1
-                if held.count == 0:
-                    del self._held[path]
-                    fcntl.flock(held.handle, fcntl.LOCK_UN)
-                    held.handle.close()
-
-    @staticmethod
-    def _take(path: Path, output: Path, calibration: str) -> IO[str]:
-        """The system lock on ``path``; another open file of it, even in this process, holds
-        it exclusively, so a second thread or process waits, then is refused."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = path.open("a+")
-        deadline = time.monotonic() + _LOCK_PATIENCE_SECONDS
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return handle
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.close()
-                    raise CalibrationBusy(output, calibration) from None
-                time.sleep(0.05)
-
-    def held(self, path: Path) -> bool:
-        with self._mutex:
-            return path in self._held
-
-
-_LOCKS = _HeldLocks()
-
-
 # --- jobs, iterations, calibrations ------------------------------------------------------------
-def _numbered(folder: Path) -> list[int]:
-    """The numbers of the numbered subfolders of ``folder``, sorted."""
+def _numbered(folder: Path) -> list[tuple[int, Path]]:
+    """The numbered subfolders of ``folder`` (jobs, iterations) and their numbers, in order."""
     if not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    found = [(int(p.name), p) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
+    return sorted(found)
+
+
+def _remove_numbered(folder: Path, count: int) -> None:
+    """Remove the numbered subfolders of ``folder`` numbered ``count`` and up."""
+    for number, path in _numbered(folder):
+        if number >= count:
+            shutil.rmtree(path)
 
 
 class JobArea:
@@ -205,13 +141,6 @@ class JobArea:
     def write_output(self, output: RunAccumulators) -> None:
         atomic_write_bytes(self.root / "output.pkl", pickle.dumps(output, protocol=5))
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
 
 class IterationArea:
     """The folder of one iteration of a calibration."""
@@ -240,13 +169,11 @@ class IterationArea:
 
     def jobs(self) -> list[JobArea]:
         """The job folders that exist, in job order."""
-        return [self.job(index) for index in _numbered(self.root / "jobs")]
+        return [self.job(index) for index, _ in _numbered(self.root / "jobs")]
 
     def remove_jobs_from(self, count: int) -> None:
         """Remove job folders numbered ``count`` and up (left from a plan with more jobs)."""
-        for job in self.jobs():
-            if job.index >= count:
-                shutil.rmtree(job.root)
+        _remove_numbered(self.root / "jobs", count)
 
     def forget_result(self) -> None:
         """Make the iteration pending again, keeping its collector jobs."""
@@ -273,24 +200,13 @@ class CalibrationArea:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold this calibration (CalibrationBusy if another process drives it)."""
-        with _LOCKS.hold(self.root / _LOCK, self.output, self.name):
+        """Hold this calibration (CalibrationBusy if another process or thread drives it)."""
+        with hold(self.root / _LOCK, CalibrationBusy(self.output, self.name)):
             yield
 
     def is_running(self) -> bool:
         """Whether some process holds this calibration now."""
-        path = self.root / _LOCK
-        if _LOCKS.held(path):
-            return True
-        if not path.exists():
-            return False
-        with path.open("a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+        return is_held(self.root / _LOCK)
 
     def record(self) -> CalibrationRecord:
         found = CalibrationRecord.read(self.root / "calibration.json")
@@ -315,7 +231,7 @@ class CalibrationArea:
 
     def iterations(self) -> list[IterationArea]:
         """The iteration folders that exist, in order."""
-        return [self.iteration(index) for index in _numbered(self.root / "iterations")]
+        return [self.iteration(index) for index, _ in _numbered(self.root / "iterations")]
 
     def final_output_folders(self) -> tuple[Path, Path]:
         """``outputdb/`` and the provenance folder beside it."""
@@ -323,9 +239,7 @@ class CalibrationArea:
 
     def remove_iterations_from(self, count: int) -> None:
         """Remove the folders of iterations ``count`` and up."""
-        for iteration in self.iterations():
-            if iteration.iteration >= count:
-                shutil.rmtree(iteration.root)
+        _remove_numbered(self.root / "iterations", count)
 
     def forget_results(self, keep_iterations: int) -> None:
         """Make the calibration pending again, for ``caf run --rerun``: its outcome, final

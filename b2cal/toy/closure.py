@@ -23,7 +23,7 @@ import numpy as np
 from b2cal.caf.workspace import Workspace
 from b2cal.core.iov import ExpRun
 from b2cal.core.localdb import DATABASE_TXT, LocalDatabase, PayloadEntry
-from b2cal.errors import B2CalError, WorkspaceError
+from b2cal.errors import B2CalError, MalformedPayload, WorkspaceError
 from b2cal.toy.model import (
     FIRST_TRACK_MODULE,
     LAST_TRACK_MODULE,
@@ -73,10 +73,6 @@ class _Comparison:
 
     def pulls(self) -> FloatArray:
         return (self.estimate - self.truth) / self.error
-
-
-class _PayloadError(B2CalError):
-    """A payload that lacks a field or holds values that cannot be compared."""
 
 
 def check_closure(
@@ -146,7 +142,7 @@ def _read_payloads(
             try:
                 docs[entry.revision] = (entry, entry.read())
             except ValueError as exc:
-                raise _PayloadError(f"{entry.line()}: payload is not JSON ({exc})") from exc
+                raise MalformedPayload(f"{entry.line()}: payload is not JSON ({exc})") from exc
     return docs
 
 
@@ -162,8 +158,8 @@ def _pulls(
     for run, entry in single.items():
         try:
             parts.append(compare(docs[entry.revision][1], truth, run).pulls())
-        except _PayloadError as exc:
-            raise _PayloadError(f"{entry.line()}: {exc}") from exc
+        except MalformedPayload as exc:
+            raise MalformedPayload(f"{entry.line()}: {exc}") from exc
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -181,8 +177,8 @@ def _alignment_chi2(
             comparison = _compare_alignment(doc, truth, truth.runs[0])
             cov = _matrix(doc, "du_cov", NUM_MODULES)[_ALIGNED, _ALIGNED]
             total += _chi2(comparison.estimate - comparison.truth, cov)
-        except _PayloadError as exc:
-            raise _PayloadError(f"{entry.line()}: {exc}") from exc
+        except MalformedPayload as exc:
+            raise MalformedPayload(f"{entry.line()}: {exc}") from exc
         ndf += comparison.estimate.size
     return total, ndf
 
@@ -191,7 +187,7 @@ def _chi2(residual: FloatArray, cov: FloatArray) -> float:
     try:
         lower = np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:
-        raise _PayloadError("du_cov of modules 1..14 is not positive definite") from None
+        raise MalformedPayload("du_cov of modules 1..14 is not positive definite") from None
     whitened = np.linalg.solve(lower, residual)
     return float(whitened @ whitened)
 
@@ -295,25 +291,25 @@ def _field(doc: Mapping[str, Any], key: str) -> Any:
     try:
         return doc[key]
     except KeyError:
-        raise _PayloadError(f"payload has no field {key!r}") from None
+        raise MalformedPayload(f"payload has no field {key!r}") from None
 
 
 def _numbers(values: Any, what: str, shape: tuple[int, ...]) -> FloatArray:
-    """``values`` as finite floats of the given shape, or a :class:`_PayloadError` saying why."""
+    """``values`` as finite floats of the given shape, or a :class:`MalformedPayload` saying why."""
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise _PayloadError(f"payload field {what} is not numeric") from None
+        raise MalformedPayload(f"payload field {what} is not numeric") from None
     if array.shape != shape or not np.all(np.isfinite(array)):
         dims = "x".join(str(n) for n in shape)
-        raise _PayloadError(f"payload field {what} must hold {dims} finite numbers")
+        raise MalformedPayload(f"payload field {what} must hold {dims} finite numbers")
     return array
 
 
 def _positive(errors: FloatArray, what: str) -> FloatArray:
     """Uncertainties must be positive, or no pull can be formed."""
     if np.any(errors <= 0.0):
-        raise _PayloadError(f"payload field {what} holds uncertainties that are not positive")
+        raise MalformedPayload(f"payload field {what} holds uncertainties that are not positive")
     return errors
 
 
