@@ -206,3 +206,37 @@ class NopayloaddbError(CdbError):
 
 class MalformedPayload(B2CalError):
     """A payload that lacks a field or holds values that cannot be used."""
+
+
+# --- b2cal's state database and the orchestration ---------------------------------------------
+class StateError(B2CalError):
+    """A request, calibration run, bucket or site that cannot be used for what was asked."""
+
+
+class UnknownRecord(StateError):
+    """No request, calibration run, bucket or site of that name or number."""
+
+    def __init__(self, kind: str, key: object, note: str = "") -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__(f"no {kind} {key}{f' ({note})' if note else ''}")
+
+
+class StateConflict(StateError):
+    """The item has moved on: what was asked needs another state (someone else acted first?)."""
+
+    def __init__(self, what: str, current: str, wanted: str, note: str = "") -> None:
+        self.what = what
+        self.current = current
+        self.wanted = wanted
+        extra = f": {note}" if note else ""
+        super().__init__(f"{what} is {current}, so it cannot become {wanted}{extra}")
+
+
+class SiteError(B2CalError):
+    """A site file that cannot be used as written, or a site that does not exist."""
+
+    def __init__(self, site: str, reason: str) -> None:
+        self.site = site
+        self.reason = reason
+        super().__init__(f"site {site}: {reason}")

@@ -34,8 +34,13 @@ class Settings(BaseSettings):
     cdb_payloads: Path | None = None
     #: Bearer token for writes to a nopayloaddb server.
     cdb_token: SecretStr | None = None
-    #: This machine's site (selects deployments/sites/<site>.toml).
+    #: This machine's site (selects <sites_dir>/<site>.toml).
     site: str = "local"
+    #: Where site files are (unset: the checkout's deployments/sites).
+    sites_dir: Path | None = None
+    #: b2cal's state database (files, buckets, requests, calibration runs, sign-offs): an
+    #: SQLAlchemy URL; unset: the site file's ``state_url``, else SQLite under ``home``.
+    state_url: str | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -51,6 +56,10 @@ class Settings(BaseSettings):
     @property
     def cdb_database_url(self) -> str:
         return self.cdb_url or f"sqlite:///{self.home / 'cdb.sqlite'}"
+
+    @property
+    def state_database_url(self) -> str:
+        return self.state_url or f"sqlite:///{self.home / 'state.sqlite'}"
 
     @property
     def cdb_payload_dir(self) -> Path:

@@ -51,3 +51,18 @@ def sql_store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[n
     """A fresh embedded store on each SQL database (for what only the embedded store does)."""
     with _open_store(request.param, tmp_path) as opened:
         yield opened
+
+
+@pytest.fixture(params=SQL_STORES)
+def state_db(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh, empty state database on each SQL database in turn."""
+    from sql_databases import database_url
+
+    from b2cal.db.database import StateDatabase
+
+    with database_url(request.param, tmp_path) as url:
+        db = StateDatabase(url)
+        try:
+            yield db
+        finally:
+            db.close()

@@ -3,11 +3,13 @@
 The servers run on loopback (NOTES.md: PostgreSQL with trust authentication, MariaDB root with
 an empty password). Each test gets a database of its own with a unique name, dropped afterwards
 whatever happened, so tests never see each other's data. A server that is not running makes the
-test skip and say which server and why, rather than fail on a laptop without it.
+test skip and say which server and why, rather than fail on a laptop without it; under
+``CI=true`` it fails instead.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,6 +68,8 @@ def _admin_connection(server: Server) -> Iterator[Connection]:
             connection = engine.connect()
         except OperationalError as exc:
             reason = str(exc.orig).strip().splitlines()[0]
+            if os.environ.get("CI") == "true":  # CI must run every test: a missing server fails
+                pytest.fail(f"{server.title} is not reachable under CI: {reason}")
             pytest.skip(f"{server.title} is not reachable: {reason}")
         with connection:
             yield connection

@@ -9,7 +9,7 @@ and :data:`VERSION_TABLE` from here, and a test compares the two.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
@@ -27,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from b2cal.cdb.model import GlobalTag, Payload, PayloadIoV, TagState
 from b2cal.core.iov import IoV
+from b2cal.sql import tables
 from b2cal.sql.migrations import Migrations
 
 #: Alembic's bookkeeping table; named apart so b2cal's own state DB may share the database.
@@ -38,34 +38,16 @@ LABEL = "conditions database"
 
 
 class _Base(DeclarativeBase):
-    # Fixed constraint names, the same on every database and in the migrations.
-    metadata = MetaData(
-        naming_convention={
-            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-            "pk": "pk_%(table_name)s",
-        }
-    )
+    metadata = tables.metadata()
 
-
-#: MariaDB compares strings case-insensitively by default; names must compare exactly, as on
-#: PostgreSQL and SQLite.
-_MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 metadata = _Base.metadata
 
 
-def _utc(moment: datetime) -> datetime:
-    """Times are stored in UTC; SQLite and MariaDB hand them back without a zone."""
-    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def creation_time() -> datetime:
-    """Now, as a new row's creation time: kept to the second, as MariaDB's DATETIME has no
-    fractions and a value a write returns must equal the value read back later, on every
-    database."""
-    return datetime.now(UTC).replace(microsecond=0)
+_MYSQL_TABLE = tables.MYSQL_TABLE
+_utc = tables.utc
+#: Now, as a new row's creation time (to the second, see :func:`b2cal.sql.tables.now`).
+creation_time = tables.now
 
 
 class GlobalTagRow(_Base):

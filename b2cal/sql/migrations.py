@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from alembic import command
+from alembic import command, context
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, MetaData, create_engine, text
 from sqlalchemy.engine import Connection
 
 from b2cal.sql.engine import WRITE, SqlDatabase, database_errors, make_engine
@@ -125,5 +125,39 @@ def upgrade(database: SqlDatabase, migrations: Migrations) -> None:
     engine = make_engine(database)
     try:
         upgrade_schema(engine, migrations, database)
+    finally:
+        engine.dispose()
+
+
+def run_migrations(metadata: MetaData, version_table: str) -> None:
+    """The body of every b2cal database's Alembic ``env.py``.
+
+    b2cal hands over a connection already inside its schema lock and transaction
+    (:func:`upgrade_schema`); a developer writing a new revision gives a URL instead
+    (:meth:`Migrations.config`). Each database has a version table of its own, so several
+    may share one SQL database.
+    """
+
+    def migrate(connection: Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            version_table=version_table,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        migrate(connection)
+        return
+    url = context.config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("no connection and no sqlalchemy.url given to the migrations")
+    engine = create_engine(url)
+    try:
+        with engine.connect() as own:
+            migrate(own)
     finally:
         engine.dispose()

@@ -1,0 +1,1 @@
+"""Schema revisions of b2cal's state database, oldest first by ``down_revision``."""

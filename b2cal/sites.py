@@ -1,0 +1,203 @@
+"""Sites: where data lands, where work runs, and the rules each site applies.
+
+A site is a TOML file, ``<sites dir>/<name>.toml``: ``deployments/sites`` of the checkout, or
+``B2CAL_SITES_DIR`` for an installed b2cal (docs/sites.md describes every key). ``B2CAL_SITE``
+names the site of this machine (its worker reads it). Environment variables override the file:
+``B2CAL_SITE_<KEY>`` for a top-level key, ``B2CAL_SITE_<TABLE>__<KEY>`` inside a table (e.g.
+``B2CAL_SITE_BACKEND__WORKERS=8``). Secrets never sit in site files: database URLs with
+passwords come from ``B2CAL_STATE_URL`` and ``B2CAL_CDB_URL``, which win over the file's
+``state_url`` and ``cdb_url``. In paths, ``{home}`` is b2cal's home folder (``B2CAL_HOME``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from b2cal.errors import SiteError
+from b2cal.settings import Settings
+
+_CHECKOUT_SITES = Path(__file__).resolve().parents[1] / "deployments" / "sites"
+
+
+class RequestKind(StrEnum):
+    PROMPT = "prompt"
+    RECALIBRATION = "recalibration"
+    MC = "mc"
+
+
+class SignoffPolicy(StrEnum):
+    """``auto``: a calibration whose validation passes is approved without a person;
+    ``expert``: it waits for ``b2cal signoff``."""
+
+    AUTO = "auto"
+    EXPERT = "expert"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BucketRule(_Strict):
+    """When a bucket closes: once it holds ``runs`` runs, or ``window_hours`` after it opened
+    (exactly one of them); ``b2cal bucket close`` closes one at any time."""
+
+    runs: int | None = Field(default=None, gt=0)
+    window_hours: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BucketRule:
+        if (self.runs is None) == (self.window_hours is None):
+            raise ValueError("give exactly one of runs and window_hours")
+        return self
+
+    def describe(self) -> str:
+        if self.runs is not None:
+            return f"{self.runs} runs"
+        return f"{self.window_hours:g} h of registration time"
+
+
+class BackendSettings(_Strict):
+    """Where the site's collector jobs run (the batch backends add their own keys)."""
+
+    name: str = "local"
+    workers: int = Field(default=2, gt=0)
+    #: Collector jobs one calibration runs at a time (one Prefect task per batch of them).
+    batch_size: int = Field(default=16, gt=0)
+
+
+class Retention(_Strict):
+    """How long an uploaded request's collector outputs stay (payloads and logs are kept)."""
+
+    collector_outputs_days: float = Field(default=14, ge=0)
+
+
+class Site(BaseSettings):
+    """One site's settings, from its TOML file, with ``B2CAL_SITE_*`` overriding the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="B2CAL_SITE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    name: str
+    description: str = ""
+    #: Folders where data files land (the naming of docs/toy-detector.md below each).
+    storage_roots: list[Path]
+    #: The shared folder where requests' workspaces live: ``<work_root>/requests/<id>/``.
+    work_root: Path
+    #: The Prefect work pool of the site (default: the site's name).
+    work_pool: str = ""
+    #: Which request kinds this site runs by default.
+    request_kinds: list[RequestKind] = Field(default_factory=lambda: list(RequestKind))
+    #: A file is registered once its size and mtime have not changed for this long.
+    settle_seconds: float = Field(default=60, ge=0)
+    buckets: BucketRule = BucketRule(runs=8)
+    backend: BackendSettings = BackendSettings()
+    #: State database and conditions database (unset: ``B2CAL_STATE_URL``/``B2CAL_CDB_URL``,
+    #: else SQLite files under b2cal's home).
+    state_url: str | None = None
+    cdb_url: str | None = None
+    #: The tag reconstruction reads; validation compares against it unless a request names
+    #: another reference tag.
+    running_tag: str = "running"
+    #: Sign-off per calibration; ``default`` for those not named.
+    signoff: dict[str, SignoffPolicy] = Field(
+        default_factory=lambda: {"default": SignoffPolicy.EXPERT}
+    )
+    retention: Retention = Retention()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+    @field_validator("name", "work_pool")
+    @classmethod
+    def _simple_name(cls, value: str) -> str:
+        if value and not value.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("use letters, digits, '-' and '_' only")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Site:
+        if not self.work_pool:
+            object.__setattr__(self, "work_pool", self.name)
+        return self
+
+    def signoff_policy(self, calibration: str) -> SignoffPolicy:
+        return self.signoff.get(calibration, self.signoff.get("default", SignoffPolicy.EXPERT))
+
+    @property
+    def state_database_url(self) -> str:
+        settings = Settings()
+        return settings.state_url or self.state_url or settings.state_database_url
+
+    @property
+    def cdb_database_url(self) -> str:
+        settings = Settings()
+        return settings.cdb_url or self.cdb_url or settings.cdb_database_url
+
+    def request_folder(self, request_id: int) -> Path:
+        """The workspace of a request: keyed by request id, so a retried flow finds its work."""
+        return self.work_root / "requests" / str(request_id)
+
+
+def sites_dir() -> Path:
+    """Where site files are: ``B2CAL_SITES_DIR``, else the checkout's ``deployments/sites``."""
+    configured = Settings().sites_dir
+    return configured if configured is not None else _CHECKOUT_SITES
+
+
+def site_names() -> list[str]:
+    folder = sites_dir()
+    return sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
+
+
+def _expand(value: Any, home: Path) -> Any:
+    """``{home}`` in every string of the file, and ``~``, for paths that work anywhere."""
+    if isinstance(value, str):
+        return value.replace("{home}", str(home))
+    if isinstance(value, list):
+        return [_expand(v, home) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, home) for k, v in value.items()}
+    return value
+
+
+def load_site(name: str | None = None) -> Site:
+    """The named site (default: ``B2CAL_SITE``, else ``local``), checked; SiteError if not."""
+    settings = Settings()
+    name = name or settings.site
+    path = sites_dir() / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(site_names()) or "none"
+        raise SiteError(name, f"no site file {path} (known sites: {known})")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SiteError(name, f"{path}: {exc}") from None
+    data = _expand(data, settings.home)
+    data.setdefault("name", name)
+    if data["name"] != name:
+        raise SiteError(name, f"{path} names itself {data['name']!r}")
+    try:
+        site = Site(**data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "file"
+        raise SiteError(name, f"{path} [{where}]: {error['msg']}") from None
+    roots = [Path(p).expanduser() for p in site.storage_roots]
+    return site.model_copy(
+        update={"storage_roots": roots, "work_root": Path(site.work_root).expanduser()}
+    )
