@@ -31,6 +31,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from b2cal.caf.calibration import Calibration, Strategy
+from b2cal.caf.graph import with_dependencies
+from b2cal.caf.registry import load
 from b2cal.errors import ConfigError
 
 #: What a calibration's section may set, besides ``strategy`` and ``settings``.
@@ -115,3 +117,21 @@ def _invalid(file: Path | str, key: str, exc: ValidationError) -> ConfigError:
     if isinstance(error.get("input"), bool):  # TOML's true is no number (the models are strict)
         return ConfigError(file, f"expected a number, not {str(error['input']).lower()}", key=full)
     return ConfigError(file, error["msg"], key=full)
+
+
+def configured_calibrations(
+    names: Iterable[str], overrides: Overrides, file: Path | str
+) -> tuple[dict[str, Calibration], Overrides, list[str]]:
+    """The named calibrations and everything they depend on, each with its section of
+    ``overrides`` applied (``file`` names where the sections came from, for messages).
+
+    Returns the configured calibrations, the sections that apply to them, and the names that
+    were added as dependencies (so the caller can say so).
+    """
+    found, added = with_dependencies(names, load)
+    used = {name: section for name, section in overrides.items() if name in found}
+    configured = {
+        name: configure(cal, used[name], file) if name in used else cal
+        for name, cal in found.items()
+    }
+    return configured, used, added

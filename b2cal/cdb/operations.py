@@ -88,16 +88,19 @@ def import_local_database(
     return store.write_iovs(tag, entries, state=TagState.OPEN)
 
 
-def export_local_database(store: ConditionsStore, tag: str, directory: Path) -> int:
+def export_local_database(
+    store: ConditionsStore, tag: str, directory: Path, within: IoV | None = None
+) -> int:
     """Write ``tag`` as a basf2 local database: payload files copied as they are.
 
     Files are named by the store's revisions (``dbstore_<Name>_rev_<revision>.<json|root>``);
-    ``database.txt`` is written last. Returns the number of IoVs written.
+    ``database.txt`` is written last. With ``within``, only the IoVs that overlap it are
+    written (a request's input tags, cut to its runs). Returns the number of IoVs written.
     """
     directory = Path(directory)
     if (directory / DATABASE_TXT).exists():
         raise CdbError(f"{directory} already holds a {DATABASE_TXT}; export into a new folder")
-    entries = store.iovs(tag)
+    entries = [e for e in store.iovs(tag) if within is None or e.iov.overlaps(within)]
     written: set[tuple[str, int]] = set()
     lines = []
     for entry in sorted(entries, key=lambda e: (e.iov.first, e.name)):

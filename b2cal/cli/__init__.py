@@ -30,13 +30,22 @@ from b2cal.cli.arguments import (
 )
 from b2cal.cli.caf import caf_app, calibrations_app
 from b2cal.cli.cdb import cdb_app
+from b2cal.cli.requests import (
+    bucket_app,
+    discover,
+    request_app,
+    signoff,
+    status,
+)
+from b2cal.cli.server import server_app
 from b2cal.cli.signals import interruption, sigterm_as_interrupt, terminated
 from b2cal.cli.toy import toy_app
 from b2cal.errors import B2CalError
 
 app = typer.Typer(
     name="b2cal",
-    help="Automated detector calibration: CAF engine, toy detector, conditions database.",
+    help="Automated detector calibration: CAF engine, toy detector, conditions database, "
+    "Prefect orchestration.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -45,6 +54,12 @@ app.add_typer(toy_app, name="toy")
 app.add_typer(caf_app, name="caf")
 app.add_typer(calibrations_app, name="calibrations")
 app.add_typer(cdb_app, name="cdb")
+app.command("discover")(discover)
+app.add_typer(bucket_app, name="bucket")
+app.add_typer(request_app, name="request")
+app.command("status")(status)
+app.command("signoff")(signoff)
+app.add_typer(server_app, name="server")
 
 
 @app.callback(invoke_without_command=True)

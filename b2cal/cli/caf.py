@@ -144,23 +144,14 @@ def _calibrations(
     """The named calibrations and their dependencies, with their --config sections applied,
     and the dependencies that were added (said once the run is known to go ahead: bad input
     gives nothing but its error line)."""
-    from b2cal.caf.config import configure, read_config
-    from b2cal.caf.graph import with_dependencies
-    from b2cal.caf.registry import available, load
+    from b2cal.caf.config import configured_calibrations, read_config
+    from b2cal.caf.registry import available
 
     names = [n.strip() for n in names_option.split(",") if n.strip()]
     if not names:
         raise B2CalError("--calibrations names no calibration")
-    found, added = with_dependencies(names, load)
-    if config is None:
-        return found, {}, added
-    sections = read_config(config, available())
-    overrides = {name: section for name, section in sections.items() if name in found}
-    configured = {
-        name: configure(cal, overrides[name], config) if name in overrides else cal
-        for name, cal in found.items()
-    }
-    return configured, overrides, added
+    sections = read_config(config, available()) if config is not None else {}
+    return configured_calibrations(names, sections, config or "--config")
 
 
 def _say_added(added: list[str]) -> None:

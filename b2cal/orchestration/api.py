@@ -1,0 +1,103 @@
+"""Reaching the Prefect API: from ``PREFECT_API_URL`` if set, else from the local stack.
+
+``b2cal server up`` records the API address (and auth string) of the server it started under
+``B2CAL_HOME/server/``; b2cal's commands use it unless Prefect is configured otherwise
+(``PREFECT_API_URL``, ``PREFECT_PROFILE``), so nothing else needs setting on a laptop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from b2cal.errors import B2CalError
+from b2cal.settings import Settings
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+
+
+class OrchestratorUnreachable(B2CalError):
+    """The Prefect API cannot be reached (or refuses us)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        super().__init__(
+            f"Prefect API {url} cannot be reached: {reason} (start the local stack with "
+            "`b2cal server up`, or set PREFECT_API_URL)"
+        )
+
+
+def stack_folder(settings: Settings | None = None) -> Path:
+    return (settings or Settings()).home / "server"
+
+
+def stack_state(settings: Settings | None = None) -> dict[str, Any] | None:
+    path = stack_folder(settings) / "stack.json"
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+        return doc
+    except (OSError, ValueError):
+        return None
+
+
+def use_local_stack() -> None:
+    """Point the Prefect client at the local stack unless Prefect is configured already."""
+    if "PREFECT_API_URL" in os.environ or "PREFECT_PROFILE" in os.environ:
+        return
+    state = stack_state()
+    if state is None:
+        return
+    os.environ["PREFECT_API_URL"] = state["api_url"]
+    if state.get("auth_string"):
+        os.environ.setdefault("PREFECT_API_AUTH_STRING", state["auth_string"])
+
+
+def api_url() -> str:
+    use_local_stack()
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise OrchestratorUnreachable(
+            "(none)", "no Prefect API is configured and the local stack is not up"
+        )
+    return str(url)
+
+
+def check_reachable(timeout: float = 5.0) -> str:
+    """The API URL, once its health endpoint answers (OrchestratorUnreachable if not)."""
+    url = api_url()
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise OrchestratorUnreachable(url, str(exc) or type(exc).__name__) from None
+    if response.status_code != 200:
+        raise OrchestratorUnreachable(url, f"health check answered HTTP {response.status_code}")
+    return url
+
+
+@contextmanager
+def prefect_client() -> Iterator[SyncPrefectClient]:
+    """A synchronous Prefect client on the reachable API; HTTP errors become one line."""
+    url = check_reachable()
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    try:
+        with get_client(sync_client=True) as client:
+            yield client
+    except PrefectHTTPStatusError as exc:
+        status = exc.response.status_code
+        if status == 401:
+            raise OrchestratorUnreachable(url, "unauthorised (PREFECT_API_AUTH_STRING?)") from None
+        detail = exc.response.text.strip().splitlines()[0] if exc.response.text else ""
+        raise B2CalError(f"Prefect API {url} refused the request: HTTP {status} {detail}") from None
+    except httpx.HTTPError as exc:
+        raise OrchestratorUnreachable(url, str(exc) or type(exc).__name__) from None

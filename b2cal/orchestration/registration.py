@@ -1,0 +1,142 @@
+"""What ``server up`` registers in Prefect besides the deployments: one process work pool per
+site, the automation that marks runs Crashed when their heartbeats stop, and notifications
+(a flow run failed; a calibration awaits its sign-off) to a webhook."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+from uuid import UUID
+
+from b2cal.orchestration.api import prefect_client
+from b2cal.sites import Site
+
+CRASH_AUTOMATION = "b2cal: mark runs without heartbeat Crashed"
+FAILED_AUTOMATION = "b2cal: notify flow run failed"
+SIGNOFF_AUTOMATION = "b2cal: notify awaiting sign-off"
+WEBHOOK_BLOCK = "b2cal-notify"
+#: The event a calibration run emits when it starts to wait for a sign-off.
+SIGNOFF_EVENT = "b2cal.signoff.waiting"
+
+
+def ensure_pools(sites: list[Site]) -> None:
+    """A process work pool per site (existing pools are left as they are)."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    with prefect_client() as client:
+        for site in sites:
+            try:
+                client.read_work_pool(site.work_pool)
+                continue
+            except ObjectNotFound:
+                pass
+            with contextlib.suppress(ObjectAlreadyExists):  # another b2cal created it meanwhile
+                client.create_work_pool(
+                    WorkPoolCreate(
+                        name=site.work_pool,
+                        type="process",
+                        base_job_template=template,
+                        description=site.description or f"b2cal site {site.name}",
+                    )
+                )
+
+
+def ensure_automations(heartbeat_timeout: int, notify_url: str | None) -> None:
+    """(Re)create b2cal's automations: names are not unique in Prefect, so old ones go first."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import CallWebhook, ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    wanted = [
+        Automation(
+            name=CRASH_AUTOMATION,
+            description="A flow run whose process and worker are both gone sends no heartbeat.",
+            trigger=EventTrigger(
+                after={"prefect.flow-run.heartbeat"},
+                expect={
+                    "prefect.flow-run.heartbeat",
+                    "prefect.flow-run.Completed",
+                    "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled",
+                    "prefect.flow-run.Crashed",
+                },
+                match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=timedelta(seconds=heartbeat_timeout),
+            ),
+            actions=[
+                ChangeFlowRunState(
+                    name="Crashed",
+                    force=False,
+                    state=StateType.CRASHED,
+                    message=f"no heartbeat for {heartbeat_timeout} s: marked Crashed by b2cal",
+                )
+            ],
+        )
+    ]
+    if notify_url:
+        from prefect.blocks.webhook import Webhook
+
+        block = Webhook(url=notify_url, method="POST")  # type: ignore[arg-type]
+        saved = block.save(WEBHOOK_BLOCK, overwrite=True)
+        assert isinstance(saved, UUID)
+        block_id: UUID = saved
+        wanted += [
+            Automation(
+                name=FAILED_AUTOMATION,
+                trigger=EventTrigger(
+                    expect={"prefect.flow-run.Failed"},
+                    match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+                    posture=Posture.Reactive,
+                    threshold=1,
+                ),
+                actions=[
+                    CallWebhook(
+                        block_document_id=block_id,
+                        payload='{"kind": "failed", "flow_run": "{{ flow_run.name }}", '
+                        '"id": "{{ flow_run.id }}", "flow": "{{ flow.name }}", '
+                        '"message": {{ flow_run.state.message | tojson }}}',
+                    )
+                ],
+            ),
+            Automation(
+                name=SIGNOFF_AUTOMATION,
+                trigger=EventTrigger(
+                    expect={SIGNOFF_EVENT},
+                    match=ResourceSpecification({"prefect.resource.id": "b2cal.calibration-run.*"}),
+                    posture=Posture.Reactive,
+                    threshold=1,
+                ),
+                actions=[
+                    CallWebhook(
+                        block_document_id=block_id,
+                        payload='{"kind": "awaiting-signoff", '
+                        '"calibration_run": "{{ event.resource.id }}", '
+                        '"calibration": "{{ event.resource[\\"b2cal.calibration\\"] }}", '
+                        '"request": "{{ event.resource[\\"b2cal.request\\"] }}"}',
+                    )
+                ],
+            ),
+        ]
+    with prefect_client() as client:
+        for automation in wanted:
+            for old in client.read_automations_by_name(automation.name):
+                client.delete_automation(old.id)
+    for automation in wanted:
+        automation.create()
+
+
+def activate_discovery(site: str) -> None:
+    """Turn on the scheduled discovery of a site (``prefect.yaml`` leaves the local one off)."""
+    with prefect_client() as client:
+        deployment = client.read_deployment_by_name(f"discover-data/{site}")
+        for schedule in client.read_deployment_schedules(deployment.id):
+            if not schedule.active:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=True)

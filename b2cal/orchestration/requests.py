@@ -1,0 +1,266 @@
+"""Requests from the user's side: create (checked first), start on the site's pool, cancel,
+sign off. Each action is checked before anything is written, and written before Prefect is
+asked to act, so a refused or failed action leaves nothing half done."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from b2cal.caf.config import configured_calibrations
+from b2cal.cdb.connect import open_store
+from b2cal.db import discovery
+from b2cal.db.database import StateDatabase
+from b2cal.db.model import CalibrationRun, Request, Signoff
+from b2cal.db.states import RequestState, SignoffDecision
+from b2cal.errors import B2CalError
+from b2cal.orchestration.api import prefect_client
+from b2cal.processing.preparation import input_files
+from b2cal.processing.upload import upload_approved
+from b2cal.sites import RequestKind, Site
+
+log = logging.getLogger("b2cal.orchestration")
+
+#: What a prompt request calibrates (dependencies are added).
+PROMPT_CALIBRATIONS = ("ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot")
+
+
+def deployment(flow: str, site: Site) -> str:
+    """The name of a flow's deployment on a site's work pool (``prefect.yaml``)."""
+    return f"{flow}/{site.name}"
+
+
+def _default_input_tags(site: Site) -> list[str]:
+    with open_store(site.cdb_database_url) as store:
+        return [site.running_tag] if site.running_tag in {t.name for t in store.tags()} else []
+
+
+def draft_request(
+    site: Site,
+    kind: RequestKind,
+    exp: int,
+    runs: tuple[int, int],
+    calibrations: Sequence[str],
+    input_tags: Sequence[str] | None,
+    config: dict[str, Any],
+    open_ended: bool,
+    reference_tag: str | None = None,
+) -> Request:
+    """A request as it would be created (checked; id 0, nothing stored)."""
+    if not calibrations:
+        raise B2CalError("--calibrations names no calibration")
+    if exp < 0 or runs[0] < 0:
+        raise B2CalError("experiment and runs must be numbers >= 0")
+    configured, _, _ = configured_calibrations(calibrations, config, "the request's settings")
+    from b2cal.caf.graph import topological_order
+
+    tags = list(input_tags) if input_tags is not None else _default_input_tags(site)
+    if tags:
+        with open_store(site.cdb_database_url) as store:
+            store.check_chain(tags)  # unknown tags are refused now, not at plan time
+    now = datetime.now(UTC)
+    return Request(
+        id=0,
+        kind=kind,
+        site=site.name,
+        exp=exp,
+        run_low=runs[0],
+        run_high=runs[1],
+        bucket_id=None,
+        calibrations=topological_order(configured),
+        input_tags=tags,
+        reference_tag=reference_tag,
+        staging_tag=f"staging-{kind.value}-<id>",
+        config=config,
+        open_ended=open_ended,
+        state=RequestState.PENDING,
+        created=now,
+        created_by="",
+        updated=now,
+        flow_run_id=None,
+        message=None,
+    )
+
+
+def new_request(
+    db: StateDatabase,
+    site: Site,
+    *,
+    kind: RequestKind,
+    exp: int,
+    runs: tuple[int, int],
+    calibrations: Sequence[str],
+    input_tags: Sequence[str] | None,
+    reference_tag: str | None,
+    config: dict[str, Any],
+    open_ended: bool,
+    actor: str,
+    bucket_id: int | None = None,
+) -> Request:
+    """Check a request (calibrations, settings, tags, registered data) and store it."""
+    draft = draft_request(
+        site, kind, exp, runs, calibrations, input_tags, config, open_ended, reference_tag
+    )
+    input_files(db, site, draft)  # refused now if the runs have no registered data
+    return db.create_request(
+        kind=kind,
+        site=site.name,
+        exp=exp,
+        run_low=runs[0],
+        run_high=runs[1],
+        calibrations=draft.calibrations,
+        input_tags=draft.input_tags,
+        reference_tag=reference_tag,
+        config=config,
+        open_ended=open_ended,
+        bucket_id=bucket_id,
+        actor=actor,
+    )
+
+
+def create_prompt_request(db: StateDatabase, site: Site, bucket_id: int, actor: str) -> Request:
+    """The prompt request of a closed bucket (the bucket becomes PROCESSING)."""
+    bucket = discovery.bucket(db, bucket_id)
+    return new_request(
+        db,
+        site,
+        kind=RequestKind.PROMPT,
+        exp=bucket.exp,
+        runs=(bucket.first_run, bucket.last_run),
+        calibrations=PROMPT_CALIBRATIONS,
+        input_tags=None,
+        reference_tag=None,
+        config={},
+        open_ended=True,
+        actor=actor,
+        bucket_id=bucket_id,
+    )
+
+
+def start_request(request: Request, site: Site) -> str:
+    """Start the request's ``process-request`` run on the site's pool; its flow-run id.
+
+    Says (in the log and the request's message) when the pool has no worker to run it.
+    """
+    from prefect.client.schemas.objects import WorkPoolStatus
+
+    with prefect_client() as client:
+        pool = client.read_work_pool(site.work_pool)
+        waiting = pool.status is not WorkPoolStatus.READY
+    flow_run = start_deployment_run(
+        deployment("process-request", site),
+        {"request_id": request.id, "site": site.name},
+        [f"request:{request.id}", f"kind:{request.kind.value}", f"site:{site.name}"],
+    )
+    if waiting:
+        log.warning(
+            "request %d waits for a worker: work pool %s has none online",
+            request.id,
+            site.work_pool,
+        )
+    return flow_run
+
+
+def start_deployment_run(name: str, parameters: dict[str, Any], tags: list[str]) -> str:
+    """Create a run of deployment ``name`` (its pool's worker starts it); its flow-run id."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    with prefect_client():  # checks the API first, and turns its errors into one line
+        flow_run = run_deployment(
+            name, parameters=parameters, timeout=0, as_subflow=False, tags=tags
+        )
+    assert isinstance(flow_run, FlowRun)
+    return str(flow_run.id)
+
+
+def pool_has_worker(site: Site) -> bool:
+    from prefect.client.schemas.objects import WorkPoolStatus
+
+    with prefect_client() as client:
+        return client.read_work_pool(site.work_pool).status is WorkPoolStatus.READY
+
+
+def cancel_request(db: StateDatabase, request_id: int, actor: str) -> list[CalibrationRun]:
+    """Cancel the request in the state database, then its flow runs in Prefect (their
+    collector jobs stop with them)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelling
+
+    cancelled = db.cancel_request(request_id, actor)
+    try:
+        with prefect_client() as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[f"request:{request_id}"])
+                )
+            )
+            for run in runs:
+                if run.state is not None and run.state.type in (
+                    StateType.RUNNING,
+                    StateType.SCHEDULED,
+                    StateType.PENDING,
+                    StateType.PAUSED,
+                ):
+                    client.set_flow_run_state(run.id, Cancelling(), force=True)
+    except B2CalError as exc:
+        log.warning("request %d is cancelled in b2cal, but its flow runs: %s", request_id, exc)
+        raise B2CalError(
+            f"request {request_id} is cancelled, but its flow runs could not be stopped: {exc}"
+        ) from None
+    return cancelled
+
+
+def act_on_signoff(
+    db: StateDatabase,
+    site: Site,
+    calrun_id: int,
+    decision: SignoffDecision,
+    actor: str,
+    comment: str,
+    upload: str = "flow",
+) -> tuple[Signoff, str]:
+    """Record the decision (refused unless the run awaits one), then start the upload.
+
+    ``upload``: ``flow`` starts the site's ``sign-off`` deployment run; ``here`` uploads from
+    this process; ``no`` leaves it to a later sign-off run. Returns the sign-off and a line
+    saying what happens next.
+    """
+    if upload == "flow":
+        prefect_url = _reachable_or_none()
+        if prefect_url is None:
+            raise B2CalError(
+                "the Prefect API cannot be reached, so the upload could not be started: nothing "
+                "was recorded (use --upload here to upload from this process)"
+            )
+    signed = db.signoff(calrun_id, decision, actor, comment)
+    if decision is SignoffDecision.REJECT:
+        return signed, "rejected: nothing is uploaded; rerun the calibration to try again"
+    if upload == "no":
+        return signed, "approved; the upload waits for the next sign-off run"
+    if upload == "here":
+        with open_store(site.cdb_database_url) as store:
+            report = upload_approved(db, store, site, db.calibration_run(calrun_id).request_id)
+        blocked = "; ".join(f"{n}: {why}" for n, why in report.blocked.items())
+        return signed, (
+            f"uploaded: {', '.join(report.uploaded) or 'nothing'}"
+            + (f" (waiting: {blocked})" if blocked else "")
+        )
+    flow_run = start_deployment_run(
+        deployment("sign-off", site),
+        {"calibration_run_id": calrun_id, "site": site.name},
+        [f"calrun:{calrun_id}", f"site:{site.name}"],
+    )
+    return signed, f"upload started: sign-off/{site.name} flow run {flow_run}"
+
+
+def _reachable_or_none() -> str | None:
+    from b2cal.orchestration.api import check_reachable
+
+    try:
+        return check_reachable()
+    except B2CalError:
+        return None

@@ -1,0 +1,351 @@
+"""The local stack: a Prefect server on loopback, one process worker per site pool, the
+deployments of ``prefect.yaml`` and the automations, started and stopped by ``b2cal server``.
+
+Everything lives under ``B2CAL_HOME/server/``: the Prefect home (its SQLite database unless
+``B2CAL_PREFECT_DATABASE_URL`` names a PostgreSQL one), one log per process, and
+``stack.json`` with the API address and the process ids, so ``server status`` and
+``server down`` find them and ``server up`` is idempotent. The server listens on 127.0.0.1
+only: the Prefect API has no users, so people reach it through b2cal (and, with the dashboard,
+through the certificate-checking proxy), never directly. ``B2CAL_PREFECT_AUTH_STRING``
+(``user:password``) makes the API demand HTTP basic authentication as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from b2cal.core.files import atomic_write_bytes, atomic_write_json
+from b2cal.errors import B2CalError
+from b2cal.orchestration.api import stack_folder, stack_state
+from b2cal.settings import Settings
+from b2cal.sites import Site, load_site, site_names
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+PROFILE = "b2cal"
+#: Seconds a stopping process gets before it is killed.
+STOP_SECONDS = 15.0
+#: Flow runs send a heartbeat this often; the automation marks a run Crashed after
+#: :data:`HEARTBEAT_TIMEOUT` seconds without one (its worker and process both gone).
+HEARTBEAT_SECONDS = 30
+HEARTBEAT_TIMEOUT = 90
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    port: int = 4200
+    sites: tuple[str, ...] = ("local",)
+    discover: bool = True
+    #: Seconds between a worker's polls of its pool (Prefect's default is 10).
+    worker_poll_seconds: float = 5.0
+    notify_url: str | None = None
+
+
+def _prefect() -> str:
+    return str(Path(sys.executable).with_name("prefect"))
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _healthy(url: str, auth: str | None = None) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class LocalStack:
+    """The processes of the local stack and their record (``stack.json``)."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.folder = stack_folder(self.settings)
+        self.prefect_home = self.folder / "prefect"
+        self.auth_string = os.environ.get("B2CAL_PREFECT_AUTH_STRING") or None
+
+    # --- the record -----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return stack_state(self.settings) or {"workers": {}}
+
+    def _save(self, state: dict[str, Any]) -> None:
+        atomic_write_json(self.folder / "stack.json", state)
+
+    def log(self, name: str) -> Path:
+        return self.folder / "logs" / f"{name}.log"
+
+    def _env(self, api_url: str | None = None, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PREFECT_HOME=str(self.prefect_home),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_LOGGING_COLORS="false",
+            B2CAL_HOME=str(self.settings.home),
+            B2CAL_CHECKOUT=str(CHECKOUT),
+        )
+        env.pop("PREFECT_PROFILE", None)
+        if api_url:
+            env["PREFECT_API_URL"] = api_url
+        if self.auth_string:
+            env["PREFECT_API_AUTH_STRING"] = self.auth_string
+        env.update(extra)
+        return env
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> int:
+        """Start a service process in a session of its own (it outlives this command, as the
+        user asked), its output appended to its log."""
+        log = self.log(name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=CHECKOUT,
+            )
+        return process.pid
+
+    # --- up ---------------------------------------------------------------------------------
+    def up(
+        self, options: StackOptions, say: Callable[[str], None] = lambda _: None
+    ) -> dict[str, Any]:
+        """Start what is not running; idempotent. Returns the stack's record."""
+        sites = [load_site(name) for name in options.sites]
+        state = self.state()
+        url = f"http://127.0.0.1:{options.port}/api"
+        if _alive(state.get("server_pid")) and state.get("api_url") == url and _healthy(url):
+            say(f"Prefect server already up at {url}")
+        else:
+            if _alive(state.get("server_pid")):
+                raise B2CalError(
+                    f"a Prefect server of this stack runs at {state.get('api_url')}: "
+                    "b2cal server down first to move it to another port"
+                )
+            if _port_taken(options.port):
+                raise B2CalError(
+                    f"port {options.port} on 127.0.0.1 is taken by another program: choose "
+                    "another with --port"
+                )
+            state = {"workers": {}}
+            state["server_pid"] = self._start_server(options.port, say)
+            state["api_url"] = url
+            state["auth_string"] = self.auth_string
+            self._save(state)
+            self._wait_healthy(url, state["server_pid"])
+            say(f"Prefect server up at {url}")
+        self._write_profile(url)
+        self._register(url, options, say)
+        workers = dict(state.get("workers", {}))
+        for site in sites:
+            pid = workers.get(site.name)
+            if _alive(pid):
+                continue
+            workers[site.name] = self._start_worker(url, site, options)
+            say(f"worker started for pool {site.work_pool} (site {site.name})")
+        state["workers"] = workers
+        state["ui_url"] = url.removesuffix("/api")
+        self._save(state)
+        return state
+
+    def _start_server(self, port: int, say: Callable[[str], None]) -> int:
+        database = os.environ.get("B2CAL_PREFECT_DATABASE_URL") or (
+            f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"
+        )
+        self.prefect_home.mkdir(parents=True, exist_ok=True)
+        extra = {
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(port),
+        }
+        if self.auth_string:
+            extra["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
+        say("starting the Prefect server (the first start migrates its database: ~20 s)")
+        command = [_prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        return self._spawn("server", command, self._env(**extra))
+
+    def _wait_healthy(self, url: str, pid: int, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _healthy(url):
+                return
+            if not _alive(pid):
+                raise B2CalError(f"the Prefect server stopped: {_tail(self.log('server'))}")
+            time.sleep(0.3)
+        raise B2CalError(
+            f"the Prefect server did not answer within {timeout:.0f} s: {_tail(self.log('server'))}"
+        )
+
+    def _start_worker(self, url: str, site: Site, options: StackOptions) -> int:
+        command = [
+            _prefect(),
+            "worker",
+            "start",
+            "--pool",
+            site.work_pool,
+            "--type",
+            "process",
+            "--name",
+            f"b2cal-{site.name}",
+        ]
+        env = self._env(
+            url,
+            B2CAL_SITE=site.name,
+            PREFECT_WORKER_QUERY_SECONDS=f"{options.worker_poll_seconds:g}",
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS),
+        )
+        return self._spawn(f"worker-{site.name}", command, env)
+
+    def _write_profile(self, url: str) -> None:
+        """A ``b2cal`` Prefect profile with the API address, in the user's Prefect home, so
+        ``prefect -p b2cal deployment run ...`` (or PREFECT_PROFILE=b2cal) reaches this stack;
+        it becomes the active profile when the active one has no API address."""
+        home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+        path = home / "profiles.toml"
+        try:
+            doc: dict[str, Any] = tomllib.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise B2CalError(f"Prefect profiles {path} cannot be read: {exc}") from None
+        profiles: dict[str, dict[str, Any]] = doc.setdefault("profiles", {})
+        active = doc.get("active", "ephemeral")
+        profile = {"PREFECT_API_URL": url}
+        if self.auth_string:
+            profile["PREFECT_API_AUTH_STRING"] = self.auth_string
+        profiles[PROFILE] = profile
+        if "PREFECT_API_URL" not in profiles.get(active, {}):
+            doc["active"] = PROFILE
+        lines = [f"active = {json.dumps(doc['active'])}" if "active" in doc else ""]
+        for name, values in profiles.items():
+            lines.append(f"\n[profiles.{json.dumps(name)}]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        atomic_write_bytes(path, ("\n".join(lines).strip() + "\n").encode())
+
+    # --- registration: pools, deployments, automations ------------------------------------
+    def _register(self, url: str, options: StackOptions, say: Callable[[str], None]) -> None:
+        from b2cal.orchestration.registration import (
+            activate_discovery,
+            ensure_automations,
+            ensure_pools,
+        )
+
+        env = self._env(url)
+        os.environ["PREFECT_API_URL"] = url  # this process's client, for what follows
+        if self.auth_string:
+            os.environ["PREFECT_API_AUTH_STRING"] = self.auth_string
+        all_sites = [load_site(name) for name in site_names()]
+        ensure_pools(all_sites)
+        started = time.monotonic()
+        deploy = subprocess.run(
+            [_prefect(), "--no-prompt", "deploy", "--all"],
+            env=env,
+            cwd=CHECKOUT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        self.log("deploy").parent.mkdir(parents=True, exist_ok=True)
+        self.log("deploy").write_text(deploy.stdout + deploy.stderr)
+        if deploy.returncode != 0:
+            raise B2CalError(f"prefect deploy failed: {_tail(self.log('deploy'))}")
+        say(f"deployments registered from prefect.yaml ({time.monotonic() - started:.1f} s)")
+        ensure_automations(HEARTBEAT_TIMEOUT, options.notify_url)
+        if options.discover and "local" in options.sites:
+            activate_discovery("local")
+
+    # --- status and down --------------------------------------------------------------------
+    def processes(self) -> list[tuple[str, int | None, bool]]:
+        state = self.state()
+        rows: list[tuple[str, int | None, bool]] = [
+            ("server", state.get("server_pid"), _alive(state.get("server_pid")))
+        ]
+        for site, pid in sorted(state.get("workers", {}).items()):
+            rows.append((f"worker {site}", pid, _alive(pid)))
+        return rows
+
+    def down(self, say: Callable[[str], None] = lambda _: None) -> None:
+        """Stop the workers (and the flow runs they started), then the server."""
+        state = self.state()
+        pids = [(f"worker {s}", p) for s, p in state.get("workers", {}).items()]
+        pids.append(("server", state.get("server_pid")))
+        for name, pid in pids:
+            if pid and _alive(pid):
+                _stop_group(pid)
+                say(f"stopped {name} (pid {pid})")
+        state["workers"] = {}
+        state.pop("server_pid", None)
+        self._save(state)
+
+
+def _stop_group(pid: int) -> None:
+    """SIGTERM to the process's session (its children too), SIGKILL if it does not go."""
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_SECONDS
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):  # reap it if it is our child
+                os.waitpid(pid, os.WNOHANG)
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def site_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    known = site_names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise B2CalError(f"unknown site {', '.join(unknown)} (known: {', '.join(known)})")
+    return names

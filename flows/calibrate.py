@@ -1,0 +1,151 @@
+"""``calibrate``: one calibration of one request, from plan to sign-off (and upload if the
+site's policy approves it automatically).
+
+plan → per iteration: collect → algorithm → … → finish → validate → sign-off. The engine's steps
+do the work and record it in the request's workspace, so a retried flow run walks over what is
+done (finished collector jobs, iterations and uploads are never repeated). Waiting for an
+expert holds nothing: the flow run ends with the calibration run AWAITING_SIGNOFF, and the
+``sign-off`` flow uploads once someone decides.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+
+from b2cal.caf.calibration import AlgorithmResult
+from b2cal.caf.steps import collect, finish, load_calibration, run_algorithm
+from b2cal.db.database import SYSTEM, StateDatabase
+from b2cal.db.states import CalRunState, SignoffDecision
+from b2cal.errors import B2CalError
+from b2cal.processing.area import RequestArea
+from b2cal.processing.preparation import prepare
+from b2cal.processing.upload import upload_approved
+from b2cal.processing.validation import validate_output
+from b2cal.sites import SignoffPolicy, Site
+from flows.common import output_written, records, site_backend, site_of, stopping
+
+#: Who approves when the site's policy and a passing validation allow it.
+AUTO_APPROVER = f"{SYSTEM} (site policy: auto)"
+
+
+@task(name="collect", cache_policy=NONE, task_run_name="collect · {calibration} · iter {iteration}")
+def collect_task(site: Site, request_id: int, calibration: str, iteration: int) -> None:
+    workspace = RequestArea(site.request_folder(request_id)).workspace
+    calibration_ = load_calibration(workspace, calibration)
+    collect(workspace, calibration_, iteration, site_backend(site), stop=stopping)
+
+
+@task(
+    name="algorithm",
+    cache_policy=NONE,
+    task_run_name="algorithm · {calibration} · iter {iteration}",
+)
+def algorithm_task(site: Site, request_id: int, calibration: str, iteration: int) -> str:
+    workspace = RequestArea(site.request_folder(request_id)).workspace
+    result = run_algorithm(workspace, load_calibration(workspace, calibration), iteration)
+    return result.result.value
+
+
+@task(name="finish", cache_policy=NONE, task_run_name="finish · {calibration}")
+def finish_task(site: Site, request_id: int, calibration: str) -> tuple[str, str]:
+    workspace = RequestArea(site.request_folder(request_id)).workspace
+    outcome = finish(workspace, load_calibration(workspace, calibration))
+    return outcome.result.value, outcome.message
+
+
+@task(name="validate", cache_policy=NONE, task_run_name="validate · {calibration}")
+def validate_task(site: Site, request_id: int, calibration: str, reference: str | None) -> bool:
+    area = RequestArea(site.request_folder(request_id))
+    with records(site) as (_, store):
+        tags = {t.name for t in store.tags()}
+        validation = validate_output(
+            calibration,
+            True,
+            area.workspace.calibration(calibration).outputdb,
+            area.validation(calibration),
+            store,
+            reference if reference in tags else None,
+        )
+    key = f"validation-{request_id}-{calibration.lower()}"
+    create_markdown_artifact(validation.markdown(), key=key, description=calibration)
+    create_table_artifact(validation.table(), key=f"{key}-constants", description=calibration)
+    return validation.passed
+
+
+def _iterate(site: Site, db: StateDatabase, calrun_id: int, request_id: int, name: str) -> str:
+    """The iterations, as the engine's driver runs them; returns the finish result."""
+    workspace = RequestArea(site.request_folder(request_id)).workspace
+    calibration = load_calibration(workspace, name)
+    area = workspace.calibration(name)
+    for iteration in range(calibration.max_iterations):
+        done = area.iteration(iteration).result()
+        if done is not None:
+            result = done.result.value
+        else:
+            db.move(calrun_id, CalRunState.COLLECTING, iteration=iteration)
+            collect_task(site, request_id, name, iteration)
+            db.move(calrun_id, CalRunState.ALGORITHM, iteration=iteration)
+            result = algorithm_task(site, request_id, name, iteration)
+        if result != AlgorithmResult.ITERATE.value:
+            break
+    code, message = finish_task(site, request_id, name)
+    db.move(calrun_id, CalRunState.ALGORITHM, result=code, message=message or None)
+    return code
+
+
+@flow(name="calibrate", flow_run_name="{calibration} · request {request_id}")
+def calibrate(request_id: int, calibration: str, site: str | None = None) -> str:
+    """Run one calibration of a request to sign-off; returns its calibration-run state."""
+    log = get_run_logger()
+    here = site_of(site)
+    ready = output_written(request_id, calibration)
+    try:
+        with records(here) as (db, store):
+            request = db.request(request_id)
+            calrun = db.calibration_run_of(request_id, calibration)
+            if not (calrun.state.active or calrun.state is CalRunState.APPROVED):
+                log.info("%s is %s: nothing to do", calrun.label, calrun.state.value)
+                return calrun.state.value
+            if not RequestArea(here.request_folder(request_id)).workspace.exists():
+                prepare(db, store, here, request)  # a calibration started on its own
+            db.move(calrun.id, CalRunState.PLANNED, flow_run_id=str(flow_run.id or ""))
+            try:
+                code = _iterate(here, db, calrun.id, request_id, calibration)
+            except B2CalError as exc:
+                db.move(calrun.id, CalRunState.FAILED, message=str(exc))
+                raise
+            finally:
+                ready.set()
+            if code == AlgorithmResult.NOT_ENOUGH_DATA.value:
+                return db.move(calrun.id, CalRunState.NOT_ENOUGH_DATA).state.value
+            if code != AlgorithmResult.OK.value:
+                message = db.calibration_run(calrun.id).message or code
+                db.move(calrun.id, CalRunState.FAILED)
+                raise B2CalError(f"{calibration} ended {code}: {message}")
+            db.move(calrun.id, CalRunState.VALIDATING)
+            reference = request.reference_tag or here.running_tag
+            passed = validate_task(here, request_id, calibration, reference)
+            policy = here.signoff_policy(calibration)
+            if passed and policy is SignoffPolicy.AUTO:
+                db.move(calrun.id, CalRunState.AWAITING_SIGNOFF)
+                db.signoff(calrun.id, SignoffDecision.APPROVE, AUTO_APPROVER, "validation passed")
+                upload_approved(db, store, here, request_id)
+            else:
+                why = "validation failed" if not passed else "the site's policy wants an expert"
+                db.move(calrun.id, CalRunState.AWAITING_SIGNOFF, message=f"{why}: waiting")
+                emit_event(
+                    event="b2cal.signoff.waiting",
+                    resource={
+                        "prefect.resource.id": f"b2cal.calibration-run.{calrun.id}",
+                        "b2cal.calibration": calibration,
+                        "b2cal.request": str(request_id),
+                    },
+                )
+                log.info("%s awaits a sign-off (%s)", calrun.label, why)
+            return db.calibration_run(calrun.id).state.value
+    finally:
+        ready.set()

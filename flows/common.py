@@ -1,0 +1,102 @@
+"""What every flow shares: the site, its records, its backend, names and tags for the UI."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from b2cal.backends.local import LocalBackend
+from b2cal.caf.collection import JOB_TARGET
+from b2cal.cdb.connect import open_store
+from b2cal.cdb.store import ConditionsStore
+from b2cal.db.database import StateDatabase
+from b2cal.db.model import Bucket, Request
+from b2cal.sites import Site, load_site
+
+_backends: dict[str, LocalBackend] = {}
+_backends_lock = threading.Lock()
+
+
+def site_of(name: str | None) -> Site:
+    """The named site, else this worker's (``B2CAL_SITE``)."""
+    return load_site(name)
+
+
+@contextmanager
+def records(site: Site) -> Iterator[tuple[StateDatabase, ConditionsStore]]:
+    """The site's state database and conditions database, closed afterwards."""
+    db = StateDatabase(site.state_database_url)
+    try:
+        store = open_store(site.cdb_database_url)
+        try:
+            yield db, store
+        finally:
+            store.close()
+    finally:
+        db.close()
+
+
+def site_backend(site: Site) -> LocalBackend:
+    """The site's collector backend, one per flow-run process (calibrations in one process
+    share its workers; it stops when the process ends)."""
+    with _backends_lock:
+        backend = _backends.get(site.name)
+        if backend is None:
+            backend = LocalBackend(site.backend.workers)
+            backend.preload([JOB_TARGET])
+            _backends[site.name] = backend
+            atexit.register(backend.close)
+        return backend
+
+
+_outputs: dict[tuple[int, str], threading.Event] = {}
+
+#: Set when the flow-run process is told to stop (cancel, SIGTERM): nothing new starts, and
+#: the collector jobs of every calibration in the process are stopped.
+stopping = threading.Event()
+
+
+def stop_everything() -> None:
+    """Stop the process's work at once: collections see ``stopping``, workers are ended."""
+    stopping.set()
+    with _backends_lock:
+        backends = list(_backends.values())
+        for ready in _outputs.values():
+            ready.set()  # dependants waiting for an output wake up, and see ``stopping``
+    for backend in backends:
+        backend.close()
+
+
+def output_written(request_id: int, calibration: str) -> threading.Event:
+    """Set once the calibration's ``outputdb`` is written (or it ended without one): its
+    dependants in the same process start on it, not on its flow run's return."""
+    with _backends_lock:
+        return _outputs.setdefault((request_id, calibration), threading.Event())
+
+
+def request_tags(request: Request, bucket: Bucket | None = None) -> list[str]:
+    """Tags that let the Prefect UI (and b2cal) find a request's runs."""
+    tags = [
+        f"request:{request.id}",
+        f"kind:{request.kind.value}",
+        f"site:{request.site}",
+        f"exp:{request.exp}",
+    ]
+    if bucket is not None:
+        tags.append(f"bucket:{bucket.number}")
+    return tags
+
+
+def request_title(request: Request, bucket: Bucket | None = None) -> str:
+    """``e1 bucket 3`` for a bucket's request, ``e1 r1-8 (request 17)`` otherwise."""
+    if bucket is not None:
+        return f"e{request.exp} bucket {bucket.number}"
+    return f"e{request.exp} r{request.run_low}-{request.run_high} (request {request.id})"
+
+
+def bucket_of(db: StateDatabase, request: Request) -> Bucket | None:
+    from b2cal.db import discovery
+
+    return discovery.bucket(db, request.bucket_id) if request.bucket_id is not None else None
