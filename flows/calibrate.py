@@ -26,7 +26,14 @@ from b2cal.processing.preparation import prepare
 from b2cal.processing.upload import upload_approved
 from b2cal.processing.validation import validate_output
 from b2cal.sites import SignoffPolicy, Site
-from flows.common import output_written, records, site_backend, site_of, stopping
+from flows.common import (
+    output_written,
+    records,
+    site_backend,
+    site_of,
+    stopping,
+    subflow_turns,
+)
 
 #: Who approves when the site's policy and a passing validation allow it.
 AUTO_APPROVER = f"{SYSTEM} (site policy: auto)"
@@ -100,6 +107,7 @@ def _iterate(site: Site, db: StateDatabase, calrun_id: int, request_id: int, nam
 @flow(name="calibrate", flow_run_name="{calibration} · request {request_id}")
 def calibrate(request_id: int, calibration: str, site: str | None = None) -> str:
     """Run one calibration of a request to sign-off; returns its calibration-run state."""
+    subflow_turns.begun()
     log = get_run_logger()
     here = site_of(site)
     ready = output_written(request_id, calibration)
@@ -141,8 +149,14 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
                     event="b2cal.signoff.waiting",
                     resource={
                         "prefect.resource.id": f"b2cal.calibration-run.{calrun.id}",
-                        "b2cal.calibration": calibration,
-                        "b2cal.request": str(request_id),
+                        "prefect.resource.name": f"{calibration} of request {request_id}",
+                    },
+                    payload={
+                        "calibration": calibration,
+                        "request": request_id,
+                        "calibration_run": calrun.id,
+                        "why": why,
+                        "command": f"b2cal signoff {calrun.id} approve|reject",
                     },
                 )
                 log.info("%s awaits a sign-off (%s)", calrun.label, why)

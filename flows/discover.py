@@ -21,7 +21,7 @@ def discover_data(site: str | None = None, start_requests: bool = True) -> dict[
         started = []
         for bucket in report.closed if start_requests else []:
             request = create_prompt_request(db, here, bucket.id, SYSTEM)
-            start_request(request, here)
+            start_request(db, request, here)
             started.append(request.id)
     for missing in report.missing_roots:
         log.warning("storage root %s does not exist", missing)

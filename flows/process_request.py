@@ -34,6 +34,7 @@ from flows.common import (
     site_of,
     stop_everything,
     stopping,
+    subflow_turns,
 )
 
 
@@ -67,7 +68,7 @@ def _run_one(
             db.move(calrun.id, CalRunState.FAILED, message="not run: " + "; ".join(blocked))
             output_written(request_id, name).set()
             return CalRunState.FAILED.value
-    with tags(f"calib:{name}"):
+    with tags(f"calib:{name}"), subflow_turns.turn():
         run = calibrate.with_options(flow_run_name=f"{name} · {title}")
         return run(request_id=request_id, calibration=name, site=site.name)
 

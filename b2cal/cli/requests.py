@@ -113,10 +113,12 @@ def discover(
 
 
 def _start_prompt(db: StateDatabase, site: Site, bucket_id: int) -> Request:
+    from b2cal.orchestration.api import check_reachable
     from b2cal.orchestration.requests import create_prompt_request, start_request
 
+    check_reachable()  # before anything is created
     request = create_prompt_request(db, site, bucket_id, actor())
-    start_request(request, site)
+    start_request(db, request, site)
     return request
 
 
@@ -181,16 +183,29 @@ def bucket_close(
 @request_app.command("create")
 def request_create(
     exp: Annotated[int, typer.Option(help="Experiment number.")],
-    runs: Annotated[str, typer.Option(metavar="A-B", help="Run range A-B (inclusive) or run A.")],
+    runs: Annotated[
+        str | None,
+        typer.Option(metavar="A-B", help="Run range A-B (inclusive) or run A (or --bucket)."),
+    ] = None,
+    bucket: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Instead of --runs: the prompt request of closed bucket N."),
+    ] = None,
     calibrations: Annotated[
-        str,
+        str | None,
         typer.Option(
-            metavar="C1,C2", help="Comma-separated calibrations (dependencies are added)."
+            metavar="C1,C2",
+            help="Comma-separated calibrations, dependencies added (default for a bucket: "
+            "every reference calibration).",
         ),
-    ],
+    ] = None,
     kind: Annotated[
-        str, typer.Option(metavar="KIND", help="prompt, recalibration or mc.")
-    ] = "recalibration",
+        str | None,
+        typer.Option(
+            metavar="KIND",
+            help="prompt, recalibration or mc (default: recalibration, prompt for a bucket).",
+        ),
+    ] = None,
     site: SiteOption = None,
     input_tag: Annotated[
         list[str] | None,
@@ -209,7 +224,10 @@ def request_create(
         typer.Option(metavar="FILE", help="TOML expert settings per calibration (as caf run)."),
     ] = None,
     open_ended: Annotated[
-        bool, typer.Option("--open-ended", help="Leave the last IoV of each payload open.")
+        bool,
+        typer.Option(
+            "--open-ended", help="Leave the last IoV of each payload open (always for prompt)."
+        ),
     ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; create and start nothing.")
@@ -223,23 +241,41 @@ def request_create(
     from b2cal.caf.config import read_config
     from b2cal.caf.registry import available
     from b2cal.cli.console import console
-    from b2cal.orchestration.requests import new_request, start_request
+    from b2cal.db import discovery
+    from b2cal.orchestration.api import check_reachable
+    from b2cal.orchestration.requests import PROMPT_CALIBRATIONS, new_request, start_request
     from b2cal.sites import RequestKind
 
-    first, last = parse_runs(runs)
+    if (runs is None) == (bucket is None):
+        raise B2CalError("give exactly one of --runs A-B and --bucket N")
     try:
-        request_kind = RequestKind(kind)
+        request_kind = RequestKind(kind or ("prompt" if bucket is not None else "recalibration"))
     except ValueError:
         raise B2CalError(f"--kind must be prompt, recalibration or mc, got {kind!r}") from None
-    names = [n.strip() for n in calibrations.split(",") if n.strip()]
+    if calibrations is None and bucket is None:
+        raise B2CalError("--calibrations is needed for a run range")
+    names = [n.strip() for n in (calibrations or ",".join(PROMPT_CALIBRATIONS)).split(",")]
+    names = [n for n in names if n]
     overrides = read_config(config, available()) if config is not None else {}
+    open_ended = open_ended or request_kind is RequestKind.PROMPT  # as Belle II prompt does
     here = _site(site)
     with _db(here) as db:
+        bucket_id = None
+        if bucket is not None:
+            found = [b for b in discovery.buckets(db, here.name, exp) if b.number == bucket]
+            if not found:
+                raise B2CalError(f"no bucket {bucket} of experiment {exp} at site {here.name}")
+            first, last, bucket_id = found[0].first_run, found[0].last_run, found[0].id
+        else:
+            assert runs is not None
+            first, last = parse_runs(runs)
         if dry_run:
             _print_request_plan(
                 db, here, request_kind, exp, first, last, names, overrides, input_tag, open_ended
             )
             return
+        if start:
+            check_reachable()  # before anything is created
         request = new_request(
             db,
             here,
@@ -252,10 +288,11 @@ def request_create(
             config=overrides,
             open_ended=open_ended,
             actor=actor(),
+            bucket_id=bucket_id,
         )
         console.print(f"created {request.label}, staging tag {request.staging_tag}")
         if start:
-            flow_run = start_request(request, here)
+            flow_run = start_request(db, request, here)
             console.print(f"started process-request/{here.name}: flow run {flow_run}")
 
 

@@ -212,6 +212,7 @@ class StateDatabase:
                     )
                     session.add(existing[name])
             session.flush()
+            row.message = None  # e.g. "waiting for a worker": it has started now
             _update_request_state(session, row)
             return [_calrun_value(existing[name]) for name in row.calibrations]
 

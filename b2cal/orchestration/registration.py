@@ -119,8 +119,7 @@ def ensure_automations(heartbeat_timeout: int, notify_url: str | None) -> None:
                         block_document_id=block_id,
                         payload='{"kind": "awaiting-signoff", '
                         '"calibration_run": "{{ event.resource.id }}", '
-                        '"calibration": "{{ event.resource[\\"b2cal.calibration\\"] }}", '
-                        '"request": "{{ event.resource[\\"b2cal.request\\"] }}"}',
+                        '"details": {{ event.payload | tojson }}}',
                     )
                 ],
             ),

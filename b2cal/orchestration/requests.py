@@ -12,7 +12,7 @@ from typing import Any
 from b2cal.caf.config import configured_calibrations
 from b2cal.cdb.connect import open_store
 from b2cal.db import discovery
-from b2cal.db.database import StateDatabase
+from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.model import CalibrationRun, Request, Signoff
 from b2cal.db.states import RequestState, SignoffDecision
 from b2cal.errors import B2CalError
@@ -139,27 +139,35 @@ def create_prompt_request(db: StateDatabase, site: Site, bucket_id: int, actor: 
     )
 
 
-def start_request(request: Request, site: Site) -> str:
+def start_request(db: StateDatabase, request: Request, site: Site) -> str:
     """Start the request's ``process-request`` run on the site's pool; its flow-run id.
 
-    Says (in the log and the request's message) when the pool has no worker to run it.
+    A pool without a worker online gets the run all the same (it starts when a worker comes),
+    and the request's message says that it waits for one. If the run cannot be created, the
+    request is cancelled (nothing is left half started) and the error says so.
     """
     from prefect.client.schemas.objects import WorkPoolStatus
 
-    with prefect_client() as client:
-        pool = client.read_work_pool(site.work_pool)
-        waiting = pool.status is not WorkPoolStatus.READY
-    flow_run = start_deployment_run(
-        deployment("process-request", site),
-        {"request_id": request.id, "site": site.name},
-        [f"request:{request.id}", f"kind:{request.kind.value}", f"site:{site.name}"],
-    )
-    if waiting:
-        log.warning(
-            "request %d waits for a worker: work pool %s has none online",
-            request.id,
-            site.work_pool,
+    try:
+        with prefect_client() as client:
+            pool = client.read_work_pool(site.work_pool)
+            waiting = pool.status is not WorkPoolStatus.READY
+        flow_run = start_deployment_run(
+            deployment("process-request", site),
+            {"request_id": request.id, "site": site.name},
+            [f"request:{request.id}", f"kind:{request.kind.value}", f"site:{site.name}"],
         )
+    except Exception as exc:
+        db.cancel_request(request.id, SYSTEM)
+        reason = str(exc) if isinstance(exc, B2CalError) else f"{type(exc).__name__}: {exc}"
+        raise B2CalError(
+            f"{request.label} could not be started, so it is cancelled: {reason}"
+        ) from None
+    db.set_request_flow_run(request.id, flow_run)
+    if waiting:
+        message = f"waiting for a worker: work pool {site.work_pool} has none online"
+        db.finish_request(request.id, message)
+        log.warning("request %d is %s", request.id, message)
     return flow_run
 
 

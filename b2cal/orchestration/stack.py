@@ -52,6 +52,8 @@ class StackOptions:
     #: Seconds between a worker's polls of its pool (Prefect's default is 10).
     worker_poll_seconds: float = 5.0
     notify_url: str | None = None
+    #: Seconds without a heartbeat after which a running flow run is marked Crashed.
+    heartbeat_timeout: int = HEARTBEAT_TIMEOUT
 
 
 def _prefect() -> str:
@@ -203,6 +205,8 @@ class LocalStack:
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_API_PORT": str(port),
+            # Say in the server log why a request was answered 503 (the client retries it).
+            "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",
         }
         if self.auth_string:
             extra["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
@@ -294,7 +298,7 @@ class LocalStack:
         if deploy.returncode != 0:
             raise B2CalError(f"prefect deploy failed: {_tail(self.log('deploy'))}")
         say(f"deployments registered from prefect.yaml ({time.monotonic() - started:.1f} s)")
-        ensure_automations(HEARTBEAT_TIMEOUT, options.notify_url)
+        ensure_automations(options.heartbeat_timeout, options.notify_url)
         if options.discover and "local" in options.sites:
             activate_discovery("local")
 
