@@ -115,7 +115,12 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
         with records(here) as (db, store):
             request = db.request(request_id)
             calrun = db.calibration_run_of(request_id, calibration)
-            if not (calrun.state.active or calrun.state is CalRunState.APPROVED):
+            if calrun.state is CalRunState.APPROVED:  # crashed before its upload
+                upload_approved(db, store, here, request_id)
+                return db.calibration_run(calrun.id).state.value
+            if calrun.state is CalRunState.FAILED:  # a retried flow run tries it again
+                log.info("%s failed before: trying again", calrun.label)
+            elif not calrun.state.active:
                 log.info("%s is %s: nothing to do", calrun.label, calrun.state.value)
                 return calrun.state.value
             if not RequestArea(here.request_folder(request_id)).workspace.exists():

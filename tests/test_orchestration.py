@@ -11,9 +11,11 @@ do not depend on each other's order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -48,6 +50,7 @@ class Stack:
     receiver: Receiver
     local: LocalStack
     toy: Path
+    options: StackOptions
 
     def b2cal(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -133,7 +136,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         try:
             state = local.up(options)
-            yield Stack(home, env, state["api_url"], receiver, local, toy)
+            yield Stack(home, env, state["api_url"], receiver, local, toy, options)
         finally:
             local.down()
 
@@ -281,3 +284,276 @@ def test_signoff_holds_nothing_and_uploads_once(stack: Stack) -> None:
     assert actions.count(("signoff approve", "ok")) == 1
     assert ("signoff approve", "refused") in actions
     assert actions.count(("upload", "ok")) == 1
+
+
+# --- crashes, retries, cancellation ---------------------------------------------------------
+def flow_run_pids(flow_run_id: str) -> list[int]:
+    """Processes running a flow run (the worker puts its id in their environment)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
+def flow_run_state(flow_run_id: str) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+        return state.type.value if state is not None else "NONE"
+
+
+def retry(stack: Stack, flow_run: str) -> None:
+    """``prefect flow-run retry`` of a crashed run, as a user would: not in the very second
+    it crashed. (A worker may report the crash a moment after the flow-run process did; a
+    retry in between is overwritten by that late report while the worker already runs it, and
+    a second retry would then start it twice: a Prefect race, which b2cal's calibration locks
+    turn into a refused run rather than a double computation.)"""
+    time.sleep(5)
+    retried = stack.prefect("flow-run", "retry", flow_run)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+
+
+def flow_run_message(flow_run_id: str) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+        return (state.message or "") if state is not None else ""
+
+
+def done_jobs(stack: Stack, site: str, request: int, calibration: str) -> dict[str, int]:
+    """Finished collector jobs of iteration 0: job folder -> mtime_ns of its status."""
+    jobs = stack.workspace(site, request) / "output" / calibration / "iterations" / "0" / "jobs"
+    found = {}
+    for status in jobs.glob("*/status.json"):
+        if json.loads(status.read_text()).get("state") == "done":
+            found[status.parent.name] = status.stat().st_mtime_ns
+    return found
+
+
+def start_slow_request(stack: Stack, exp: int) -> tuple[int, str]:
+    stack.copy_toy(exp, "local")
+    assert stack.b2cal("discover", "--site", "local").returncode == 0
+    request = created_request(
+        stack.b2cal(
+            "request",
+            "create",
+            "--site",
+            "local",
+            "--exp",
+            str(exp),
+            "--runs",
+            "1-4",
+            "--calibrations",
+            "SlowT0",
+        )
+    )
+    with stack.db() as db:
+        flow_run = db.request(request).flow_run_id
+    assert flow_run
+    return request, flow_run
+
+
+def outputdb_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def reference_output(stack: Stack, request: int, tmp_path: Path) -> dict[str, bytes]:
+    """The same calibration run without Prefect, on the request's own input files."""
+    files = stack.workspace("local", request) / "files.json"
+    with stack.db() as db:
+        exp = db.request(request).exp
+    ran = stack.b2cal(
+        "caf",
+        "run",
+        "--files-from",
+        files,
+        "--exp",
+        str(exp),
+        "--runs",
+        "1-4",
+        "--calibrations",
+        "SlowT0",
+        "--output",
+        tmp_path / "reference",
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    return outputdb_bytes(tmp_path / "reference" / "SlowT0" / "outputdb")
+
+
+def test_a_killed_flow_run_is_crashed_and_its_retry_reuses_finished_work(
+    stack: Stack, tmp_path: Path
+) -> None:
+    request, flow_run = start_slow_request(stack, 3)
+
+    def four_done() -> dict[str, int] | None:
+        done = done_jobs(stack, "local", request, "SlowT0")
+        return done if len(done) >= 4 else None
+
+    before = wait_until(four_done, 120, "four collector jobs done")
+    for pid in flow_run_pids(flow_run):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: flow_run_state(flow_run) == "CRASHED", 60, "the run to be Crashed")
+    retry(stack, flow_run)
+    wait_until(lambda: flow_run_state(flow_run) == "COMPLETED", 180, "the retry to complete")
+    after = done_jobs(stack, "local", request, "SlowT0")
+    assert len(after) == 24
+    assert {job: after[job] for job in before} == before  # finished jobs were not run again
+    assert calruns(stack, request)["SlowT0"].state is S.UPLOADED
+    output = stack.workspace("local", request) / "output" / "SlowT0" / "outputdb"
+    assert outputdb_bytes(output) == reference_output(stack, request, tmp_path)
+
+
+def test_runs_whose_worker_and_process_died_are_crashed_by_the_heartbeat_automation(
+    stack: Stack,
+) -> None:
+    request, flow_run = start_slow_request(stack, 4)
+    wait_until(lambda: len(done_jobs(stack, "local", request, "SlowT0")) >= 2, 120, "jobs")
+    worker = stack.local.state()["workers"]["local"]
+    os.kill(worker, signal.SIGKILL)  # the worker goes; its flow-run process stays, re-parented
+    frozen = flow_run_pids(flow_run)
+    assert frozen
+    for pid in frozen:  # and sends no heartbeat any more, but holds its calibration's lock
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: flow_run_state(flow_run) == "CRASHED", 150, "the automation")
+        stack.local.up(stack.options)  # a new worker for the pool
+        # while the old process lives, a retry must not run the calibration a second time
+        retry(stack, flow_run)
+        wait_until(lambda: flow_run_state(flow_run) == "FAILED", 120, "the refused retry")
+        assert "in use" in flow_run_message(flow_run)
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not flow_run_pids(flow_run), 30, "the old process to end")
+    retry(stack, flow_run)
+    wait_until(lambda: flow_run_state(flow_run) == "COMPLETED", 180, "the retry to complete")
+    assert calruns(stack, request)["SlowT0"].state is S.UPLOADED
+
+
+def test_cancelling_a_request_stops_its_collector_jobs(stack: Stack) -> None:
+    request, flow_run = start_slow_request(stack, 5)
+    wait_until(lambda: len(done_jobs(stack, "local", request, "SlowT0")) >= 2, 120, "jobs")
+    cancelled = stack.b2cal("request", "cancel", str(request), "--site", "local")
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    wait_until(lambda: flow_run_state(flow_run) == "CANCELLED", 60, "the run to be Cancelled")
+    wait_until(lambda: not flow_run_pids(flow_run), 30, "the flow-run processes to end")
+    finished = len(done_jobs(stack, "local", request, "SlowT0"))
+    time.sleep(2)
+    assert len(done_jobs(stack, "local", request, "SlowT0")) == finished < 24  # none goes on
+    assert calruns(stack, request)["SlowT0"].state is S.CANCELLED
+    assert request_state(stack, request) is RequestState.CANCELLED
+
+
+# --- bad input -----------------------------------------------------------------------------
+def test_bad_requests_are_refused_with_one_line_and_leave_nothing(stack: Stack) -> None:
+    with stack.db() as db:
+        before = len(db.requests(limit=1000))
+    assert_one_line_error(
+        stack.b2cal("request", "create", "--exp", "1", "--runs", "1-2", "--calibrations", "Nope"),
+        "Nope",
+    )
+    assert_one_line_error(
+        stack.b2cal(
+            "request",
+            "create",
+            "--exp",
+            "9",
+            "--runs",
+            "1-2",
+            "--calibrations",
+            "ChannelT0",
+            "--site",
+            "local",
+        ),
+        "no registered data",
+    )
+    assert_one_line_error(
+        stack.b2cal(
+            "request",
+            "create",
+            "--exp",
+            "1",
+            "--runs",
+            "1-2",
+            "--calibrations",
+            "ChannelT0",
+            "--site",
+            "cern",
+        ),
+        "site cern",
+    )
+    unreachable = dict(stack.process_env(), PREFECT_API_URL="http://127.0.0.1:9/api")
+    down = subprocess.run(
+        [
+            str(B2CAL),
+            "request",
+            "create",
+            "--exp",
+            "1",
+            "--runs",
+            "1-2",
+            "--calibrations",
+            "ChannelT0",
+            "--site",
+            "local",
+        ],
+        capture_output=True,
+        text=True,
+        env=unreachable,
+        timeout=120,
+    )
+    assert_one_line_error(down, "cannot be reached")
+    with stack.db() as db:
+        assert len(db.requests(limit=1000)) == before  # nothing was created
+    # parameters that fail the flow's schema create no run
+    runs_before = len(flow_runs("site:local"))
+    bad = stack.prefect(
+        "deployment", "run", "process-request/local", "--param", "request_id=not-a-number"
+    )
+    assert bad.returncode != 0
+    assert len(flow_runs("site:local")) == runs_before
+    # a request that does not exist fails its run at the start, saying so
+    missing = stack.prefect(
+        "deployment", "run", "process-request/local", "--param", "request_id=999", "--watch"
+    )
+    assert missing.returncode != 0
+    flow_run = missing.stdout.split("UUID: ")[1].split()[0]
+    assert "no request 999" in flow_run_message(flow_run)
+    # ... and the failure is announced to the webhook
+    failed = stack.receiver.wait_for(
+        lambda d: d.get("kind") == "failed" and d.get("id") == flow_run
+    )
+    assert "no request 999" in failed["message"]
+
+
+def test_a_site_without_a_worker_says_the_request_waits(stack: Stack) -> None:
+    stack.copy_toy(2, "desy")
+    assert stack.b2cal("discover", "--site", "desy").returncode == 0
+    created = stack.b2cal(
+        "request",
+        "create",
+        "--site",
+        "desy",
+        "--exp",
+        "2",
+        "--runs",
+        "1-4",
+        "--calibrations",
+        "ChannelT0",
+    )
+    request = created_request(created)
+    with stack.db() as db:
+        shown = db.request(request)
+    assert shown.message == "waiting for a worker: work pool desy has none online"
+    cancelled = stack.b2cal("request", "cancel", str(request), "--site", "desy")
+    assert cancelled.returncode == 0, cancelled.stderr
