@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := build/demo
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo demo-down test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,26 +16,33 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Toy data for eight runs (a t0 jump at run 5, the beam spot moving at run 4, run 6 with low
-# statistics), then all four reference calibrations, the closure check against the truth, and
-# the payloads through a staging tag into a RUNNING tag of an embedded conditions database.
-demo: export B2CAL_HOME := $(CURDIR)/$(DEMO)/home
+# The prompt-calibration loop on this machine: toy data for eight runs (a t0 jump at run 5, the
+# beam spot moving at run 4, run 6 with low statistics) lands in the local site's storage; the
+# local stack (Prefect server, a worker, the deployments) starts; discovery registers the files
+# and closes the bucket; its prompt request runs all four reference calibrations through the
+# deployments, validates them and (the local site's policy) approves them; the payloads land in
+# the request's staging tag. Then the constants, the staging tag, the closure check against
+# the truth, and where the Prefect UI is. The stack stays up: `make demo-down` stops it.
+DEMO_HOME := $(CURDIR)/$(DEMO)/home
+demo: export B2CAL_HOME := $(DEMO_HOME)
 demo: install
+	-$(BIN)/b2cal server down >/dev/null 2>&1
 	rm -rf $(DEMO)
-	$(BIN)/b2cal toy generate --storage $(DEMO)/storage --exp 1 --runs 1-8 \
+	$(BIN)/b2cal toy generate --storage $(DEMO_HOME)/storage --exp 1 --runs 1-8 \
 		--t0-jumps 5 --beamspot-changes 4 --low-stat 6=60 --seed 2026
-	$(BIN)/b2cal caf run --storage $(DEMO)/storage --exp 1 --runs 1-8 \
-		--calibrations ChannelGain,BeamSpot --output $(DEMO)/output --open-ended
-	$(BIN)/b2cal toy closure --output $(DEMO)/output --truth $(DEMO)/storage/truth.json
-	$(BIN)/b2cal cdb create staging --description "demo: experiment 1 runs 1-8"
-	for calibration in ChannelT0 ChannelGain ModuleAlignment BeamSpot; do \
-		$(BIN)/b2cal cdb upload $(DEMO)/output/$$calibration/outputdb --tag staging || exit 1; done
-	$(BIN)/b2cal cdb state staging TESTING
-	$(BIN)/b2cal cdb state staging VALIDATED
-	$(BIN)/b2cal cdb create running --description "demo: what reconstruction reads"
-	$(BIN)/b2cal cdb state running RUNNING
-	$(BIN)/b2cal cdb promote staging running --from 1 1
-	$(BIN)/b2cal cdb show running
+	$(BIN)/b2cal server up --sites local --discover
+	$(BIN)/b2cal request wait --exp 1 --bucket 1 --timeout 600
+	$(BIN)/b2cal request show 1 --constants
+	$(BIN)/b2cal cdb show staging-prompt-1
+	$(BIN)/b2cal toy closure --output $(DEMO_HOME)/work/requests/1/output \
+		--truth $(DEMO_HOME)/storage/truth.json
+	@echo "validation reports: $(DEMO_HOME)/work/requests/1/validation/<Calibration>/validation.md"
+	$(BIN)/b2cal server status
+	@echo "the stack stays up for the UI; stop it with: make demo-down"
+
+demo-down: export B2CAL_HOME := $(DEMO_HOME)
+demo-down: install
+	$(BIN)/b2cal server down
 
 lint: install
 	$(BIN)/ruff check .

@@ -10,6 +10,8 @@ expert holds nothing: the flow run ends with the calibration run AWAITING_SIGNOF
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
@@ -65,7 +67,9 @@ def finish_task(site: Site, request_id: int, calibration: str) -> tuple[str, str
 
 
 @task(name="validate", cache_policy=NONE, task_run_name="validate · {calibration}")
-def validate_task(site: Site, request_id: int, calibration: str, reference: str | None) -> bool:
+def validate_task(
+    site: Site, request_id: int, calibration: str, reference: str | None
+) -> dict[str, Any]:
     area = RequestArea(site.request_folder(request_id))
     with records(site) as (_, store):
         tags = {t.name for t in store.tags()}
@@ -80,7 +84,7 @@ def validate_task(site: Site, request_id: int, calibration: str, reference: str 
     key = f"validation-{request_id}-{calibration.lower()}"
     create_markdown_artifact(validation.markdown(), key=key, description=calibration)
     create_table_artifact(validation.table(), key=f"{key}-constants", description=calibration)
-    return validation.passed
+    return validation.model_dump()
 
 
 def _iterate(site: Site, db: StateDatabase, calrun_id: int, request_id: int, name: str) -> str:
@@ -141,7 +145,9 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
                 raise B2CalError(f"{calibration} ended {code}: {message}")
             db.move(calrun.id, CalRunState.VALIDATING)
             reference = request.reference_tag or here.running_tag
-            passed = validate_task(here, request_id, calibration, reference)
+            validation = validate_task(here, request_id, calibration, reference)
+            passed = bool(validation["passed"])
+            db.move(calrun.id, CalRunState.VALIDATING, summary=validation)
             policy = here.signoff_policy(calibration)
             if passed and policy is SignoffPolicy.AUTO:
                 db.move(calrun.id, CalRunState.AWAITING_SIGNOFF)

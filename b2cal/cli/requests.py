@@ -386,6 +386,9 @@ def _request_doc(request: Request, runs: list[CalibrationRun]) -> dict[str, obje
 def request_show(
     request_id: Annotated[int, typer.Argument(metavar="ID", help="Request id.")],
     site: SiteOption = None,
+    constants: Annotated[
+        bool, typer.Option("--constants", help="Also the validated constants per IoV.")
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """One request: its calibration runs, their states, durations and messages."""
@@ -405,6 +408,36 @@ def request_show(
     console.print(_calrun_table(runs, f"Calibration runs of request {request.id}"))
     if request.message:
         console.print(f"message: {request.message}")
+    if constants:
+        for run in runs:
+            console.print(_constants_table(run))
+
+
+def _constants_table(run: CalibrationRun):  # type: ignore[no-untyped-def]
+    """The validated constants of a calibration run, per IoV and field (from its summary)."""
+    from rich.table import Table
+
+    summary = run.summary or {}
+    verdict = "passed" if summary.get("passed") else "FAILED" if summary else "not validated"
+    reference = summary.get("reference_tag") or "none"
+    table = Table(title=f"{run.calibration}: validation {verdict} (reference tag: {reference})")
+    for column in ("IoV", "field", "n", "mean", "min", "max", "change", "max |pull|", "flagged"):
+        table.add_column(column, justify="left" if column in ("IoV", "field") else "right")
+    for f in summary.get("fields", []):
+        change = "" if f.get("change") is None else f"{f['change']:+.4g}"
+        pull = "" if f.get("max_abs_pull") is None else f"{f['max_abs_pull']:.2f}"
+        table.add_row(
+            f["iov"],
+            f["field"],
+            str(f["size"]),
+            f"{f['mean']:.4g}",
+            f"{f['min']:.4g}",
+            f"{f['max']:.4g}",
+            change,
+            pull,
+            str(f.get("flagged") or ""),
+        )
+    return table
 
 
 def _calrun_table(runs: list[CalibrationRun], title: str):  # type: ignore[no-untyped-def]
@@ -441,6 +474,90 @@ def _calrun_table(runs: list[CalibrationRun], title: str):  # type: ignore[no-un
             c.message or "",
         )
     return table
+
+
+@request_app.command("wait")
+def request_wait(
+    request_id: Annotated[
+        int | None, typer.Argument(metavar="ID", help="Request id (or --exp and --bucket).")
+    ] = None,
+    exp: Annotated[int | None, typer.Option(help="Experiment of --bucket.")] = None,
+    bucket: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Wait for the prompt request of bucket N (it may not "
+            "exist yet: discovery creates it when the bucket closes).",
+        ),
+    ] = None,
+    site: SiteOption = None,
+    timeout: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Give up after this long.")
+    ] = 1800.0,
+) -> None:
+    """Watch a request until nothing more happens without a person: its calibrations' states
+    live, then the table. Exit 0 when it is DONE or waits for sign-offs, 2 when it failed."""
+    import time
+
+    from rich.live import Live
+
+    from b2cal.cli.arguments import EXIT_CALIBRATION_FAILED
+    from b2cal.cli.console import console, errors
+    from b2cal.db import discovery
+    from b2cal.db.states import RequestState
+
+    if (request_id is None) == (bucket is None) or (bucket is not None and exp is None):
+        raise B2CalError("give a request ID, or --exp E and --bucket N")
+    here = _site(site)
+    deadline = time.monotonic() + timeout
+    with _db(here) as db:
+
+        def find() -> int | None:
+            if request_id is not None:
+                return request_id
+            for b in discovery.buckets(db, here.name, exp):
+                if b.number == bucket:
+                    matches = [r.id for r in db.requests(limit=200) if r.bucket_id == b.id]
+                    return max(matches) if matches else None
+            return None
+
+        with Live(console=errors, refresh_per_second=2, transient=True) as live:
+            found = find()
+            while found is None:
+                if time.monotonic() > deadline:
+                    raise B2CalError(f"no request for bucket {bucket} after {timeout:g} s")
+                live.update(
+                    f"waiting for bucket {bucket} of experiment {exp} to close "
+                    f"(discovery at site {here.name})"
+                )
+                time.sleep(1)
+                found = find()
+            while True:
+                request = db.request(found)
+                runs = db.calibration_runs(found)
+                live.update(_calrun_table(runs, f"{request.label}: {request.state.value}"))
+                settled = (
+                    request.state
+                    in (
+                        RequestState.DONE,
+                        RequestState.FAILED,
+                        RequestState.CANCELLED,
+                        RequestState.WAITING,
+                    )
+                    and runs
+                )
+                if settled or request.state is RequestState.CANCELLED:
+                    break
+                if time.monotonic() > deadline:
+                    raise B2CalError(
+                        f"{request.label} is still {request.state.value} after {timeout:g} s"
+                    )
+                time.sleep(1)
+    console.print(_calrun_table(runs, f"{request.label}: {request.state.value}"))
+    if request.state is RequestState.WAITING:
+        console.print("waiting for sign-offs: b2cal signoff CALRUN approve|reject")
+    if request.state in (RequestState.FAILED, RequestState.CANCELLED):
+        raise typer.Exit(EXIT_CALIBRATION_FAILED)
 
 
 @request_app.command("cancel")

@@ -133,9 +133,14 @@ def ensure_automations(heartbeat_timeout: int, notify_url: str | None) -> None:
 
 
 def activate_discovery(site: str) -> None:
-    """Turn on the scheduled discovery of a site (``prefect.yaml`` leaves the local one off)."""
+    """Turn on the scheduled discovery of a site (``prefect.yaml`` leaves the local one off),
+    and run it once now rather than at the schedule's next tick."""
+    from b2cal.orchestration.requests import start_deployment_run
+
+    name = f"discover-data/{site}"
     with prefect_client() as client:
-        deployment = client.read_deployment_by_name(f"discover-data/{site}")
+        deployment = client.read_deployment_by_name(name)
         for schedule in client.read_deployment_schedules(deployment.id):
             if not schedule.active:
                 client.update_deployment_schedule(deployment.id, schedule.id, active=True)
+    start_deployment_run(name, {"site": site}, [f"site:{site}"])
