@@ -3,10 +3,11 @@
 A site is a TOML file, ``<sites dir>/<name>.toml``: ``deployments/sites`` of the checkout, or
 ``B2CAL_SITES_DIR`` for an installed b2cal (docs/orchestration.md describes every key).
 ``B2CAL_SITE`` names the site of this machine (its worker reads it). Environment variables
-override the file: ``B2CAL_SITE_<KEY>`` for a top-level key, ``B2CAL_SITE_<TABLE>__<KEY>`` inside a table (e.g.
-``B2CAL_SITE_BACKEND__WORKERS=8``). Secrets never sit in site files: database URLs with
-passwords come from ``B2CAL_STATE_URL`` and ``B2CAL_CDB_URL``, which win over the file's
-``state_url`` and ``cdb_url``. In paths, ``{home}`` is b2cal's home folder (``B2CAL_HOME``).
+override the file: ``B2CAL_SITE_<KEY>`` for a top-level key, ``B2CAL_SITE_<TABLE>__<KEY>``
+inside a table (e.g. ``B2CAL_SITE_BACKEND__WORKERS=8``). Secrets never sit in site files:
+database URLs with passwords come from ``B2CAL_STATE_URL`` and ``B2CAL_CDB_URL``, which win
+over the file's ``state_url`` and ``cdb_url``. In paths, ``{home}`` is b2cal's home folder
+(``B2CAL_HOME``).
 """
 
 from __future__ import annotations
