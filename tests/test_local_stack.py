@@ -1,0 +1,104 @@
+"""``b2cal server up|status|down`` as a user runs it: the default local stack (Prefect on SQLite),
+idempotent, a taken port refused, the Prefect profile written, a request run through it, and
+nothing left running after ``down``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli import B2CAL, assert_one_line_error
+from prefect_stack import free_port, stack_environment
+
+from b2cal.toy.generate import generate_toy
+
+pytestmark = pytest.mark.slow
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    env = dict(os.environ, **stack_environment(tmp_path))
+    env.pop("PREFECT_API_URL", None)
+    env.pop("PREFECT_PROFILE", None)
+    yield tmp_path, env
+    subprocess.run([str(B2CAL), "server", "down"], env=env, capture_output=True, timeout=120)
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(B2CAL), *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_server_up_status_down(home: tuple[Path, dict[str, str]]) -> None:
+    folder, env = home
+    port = str(free_port())
+    up = run(env, "server", "up", "--port", port, "--no-discover", "--poll", "1")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"Prefect UI: http://127.0.0.1:{port}" in up.stdout
+    stack = json.loads((folder / "server" / "stack.json").read_text())
+    pids = [stack["server_pid"], *stack["workers"].values()]
+    assert all(alive(pid) for pid in pids)
+    again = run(env, "server", "up", "--port", port, "--no-discover", "--poll", "1")
+    assert again.returncode == 0 and "already up" in again.stdout, again.stdout + again.stderr
+    assert json.loads((folder / "server" / "stack.json").read_text())["server_pid"] == pids[0]
+    # the profile lets a shell's prefect reach the stack
+    profiles = (folder / "user-prefect" / "profiles.toml").read_text()
+    assert f'PREFECT_API_URL = "http://127.0.0.1:{port}/api"' in profiles
+    listed = subprocess.run(
+        [str(Path(str(B2CAL)).with_name("prefect")), "deployment", "ls"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "process-request/local" in listed.stdout.replace("\n", ""), listed.stdout
+    # a request through the default stack (Prefect on SQLite)
+    generate_toy(folder / "storage-local", 1, [1, 2], seed=4)
+    assert run(env, "discover", "--site", "local").returncode == 0
+    created = run(
+        env,
+        "request",
+        "create",
+        "--site",
+        "local",
+        "--exp",
+        "1",
+        "--runs",
+        "1-2",
+        "--calibrations",
+        "ChannelT0",
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    waited = run(env, "request", "wait", "1", "--site", "local", "--timeout", "240")
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert "UPLOADED" in waited.stdout
+    status = run(env, "server", "status")
+    assert "healthy" in status.stdout, status.stdout
+    down = run(env, "server", "down")
+    assert down.returncode == 0, down.stderr
+    assert not any(alive(pid) for pid in pids)
+    assert "stopped" in run(env, "server", "status").stdout
+
+
+def test_a_taken_port_is_refused(home: tuple[Path, dict[str, str]]) -> None:
+    _, env = home
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        refused = run(env, "server", "up", "--port", port, "--no-discover")
+    assert_one_line_error(refused, f"port {port} on 127.0.0.1 is taken")
+    assert_one_line_error(run(env, "server", "up", "--sites", "cern"), "unknown site cern")
