@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 from datetime import timedelta
+from pathlib import Path
 from uuid import UUID
 
+from b2cal.errors import B2CalError
 from b2cal.orchestration.api import prefect_client
 from b2cal.sites import Site
 
@@ -19,27 +21,42 @@ WEBHOOK_BLOCK = "b2cal-notify"
 SIGNOFF_EVENT = "b2cal.signoff.waiting"
 
 
-def ensure_pools(sites: list[Site]) -> None:
-    """A process work pool per site (existing pools are left as they are)."""
+def deployment_pools(project: Path) -> list[str]:
+    """The work pools the deployments of a ``prefect.yaml`` name, in order."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(project.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise B2CalError(f"{project} cannot be read: {exc}") from None
+    pools = [d.get("work_pool", {}).get("name") for d in doc.get("deployments") or []]
+    return list(dict.fromkeys(p for p in pools if p))
+
+
+def ensure_pools(pools: list[str], sites: list[Site]) -> None:
+    """A process work pool of each name (existing pools are left as they are): every pool the
+    deployments name must exist before they are deployed, whether or not its site has a file
+    here; a site's description labels its pool."""
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
+    described = {site.work_pool: site.description or f"b2cal site {site.name}" for site in sites}
     template = ProcessWorker.get_default_base_job_template()
     with prefect_client() as client:
-        for site in sites:
+        for pool in dict.fromkeys([*pools, *described]):
             try:
-                client.read_work_pool(site.work_pool)
+                client.read_work_pool(pool)
                 continue
             except ObjectNotFound:
                 pass
             with contextlib.suppress(ObjectAlreadyExists):  # another b2cal created it meanwhile
                 client.create_work_pool(
                     WorkPoolCreate(
-                        name=site.work_pool,
+                        name=pool,
                         type="process",
                         base_job_template=template,
-                        description=site.description or f"b2cal site {site.name}",
+                        description=described.get(pool, f"b2cal work pool {pool}"),
                     )
                 )
 

@@ -274,6 +274,7 @@ class LocalStack:
     def _register(self, url: str, options: StackOptions, say: Callable[[str], None]) -> None:
         from b2cal.orchestration.registration import (
             activate_discovery,
+            deployment_pools,
             ensure_automations,
             ensure_pools,
         )
@@ -283,7 +284,7 @@ class LocalStack:
         if self.auth_string:
             os.environ["PREFECT_API_AUTH_STRING"] = self.auth_string
         all_sites = [load_site(name) for name in site_names()]
-        ensure_pools(all_sites)
+        ensure_pools(deployment_pools(CHECKOUT / "prefect.yaml"), all_sites)
         started = time.monotonic()
         deploy = subprocess.run(
             [_prefect(), "--no-prompt", "deploy", "--all"],
