@@ -10,6 +10,7 @@ expert holds nothing: the flow run ends with the calibration run AWAITING_SIGNOF
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -20,9 +21,11 @@ from prefect.runtime import flow_run
 
 from b2cal.caf.calibration import AlgorithmResult
 from b2cal.caf.steps import collect, finish, load_calibration, run_algorithm
+from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import SYSTEM, StateDatabase
-from b2cal.db.states import CalRunState, SignoffDecision
-from b2cal.errors import B2CalError
+from b2cal.db.states import ACTIVE, CalRunState, SignoffDecision
+from b2cal.errors import B2CalError, StateConflict
+from b2cal.orchestration.registration import SIGNOFF_EVENT
 from b2cal.processing.area import RequestArea
 from b2cal.processing.preparation import prepare
 from b2cal.processing.upload import upload_approved
@@ -68,18 +71,17 @@ def finish_task(site: Site, request_id: int, calibration: str) -> tuple[str, str
 
 @task(name="validate", cache_policy=NONE, task_run_name="validate · {calibration}")
 def validate_task(
-    site: Site, request_id: int, calibration: str, reference: str | None
+    site: Site, request_id: int, calibration: str, reference: str, named: bool
 ) -> dict[str, Any]:
     area = RequestArea(site.request_folder(request_id))
     with records(site) as (_, store):
-        tags = {t.name for t in store.tags()}
         validation = validate_output(
             calibration,
-            True,
             area.workspace.calibration(calibration).outputdb,
             area.validation(calibration),
             store,
-            reference if reference in tags else None,
+            reference,
+            reference_required=named,
         )
     key = f"validation-{request_id}-{calibration.lower()}"
     create_markdown_artifact(validation.markdown(), key=key, description=calibration)
@@ -108,7 +110,22 @@ def _iterate(site: Site, db: StateDatabase, calrun_id: int, request_id: int, nam
     return code
 
 
-@flow(name="calibrate", flow_run_name="{calibration} · request {request_id}")
+def _cancelled(flow: Any, flow_run: Any, state: Any) -> None:
+    """A ``calibrate`` run cancelled on its own (a deployment run, or a subflow whose request
+    was cancelled): its calibration run is CANCELLED unless it has ended already."""
+    parameters = flow_run.parameters
+    with records(site_of(parameters.get("site"))) as (db, _):
+        calrun = db.calibration_run_of(int(parameters["request_id"]), parameters["calibration"])
+        with contextlib.suppress(StateConflict):
+            db.move(calrun.id, CalRunState.CANCELLED, message="flow run cancelled",
+                    expected=ACTIVE)  # fmt: skip
+
+
+@flow(
+    name="calibrate",
+    flow_run_name="{calibration} · request {request_id}",
+    on_cancellation=[_cancelled],
+)
 def calibrate(request_id: int, calibration: str, site: str | None = None) -> str:
     """Run one calibration of a request to sign-off; returns its calibration-run state."""
     subflow_turns.begun()
@@ -122,6 +139,8 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
             if calrun.state is CalRunState.APPROVED:  # crashed before its upload
                 upload_approved(db, store, here, request_id)
                 return db.calibration_run(calrun.id).state.value
+            if calrun.state is CalRunState.AWAITING_SIGNOFF:  # crashed before its sign-off?
+                return _sign_off(here, db, store, calrun.id, request_id, calibration)
             if calrun.state is CalRunState.FAILED:  # a retried flow run tries it again
                 log.info("%s failed before: trying again", calrun.label)
             elif not calrun.state.active:
@@ -129,11 +148,22 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
                 return calrun.state.value
             if not RequestArea(here.request_folder(request_id)).workspace.exists():
                 prepare(db, store, here, request)  # a calibration started on its own
-            db.move(calrun.id, CalRunState.PLANNED, flow_run_id=str(flow_run.id or ""))
+            db.move(
+                calrun.id,
+                CalRunState.PLANNED,
+                flow_run_id=str(flow_run.id or ""),
+                expected=ACTIVE | {CalRunState.FAILED},  # not if cancelled meanwhile
+            )
             try:
                 code = _iterate(here, db, calrun.id, request_id, calibration)
-            except B2CalError as exc:
-                db.move(calrun.id, CalRunState.FAILED, message=str(exc))
+            except Exception as exc:  # collector jobs that keep failing, a bug: FAILED
+                message = (
+                    str(exc)
+                    if isinstance(exc, B2CalError)
+                    else (f"internal error {type(exc).__name__}: {exc}")
+                )
+                with contextlib.suppress(StateConflict):  # cancelled meanwhile: stays so
+                    db.move(calrun.id, CalRunState.FAILED, message=message, expected=ACTIVE)
                 raise
             finally:
                 ready.set()
@@ -145,32 +175,54 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
                 raise B2CalError(f"{calibration} ended {code}: {message}")
             db.move(calrun.id, CalRunState.VALIDATING)
             reference = request.reference_tag or here.running_tag
-            validation = validate_task(here, request_id, calibration, reference)
-            passed = bool(validation["passed"])
-            db.move(calrun.id, CalRunState.VALIDATING, summary=validation)
-            policy = here.signoff_policy(calibration)
-            if passed and policy is SignoffPolicy.AUTO:
-                db.move(calrun.id, CalRunState.AWAITING_SIGNOFF)
-                db.signoff(calrun.id, SignoffDecision.APPROVE, AUTO_APPROVER, "validation passed")
-                upload_approved(db, store, here, request_id)
-            else:
-                why = "validation failed" if not passed else "the site's policy wants an expert"
-                db.move(calrun.id, CalRunState.AWAITING_SIGNOFF, message=f"{why}: waiting")
-                emit_event(
-                    event="b2cal.signoff.waiting",
-                    resource={
-                        "prefect.resource.id": f"b2cal.calibration-run.{calrun.id}",
-                        "prefect.resource.name": f"{calibration} of request {request_id}",
-                    },
-                    payload={
-                        "calibration": calibration,
-                        "request": request_id,
-                        "calibration_run": calrun.id,
-                        "why": why,
-                        "command": f"b2cal signoff {calrun.id} approve|reject",
-                    },
-                )
-                log.info("%s awaits a sign-off (%s)", calrun.label, why)
-            return db.calibration_run(calrun.id).state.value
+            validation = validate_task(
+                here, request_id, calibration, reference, request.reference_tag is not None
+            )
+            why = (
+                ""
+                if validation["passed"]
+                else "validation failed: " + "; ".join(validation["problems"])
+            )
+            db.move(calrun.id, CalRunState.AWAITING_SIGNOFF, summary=validation,
+                    message=why or "validated: waiting for a sign-off")  # fmt: skip
+            return _sign_off(here, db, store, calrun.id, request_id, calibration)
     finally:
         ready.set()
+
+
+def _sign_off(
+    here: Site,
+    db: StateDatabase,
+    store: ConditionsStore,
+    calrun_id: int,
+    request_id: int,
+    calibration: str,
+) -> str:
+    """Approve and upload at once where the site's policy and a passing validation allow it;
+    otherwise say that the calibration waits (the webhook hears of it) and end: waiting for a
+    person holds nothing. Also what a retried run does with one that waits."""
+    log = get_run_logger()
+    calrun = db.calibration_run(calrun_id)
+    passed = bool((calrun.summary or {}).get("passed"))
+    if passed and here.signoff_policy(calibration) is SignoffPolicy.AUTO:
+        with contextlib.suppress(StateConflict):  # someone signed it off meanwhile
+            db.signoff(calrun_id, SignoffDecision.APPROVE, AUTO_APPROVER, "validation passed")
+        upload_approved(db, store, here, request_id)
+        return db.calibration_run(calrun_id).state.value
+    why = "validation failed" if not passed else "the site's policy wants an expert"
+    emit_event(
+        event=SIGNOFF_EVENT,
+        resource={
+            "prefect.resource.id": f"b2cal.calibration-run.{calrun_id}",
+            "prefect.resource.name": f"{calibration} of request {request_id}",
+        },
+        payload={
+            "calibration": calibration,
+            "request": request_id,
+            "calibration_run": calrun_id,
+            "why": why,
+            "command": f"b2cal signoff {calrun_id} approve|reject",
+        },
+    )
+    log.info("%s awaits a sign-off (%s)", calrun.label, why)
+    return calrun.state.value

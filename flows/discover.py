@@ -1,5 +1,6 @@
 """``discover-data``: scan a site's storage, register settled files, close buckets, and start
-the prompt request of every bucket that closed (a ``process-request`` deployment run)."""
+the prompt request of every closed bucket that has none (a ``process-request`` deployment run),
+if the site runs prompt requests."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from prefect import flow, get_run_logger
 
 from b2cal.db import discovery
 from b2cal.db.database import SYSTEM
-from b2cal.orchestration.requests import create_prompt_request, start_request
+from b2cal.db.states import BucketState
+from b2cal.errors import B2CalError
+from b2cal.orchestration.requests import NOT_STARTED, create_prompt_request, start_request
+from b2cal.sites import RequestKind
 from flows.common import records, site_of
 
 
@@ -18,11 +22,22 @@ def discover_data(site: str | None = None, start_requests: bool = True) -> dict[
     here = site_of(site)
     with records(here) as (db, _):
         report = discovery.discover(db, here)
-        started = []
-        for bucket in report.closed if start_requests else []:
-            request = create_prompt_request(db, here, bucket.id, SYSTEM)
-            start_request(db, request, here)
-            started.append(request.id)
+        started: list[int] = []
+        if start_requests and RequestKind.PROMPT in here.request_kinds:
+            # every closed bucket that never had a request: closed by this scan, by hand, or
+            # left over when its request could not be started (a bucket whose request was
+            # cancelled on purpose gets a new one only from `b2cal request create --bucket`)
+            for bucket in discovery.buckets(db, here.name):
+                if bucket.state is not BucketState.CLOSED:
+                    continue
+                if any(r.message != NOT_STARTED for r in db.bucket_requests(bucket.id)):
+                    continue
+                try:
+                    request = create_prompt_request(db, here, bucket.id, SYSTEM)
+                    start_request(db, request, here)
+                    started.append(request.id)
+                except B2CalError as exc:  # the other buckets still get their requests
+                    log.error("%s: no prompt request started: %s", bucket.label, exc)
     for missing in report.missing_roots:
         log.warning("storage root %s does not exist", missing)
     for bad in report.bad:

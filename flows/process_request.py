@@ -18,10 +18,9 @@ from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from b2cal.db.database import StateDatabase
-from b2cal.db.states import CalRunState
+from b2cal.db.states import CalRunState, RequestState
 from b2cal.errors import StateConflict
-from b2cal.processing.preparation import prepare
+from b2cal.processing.preparation import blocked_by, prepare
 from b2cal.processing.upload import upload_approved
 from b2cal.sites import Site
 from flows.calibrate import calibrate
@@ -48,29 +47,27 @@ def plan_task(site: Site, request_id: int) -> dict[str, list[str]]:
         return {name: list(calibrations[name].depends_on) for name in made.order}
 
 
-def _run_one(
-    site: Site, db_url: str, request_id: int, name: str, depends: list[str], title: str
-) -> str:
-    """Wait for the dependencies' outputs, then run the calibration as a subflow."""
-    for dep in depends:
-        output_written(request_id, dep).wait()
-    if stopping.is_set():
-        return "stopped"
-    with StateDatabase(db_url) as db:
-        blocked = [
-            f"{dep} ended {run.state.value}"
-            for dep in depends
-            for run in [db.calibration_run_of(request_id, dep)]
-            if run.state in (CalRunState.FAILED, CalRunState.NOT_ENOUGH_DATA, CalRunState.CANCELLED)
-        ]
-        calrun = db.calibration_run_of(request_id, name)
-        if blocked and calrun.state.active:
-            db.move(calrun.id, CalRunState.FAILED, message="not run: " + "; ".join(blocked))
-            output_written(request_id, name).set()
-            return CalRunState.FAILED.value
-    with tags(f"calib:{name}"), subflow_turns.turn():
-        run = calibrate.with_options(flow_run_name=f"{name} · {title}")
-        return run(request_id=request_id, calibration=name, site=site.name)
+def _run_one(site: Site, request_id: int, name: str, depends: list[str], title: str) -> str:
+    """Wait for the dependencies' outputs, then run the calibration as a subflow; whatever
+    happens, its own output event is set at the end, so its dependants never wait forever."""
+    try:
+        for dep in depends:
+            while not output_written(request_id, dep).wait(timeout=1.0):
+                if stopping.is_set():
+                    return "stopped"
+        if stopping.is_set():
+            return "stopped"
+        with records(site) as (db, _):
+            blocked = blocked_by(db, request_id, depends)
+            calrun = db.calibration_run_of(request_id, name)
+            if blocked and calrun.state.active:
+                db.move(calrun.id, CalRunState.FAILED, message="not run: " + "; ".join(blocked))
+                return CalRunState.FAILED.value
+        with tags(f"calib:{name}"), subflow_turns.turn():
+            run = calibrate.with_options(flow_run_name=f"{name} · {title}")
+            return run(request_id=request_id, calibration=name, site=site.name)
+    finally:
+        output_written(request_id, name).set()
 
 
 def _cancelled(flow: Any, flow_run: Any, state: Any) -> None:
@@ -93,11 +90,18 @@ def process_request(request_id: int, site: str | None = None) -> str:
     here = site_of(site)
     with records(here) as (db, _):
         request = db.request(request_id)
+        if request.state is RequestState.CANCELLED:  # nothing is prepared for it
+            raise StateConflict(request.label, request.state.value, RequestState.RUNNING.value)
         db.set_request_flow_run(request_id, str(flow_run.id or ""))
         title = request_title(request, bucket_of(db, request))
         labels = request_tags(request, bucket_of(db, request))
     with tags(*labels):
-        depends = plan_task(here, request_id)
+        try:
+            depends = plan_task(here, request_id)
+        except Exception as exc:
+            with records(here) as (db, _):
+                db.fail_request(request_id, f"not planned: {exc}")
+            raise
         order = list(depends)  # the plan's order: dependencies first
         failures: list[str] = []
         with ThreadPoolExecutor(max_workers=len(order), thread_name_prefix="calibrate") as pool:
@@ -106,7 +110,6 @@ def process_request(request_id: int, site: str | None = None) -> str:
                     contextvars.copy_context().run,  # the subflow is the request's child
                     _run_one,
                     here,
-                    here.state_database_url,
                     request_id,
                     name,
                     depends[name],

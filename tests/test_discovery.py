@@ -15,7 +15,7 @@ from b2cal.db import discovery
 from b2cal.db.database import StateDatabase
 from b2cal.db.states import BucketState, FileStatus
 from b2cal.errors import SiteError, StateConflict
-from b2cal.sites import BucketRule, Site, load_site
+from b2cal.sites import BucketRule, RequestKind, Site, load_site
 from b2cal.toy.generate import generate_toy
 
 
@@ -162,14 +162,14 @@ def test_buckets_close_by_window_or_by_hand(
     (closed,) = discovery.discover(state_db, lab, clock=clock).closed
     assert closed.id == bucket.id
     with pytest.raises(StateConflict, match="bucket 1 of experiment 1 is CLOSED"):
-        discovery.close_bucket(state_db, 1, 1, "/CN=Ada")
+        discovery.close_bucket(state_db, "lab", 1, 1, "/CN=Ada")
 
 
 def test_closing_a_bucket_by_hand(state_db: StateDatabase, toy_files: Path, tmp_path: Path) -> None:
     storage = tmp_path / "storage"
     copy_runs(toy_files, storage, [1])
     discovery.discover(state_db, site(storage, tmp_path), clock=Clock())
-    closed = discovery.close_bucket(state_db, 1, 1, "/CN=Ada")
+    closed = discovery.close_bucket(state_db, "lab", 1, 1, "/CN=Ada")
     assert closed.state is BucketState.CLOSED
     assert state_db.actions()[0].action == "bucket close"
     request = state_db.create_request(
@@ -245,3 +245,75 @@ def test_site_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     with pytest.raises(SiteError, match="exactly one of runs and window_hours"):
         load_site("y")
+
+
+def test_a_full_bucket_waits_for_its_settling_files_before_it_closes(
+    state_db: StateDatabase, toy_files: Path, tmp_path: Path
+) -> None:
+    storage = tmp_path / "storage"
+    copy_runs(toy_files, storage, [1, 2, 3])
+    growing = data_file_path(storage, 1, 2, "mumu", 0)
+    whole = growing.read_bytes()
+    growing.write_bytes(whole[: len(whole) // 2])  # still being copied
+    lab, clock = site(storage, tmp_path), Clock()
+    report = discovery.discover(state_db, lab, clock=clock)
+    assert report.closed == [] and report.settling == 1
+    assert [(b.first_run, b.last_run, b.state) for b in discovery.buckets(state_db)] == [
+        (1, 2, BucketState.OPEN),  # full, but run 2 has a file still settling
+        (3, 3, BucketState.OPEN),
+    ]
+    growing.write_bytes(whole)
+    report = discovery.discover(state_db, lab, clock=clock)
+    assert report.late == [] and report.registered == [str(growing)]
+    assert [b.label for b in report.closed] == ["e1 bucket 1"]
+
+
+def test_sites_sharing_a_state_database_keep_their_own_buckets(
+    state_db: StateDatabase, toy_files: Path, tmp_path: Path
+) -> None:
+    copy_runs(toy_files, tmp_path / "a", [1, 2])
+    copy_runs(toy_files, tmp_path / "b", [3, 4])
+    discovery.discover(state_db, site(tmp_path / "a", tmp_path, name="bnl"), clock=Clock())
+    discovery.discover(state_db, site(tmp_path / "b", tmp_path, name="desy"), clock=Clock())
+    assert [(b.site, b.number, b.first_run, b.last_run) for b in discovery.buckets(state_db)] == [
+        ("bnl", 1, 1, 2),
+        ("desy", 1, 3, 4),
+    ]
+
+
+def test_a_bad_file_that_is_replaced_is_registered(
+    state_db: StateDatabase, toy_files: Path, tmp_path: Path
+) -> None:
+    storage = tmp_path / "storage"
+    copy_runs(toy_files, storage, [1])
+    target = data_file_path(storage, 1, 1, "mumu", 0)
+    good = target.read_bytes()
+    target.write_bytes(b"broken transfer")
+    lab, clock = site(storage, tmp_path), Clock()
+    discovery.discover(state_db, lab, clock=clock)
+    clock.advance(61)
+    assert len(discovery.discover(state_db, lab, clock=clock).bad) == 1
+    target.write_bytes(good)  # the transfer is redone
+    assert discovery.discover(state_db, lab, clock=clock).registered == [str(target)]
+
+
+def test_a_cancelled_request_frees_its_bucket_for_another(
+    state_db: StateDatabase, toy_files: Path, tmp_path: Path
+) -> None:
+    storage = tmp_path / "storage"
+    copy_runs(toy_files, storage, [1, 2])
+    discovery.discover(state_db, site(storage, tmp_path), clock=Clock())
+    (bucket,) = discovery.buckets(state_db)
+
+    def request() -> int:
+        return state_db.create_request(
+            kind=RequestKind.PROMPT, site="lab", exp=1, run_low=1, run_high=2,
+            calibrations=["ChannelT0"], bucket_id=bucket.id,
+        ).id  # fmt: skip
+
+    first = request()
+    state_db.cancel_request(first, "/CN=Ada")
+    assert discovery.bucket(state_db, bucket.id).state is BucketState.CLOSED
+    second = request()
+    assert second != first
+    assert discovery.bucket(state_db, bucket.id).state is BucketState.PROCESSING

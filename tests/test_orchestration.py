@@ -40,6 +40,7 @@ pytestmark = pytest.mark.slow
 T = TypeVar("T")
 PREFECT = Path(sys.executable).with_name("prefect")
 S = CalRunState
+CALIBRATION_NAMES = ("ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot")
 
 
 @dataclass
@@ -284,6 +285,25 @@ def test_signoff_holds_nothing_and_uploads_once(stack: Stack) -> None:
     assert actions.count(("signoff approve", "ok")) == 1
     assert ("signoff approve", "refused") in actions
     assert actions.count(("upload", "ok")) == 1
+    # the rejected calibration is computed again, with its dependant; both need new sign-offs
+    rerun = stack.b2cal("request", "rerun", str(runs["ModuleAlignment"].id), "--site", "bnl")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "ModuleAlignment (attempt 2), BeamSpot (attempt 2)" in rerun.stdout
+    wait_until(
+        lambda: request_state(stack, request) is RequestState.WAITING, 180, "the rerun to wait"
+    )
+    again = calruns(stack, request)
+    assert (again["ModuleAlignment"].state, again["BeamSpot"].state) == (
+        S.AWAITING_SIGNOFF,
+        S.AWAITING_SIGNOFF,
+    )
+    assert signoff("ModuleAlignment", "approve").returncode == 0
+    assert signoff("BeamSpot", "approve").returncode == 0
+    wait_until(lambda: request_state(stack, request) is RequestState.DONE, 120, "DONE")
+    shown = stack.b2cal("cdb", "show", f"staging-prompt-{request}", "--json")
+    doc = json.loads(shown.stdout)
+    assert doc["state"] == "TESTING", doc
+    assert {entry["name"] for entry in doc["iovs"]} == set(CALIBRATION_NAMES)
 
 
 # --- crashes, retries, cancellation ---------------------------------------------------------

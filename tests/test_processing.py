@@ -60,11 +60,14 @@ def test_validation_reports_pulls_and_refuses_non_finite_constants(tmp_path: Pat
     doc = {"t0": [1.0, 2.0, float("nan")], "t0_err": [0.1, 0.1, 0.1]}
     (outputdb / "dbstore_T_rev_1.json").write_text(json.dumps(doc))
     (outputdb / "database.txt").write_text("dbstore/T 1 1,1,1,-1\n")
-    result = validate_output("T", True, outputdb, tmp_path / "v", None, None)
+    result = validate_output("T", outputdb, tmp_path / "v", None, None)
     assert not result.passed
     assert result.problems == ["T t0 in 1,1,1,-1 holds non-finite values"]
     assert (tmp_path / "v" / "validation.md").read_text().startswith("# T: validation FAILED")
     empty = tmp_path / "empty"
     empty.mkdir()
-    nothing = validate_output("T", False, empty, tmp_path / "w", None, None)
-    assert nothing.problems == ["the calibration did not end OK", f"no payloads in {empty}"]
+    with EmbeddedStore(f"sqlite:///{tmp_path / 'cdb.sqlite'}", tmp_path / "payloads") as store:
+        nothing = validate_output(
+            "T", empty, tmp_path / "w", store, "nosuch", reference_required=True
+        )
+    assert nothing.problems == ["reference tag nosuch does not exist", f"no payloads in {empty}"]

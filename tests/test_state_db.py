@@ -111,7 +111,9 @@ def test_state_rules() -> None:
         check_move("x", S.UPLOADED, S.APPROVED)
     assert request_state([S.UPLOADED, S.SKIPPED]) is RequestState.DONE
     assert request_state([S.UPLOADED, S.AWAITING_SIGNOFF]) is RequestState.WAITING
-    assert request_state([S.APPROVED, S.AWAITING_SIGNOFF]) is RequestState.RUNNING
+    assert request_state([S.APPROVED, S.AWAITING_SIGNOFF]) is RequestState.WAITING
+    assert request_state([S.REJECTED, S.APPROVED]) is RequestState.WAITING  # blocked upload
+    assert request_state([S.APPROVED, S.COLLECTING]) is RequestState.RUNNING
     assert request_state([S.UPLOADED, S.REJECTED]) is RequestState.FAILED
     assert request_state([S.UPLOADED], cancelled=True) is RequestState.CANCELLED
 
@@ -171,8 +173,8 @@ def test_a_rerun_needs_a_new_signoff(state_db: StateDatabase) -> None:
     walk_to(state_db, calrun.id, S.VALIDATING, S.AWAITING_SIGNOFF)
     state_db.signoff(calrun.id, REJECT, "/CN=Bob", "t0 off in run 5")
     with pytest.raises(StateConflict, match="it has not stopped"):
-        state_db.rerun(state_db.start_request(make_request(state_db))[0].id, "/CN=Bob")
-    rerun = state_db.rerun(calrun.id, "/CN=Bob")
+        state_db.rerun([state_db.start_request(make_request(state_db))[0].id], "/CN=Bob")
+    (rerun,) = state_db.rerun([calrun.id], "/CN=Bob")
     assert (rerun.state, rerun.attempt) == (S.PLANNED, 2)
     walk_to(state_db, calrun.id, S.VALIDATING, S.AWAITING_SIGNOFF)
     assert state_db.approval(calrun.id) is None  # the old decision was for attempt 1

@@ -172,7 +172,7 @@ def bucket_close(
 
     here = _site(site)
     with _db(here, create=False) as db:
-        closed = discovery.close_bucket(db, exp, bucket, actor())
+        closed = discovery.close_bucket(db, here.name, exp, bucket, actor())
         console.print(f"closed {closed.label}: runs {closed.first_run}-{closed.last_run}")
         if start:
             request = _start_prompt(db, here, closed.id)
@@ -536,15 +536,9 @@ def request_wait(
                 request = db.request(found)
                 runs = db.calibration_runs(found)
                 live.update(_calrun_table(runs, f"{request.label}: {request.state.value}"))
-                settled = (
-                    request.state
-                    in (
-                        RequestState.DONE,
-                        RequestState.FAILED,
-                        RequestState.CANCELLED,
-                        RequestState.WAITING,
-                    )
-                    and runs
+                settled = bool(runs) and (
+                    request.state in (RequestState.DONE, RequestState.FAILED)
+                    or (request.state is RequestState.WAITING and _only_people(request, runs))
                 )
                 if settled or request.state is RequestState.CANCELLED:
                     break
@@ -558,6 +552,76 @@ def request_wait(
         console.print("waiting for sign-offs: b2cal signoff CALRUN approve|reject")
     if request.state in (RequestState.FAILED, RequestState.CANCELLED):
         raise typer.Exit(EXIT_CALIBRATION_FAILED)
+
+
+def _only_people(request: Request, runs: list[CalibrationRun]) -> bool:
+    """Whether nothing more happens to a WAITING request without a person: every approved
+    calibration run waits for a dependency (an approved one whose dependencies are uploaded
+    is being uploaded right now)."""
+    from b2cal.db.states import CalRunState
+    from b2cal.processing.preparation import calibrations_of
+
+    calibrations, _ = calibrations_of(request)
+    states = {run.calibration: run.state for run in runs}
+    return all(
+        any(not states.get(dep, CalRunState.UPLOADED).done for dep in calibrations[name].depends_on)
+        for name, state in states.items()
+        if state is CalRunState.APPROVED
+    )
+
+
+@request_app.command("upload")
+def request_upload(
+    request_id: Annotated[int, typer.Argument(metavar="ID", help="Request id.")],
+    site: SiteOption = None,
+    here: Annotated[
+        bool,
+        typer.Option("--here", help="Upload from this process instead of a sign-off run."),
+    ] = False,
+) -> None:
+    """Upload the request's approved calibrations that may be uploaded now (after a sign-off
+    whose upload could not start, or an upload that failed)."""
+    from b2cal.cdb.connect import open_store
+    from b2cal.cli.console import console
+    from b2cal.db.states import CalRunState
+    from b2cal.orchestration.requests import start_upload
+    from b2cal.processing.upload import upload_approved
+
+    where = _site(site)
+    with _db(where, create=False) as db:
+        approved = [c for c in db.calibration_runs(request_id) if c.state is CalRunState.APPROVED]
+        if not approved:
+            raise B2CalError(f"request {request_id} has no approved calibration to upload")
+        if not here:
+            flow_run = start_upload(where, approved[0].id)
+            console.print(f"upload started: sign-off/{where.name} flow run {flow_run}")
+            return
+        with open_store(where.cdb_database_url) as store:
+            report = upload_approved(db, store, where, request_id)
+    console.print(f"uploaded: {', '.join(report.uploaded) or 'nothing'}")
+    for name, why in report.blocked.items():
+        console.print(f"[yellow]{name} not uploaded[/]: {why}")
+
+
+@request_app.command("rerun")
+def request_rerun(
+    calibration_run: Annotated[int, typer.Argument(metavar="CALRUN", help="Calibration run id.")],
+    site: SiteOption = None,
+    start: Annotated[
+        bool, typer.Option("--start/--no-start", help="Start the request's run on the site.")
+    ] = True,
+) -> None:
+    """Compute a stopped calibration again (after a rejection, say), with its dependants: a
+    new attempt each, needing a new sign-off; unchanged collector jobs are reused."""
+    from b2cal.cli.console import console
+    from b2cal.orchestration.requests import rerun_calibration
+
+    here = _site(site)
+    with _db(here, create=False) as db:
+        again, flow_run = rerun_calibration(db, here, calibration_run, actor(), start=start)
+    console.print("rerun: " + ", ".join(f"{c.calibration} (attempt {c.attempt})" for c in again))
+    if flow_run:
+        console.print(f"started process-request/{here.name}: flow run {flow_run}")
 
 
 @request_app.command("cancel")

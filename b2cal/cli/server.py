@@ -21,7 +21,10 @@ def server_up(
     ] = "local",
     discover: Annotated[
         bool,
-        typer.Option("--discover/--no-discover", help="Scan the local site's storage every 30 s."),
+        typer.Option(
+            "--discover/--no-discover",
+            help="Turn on these sites' scheduled discovery (and run it once now).",
+        ),
     ] = True,
     poll: Annotated[
         float, typer.Option(metavar="SECONDS", help="How often workers ask for new runs.")

@@ -178,6 +178,15 @@ class StateDatabase:
 
         return self.read(work)
 
+    def bucket_requests(self, bucket_id: int) -> list[Request]:
+        """Every request made for a bucket, oldest first (cancelled ones included)."""
+
+        def work(session: Session) -> list[Request]:
+            query = select(RequestRow).where(RequestRow.bucket_id == bucket_id)
+            return [_request_value(row) for row in session.scalars(query.order_by(RequestRow.id))]
+
+        return self.read(work)
+
     def set_request_flow_run(self, request_id: int, flow_run_id: str) -> None:
         def work(session: Session) -> None:
             row = _request_row(session, request_id, lock=True)
@@ -231,6 +240,19 @@ class StateDatabase:
 
         return self.write(work)
 
+    def fail_request(self, request_id: int, message: str) -> Request:
+        """The request could not be started (its plan failed): FAILED, saying why. A retried
+        flow run that gets further moves it on."""
+
+        def work(session: Session) -> Request:
+            row = _request_row(session, request_id, lock=True)
+            if row.state == RequestState.CANCELLED:
+                raise StateConflict(f"request {request_id}", row.state, RequestState.FAILED)
+            row.state, row.message, row.updated = RequestState.FAILED.value, message, now()
+            return _request_value(row)
+
+        return self.write(work)
+
     def cancel_request(self, request_id: int, actor: str) -> list[CalibrationRun]:
         """Mark the request and its unfinished calibration runs CANCELLED (the caller stops
         the flow runs); returns the calibration runs that were cancelled."""
@@ -242,7 +264,7 @@ class StateDatabase:
             cancelled = []
             for calrun in _calrun_rows(session, request_id, lock=True):
                 state = CalRunState(calrun.state)
-                if state.active or state is CalRunState.AWAITING_SIGNOFF:
+                if state.active or state in (CalRunState.AWAITING_SIGNOFF, CalRunState.APPROVED):
                     _move(calrun, CalRunState.CANCELLED, message=f"request cancelled by {actor}")
                     cancelled.append(_calrun_value(calrun))
             row.state = RequestState.CANCELLED
@@ -293,8 +315,10 @@ class StateDatabase:
         result: str | None = None,
         flow_run_id: str | None = None,
         summary: dict[str, Any] | None = None,
+        expected: frozenset[CalRunState] | None = None,
     ) -> CalibrationRun:
-        """Move a calibration run to ``state`` if the state model allows it from where it is.
+        """Move a calibration run to ``state`` if the state model allows it from where it is
+        (and, with ``expected``, only from one of those states: what the caller saw before).
 
         Moving to the state it is in only updates the other fields (a retried flow run says
         COLLECTING again).
@@ -302,6 +326,8 @@ class StateDatabase:
 
         def work(session: Session) -> CalibrationRun:
             row = _calrun_row(session, calrun_id, lock=True)
+            if expected is not None and CalRunState(row.state) not in expected:
+                raise StateConflict(_calrun_label(row), row.state, state, "it has moved on")
             if row.state != state:
                 check_move(_calrun_label(row), CalRunState(row.state), state)
             _move(row, state, message=message, iteration=iteration, result=result)
@@ -315,23 +341,37 @@ class StateDatabase:
 
         return self.write(work)
 
-    def rerun(self, calrun_id: int, actor: str) -> CalibrationRun:
-        """Start a stopped calibration run again (PLANNED, next attempt)."""
+    def rerun(self, calrun_ids: Sequence[int], actor: str) -> list[CalibrationRun]:
+        """Start stopped calibration runs of one request again (PLANNED, next attempt: a new
+        attempt needs a new sign-off), all or none."""
 
-        def work(session: Session) -> CalibrationRun:
-            row = _calrun_row(session, calrun_id, lock=True)
-            current = CalRunState(row.state)
-            if current not in RERUNNABLE:
+        def work(session: Session) -> list[CalibrationRun]:
+            rows = [_calrun_row(session, calrun_id, lock=True) for calrun_id in calrun_ids]
+            for row in rows:
+                current = CalRunState(row.state)
+                if current not in RERUNNABLE:
+                    raise StateConflict(
+                        _calrun_label(row), current, CalRunState.PLANNED, "it has not stopped"
+                    )
+            requests = {row.request_id for row in rows}
+            if len(requests) != 1:
+                raise StateConflict("calibration runs", "of several requests", "rerun together")
+            request = _request_row(session, requests.pop(), lock=True)
+            if request.state == RequestState.CANCELLED:
+                raise StateConflict(f"request {request.id}", request.state, "rerun")
+            if any(CalRunState(r.state).active for r in _calrun_rows(session, request.id)):
                 raise StateConflict(
-                    _calrun_label(row), current, CalRunState.PLANNED, "it has not stopped"
+                    f"request {request.id}", "RUNNING", "rerun", "rerun once it has stopped"
                 )
-            row.attempt += 1
-            _move(row, CalRunState.PLANNED, message=f"rerun by {actor}")
-            row.started = row.finished = None
-            row.result = row.iteration = None
-            add_action(session, actor, "rerun", f"calibration run {calrun_id}", "ok", {})
-            _update_request_state(session, _request_row(session, row.request_id, lock=True))
-            return _calrun_value(row)
+            for row in rows:
+                row.attempt += 1
+                _move(row, CalRunState.PLANNED, message=f"rerun by {actor}")
+                row.started = row.finished = None
+                row.result = row.iteration = None
+                add_action(session, actor, "rerun", f"calibration run {row.id}", "ok",
+                           {"attempt": row.attempt})  # fmt: skip
+            _update_request_state(session, request)
+            return [_calrun_value(row) for row in rows]
 
         return self.write(work)
 
@@ -539,6 +579,8 @@ def _update_request_state(session: Session, row: RequestRow) -> None:
     if row.state == RequestState.CANCELLED:
         return
     states = [CalRunState(r.state) for r in _calrun_rows(session, row.id)]
+    if not states and row.state == RequestState.FAILED:
+        return  # its plan failed (fail_request): it has no calibration runs to say otherwise
     state = request_state(states)
     if state != row.state:
         row.state = state.value

@@ -109,7 +109,9 @@ def _observed(session: Session, site: str, seen: Observation, moment: datetime) 
         )
         return moment
     if (row.size, row.mtime_ns) != (seen.size, seen.mtime_ns):
-        if row.status != FileStatus.SEEN:
+        if row.status == FileStatus.BAD:  # replaced or repaired: look at it again
+            row.status, row.reason = FileStatus.SEEN, None
+        elif row.status != FileStatus.SEEN:
             # A registered file that changed: keep the record, say so (it is not read again).
             row.reason = f"changed on disk after registration (size {row.size} -> {seen.size})"
             return None
@@ -143,10 +145,7 @@ def _register(
     except Exception as exc:  # any unreadable file is recorded as bad, with the reason
         events, reason = 0, one_line(exc)
 
-    closed: list[Bucket] = []
-
     def work(session: Session) -> str | None:
-        closed.clear()  # a transaction tried again starts afresh
         row = session.scalar(
             select(FileRow)
             .where(FileRow.site == site.name, FileRow.path_key == path_key(seen.path))
@@ -164,10 +163,9 @@ def _register(
             row.status, row.reason = FileStatus.BAD, reason
             return "bad"
         row.status, row.events, row.registered = FileStatus.REGISTERED, events, moment
-        return _assign_run(session, site, name.exp, name.run, moment, closed)
+        return _assign_run(session, site, name.exp, name.run, moment)
 
     outcome = db.write(work)
-    report.closed.extend(closed)
     if outcome == "bad":
         report.bad.append(f"{seen.path}: {reason}")
     elif outcome == "late":
@@ -176,12 +174,13 @@ def _register(
         report.registered.append(str(seen.path))
 
 
-def _assign_run(
-    session: Session, site: Site, exp: int, run: int, moment: datetime, closed: list[Bucket]
-) -> str:
-    """Put the run in a bucket (its own if it has one); "late" if that bucket is closed."""
+def _assign_run(session: Session, site: Site, exp: int, run: int, moment: datetime) -> str:
+    """Put the run in a bucket of the site (its own if it has one); "late" if that bucket has
+    closed already."""
     known = session.scalar(
-        select(RunRow).where(RunRow.exp == exp, RunRow.run == run).with_for_update()
+        select(RunRow)
+        .where(RunRow.site == site.name, RunRow.exp == exp, RunRow.run == run)
+        .with_for_update()
     )
     if known is not None and known.bucket_id is not None:
         bucket = session.get(BucketRow, known.bucket_id, with_for_update=True)
@@ -190,7 +189,7 @@ def _assign_run(
             bucket.late_files += 1
             return "late"
         return "new"
-    bucket = _bucket_for(session, site, exp, run, moment, closed)
+    bucket = _bucket_for(session, site, exp, run, moment)
     if known is None:
         known = RunRow(exp=exp, run=run, site=site.name, first_registered=moment)
         session.add(known)
@@ -203,47 +202,46 @@ def _assign_run(
     return "new"
 
 
-def _bucket_for(
-    session: Session, site: Site, exp: int, run: int, moment: datetime, closed: list[Bucket]
-) -> BucketRow:
-    """The bucket a new run belongs to: a closed one whose range holds it (late), else the
-    open one (a new one once the open one is full: that one is closed and added to
-    ``closed``)."""
+def _bucket_for(session: Session, site: Site, exp: int, run: int, moment: datetime) -> BucketRow:
+    """The bucket of the site a new run belongs to: one whose range holds it (a closed one:
+    the run is late), a closed one before the newest closed one (late too), else the newest
+    open bucket, or a new one once that holds as many runs as the rule says. A full bucket
+    is not closed here: it closes at the end of the scan, once none of its files is still
+    settling (:func:`close_due_buckets`)."""
     buckets = list(
         session.scalars(
             select(BucketRow)
-            .where(BucketRow.exp == exp)
+            .where(BucketRow.site == site.name, BucketRow.exp == exp)
             .order_by(BucketRow.number)
             .with_for_update()
         )
     )
     for bucket in buckets:
-        if bucket.state != BucketState.OPEN and bucket.first_run <= run <= bucket.last_run:
+        if bucket.first_run <= run <= bucket.last_run:
             return bucket
     earlier = [b for b in buckets if b.state != BucketState.OPEN]
     if earlier and run < max(b.last_run for b in earlier):
-        # Older than the newest closed bucket: it belongs to the closed bucket before it.
+        # Older than the newest closed bucket: it belongs to the closed bucket after it.
         return min((b for b in earlier if b.last_run >= run), key=lambda b: b.last_run)
-    open_bucket = next((b for b in buckets if b.state == BucketState.OPEN), None)
+    open_buckets = [b for b in buckets if b.state == BucketState.OPEN]
+    newest = open_buckets[-1] if open_buckets else None
     full = site.buckets.runs
-    if open_bucket is not None and full is not None and _run_count(session, open_bucket) >= full:
-        closed.append(_close(session, open_bucket, SYSTEM, moment, "full"))
-        open_bucket = None
-    if open_bucket is None:
-        number = max((b.number for b in buckets), default=0) + 1
-        open_bucket = BucketRow(
-            site=site.name,
-            exp=exp,
-            number=number,
-            first_run=run,
-            last_run=run,
-            state=BucketState.OPEN,
-            opened=moment,
-            late_files=0,
-        )
-        session.add(open_bucket)
-        session.flush()
-    return open_bucket
+    if newest is not None and (full is None or _run_count(session, newest) < full):
+        return newest
+    number = max((b.number for b in buckets), default=0) + 1
+    bucket = BucketRow(
+        site=site.name,
+        exp=exp,
+        number=number,
+        first_run=run,
+        last_run=run,
+        state=BucketState.OPEN,
+        opened=moment,
+        late_files=0,
+    )
+    session.add(bucket)
+    session.flush()
+    return bucket
 
 
 def _run_count(session: Session, bucket: BucketRow) -> int:
@@ -284,19 +282,19 @@ def close_due_buckets(db: StateDatabase, site: Site, moment: datetime) -> list[B
     return db.write(work)
 
 
-def close_bucket(db: StateDatabase, exp: int, number: int, actor: str) -> Bucket:
-    """Close an open bucket now (``b2cal bucket close``)."""
+def close_bucket(db: StateDatabase, site: str, exp: int, number: int, actor: str) -> Bucket:
+    """Close an open bucket of the site now (``b2cal bucket close``)."""
 
     def work(session: Session) -> Bucket:
         bucket = session.scalar(
             select(BucketRow)
-            .where(BucketRow.exp == exp, BucketRow.number == number)
+            .where(BucketRow.site == site, BucketRow.exp == exp, BucketRow.number == number)
             .with_for_update()
         )
         if bucket is None:
-            raise UnknownRecord("bucket", f"{number} of experiment {exp}")
+            raise UnknownRecord("bucket", f"{number} of experiment {exp} at site {site}")
         if bucket.state != BucketState.OPEN:
-            raise StateConflict(_label(bucket), bucket.state, BucketState.CLOSED)
+            raise StateConflict(_label(bucket), bucket.state, BucketState.CLOSED, "closed already")
         return _close(session, bucket, actor, now(), "by hand")
 
     return db.write(work)

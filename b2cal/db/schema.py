@@ -72,10 +72,10 @@ class FileRow(_Base):
 
 
 class BucketRow(_Base):
-    """A run range of one experiment at one site, numbered per experiment from 1."""
+    """A run range of one experiment at one site, numbered per site and experiment from 1."""
 
     __tablename__ = "state_bucket"
-    __table_args__ = (UniqueConstraint("exp", "number"), _MYSQL_TABLE)
+    __table_args__ = (UniqueConstraint("site", "exp", "number"), _MYSQL_TABLE)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     site: Mapped[str] = mapped_column(String(64))
@@ -91,10 +91,10 @@ class BucketRow(_Base):
 
 
 class RunRow(_Base):
-    """A run with registered data, and the bucket it belongs to."""
+    """A run with registered data at a site, and the bucket it belongs to there."""
 
     __tablename__ = "state_run"
-    __table_args__ = (UniqueConstraint("exp", "run"), _MYSQL_TABLE)
+    __table_args__ = (UniqueConstraint("site", "exp", "run"), _MYSQL_TABLE)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     exp: Mapped[int]
@@ -116,7 +116,8 @@ class RequestRow(_Base):
     exp: Mapped[int]
     run_low: Mapped[int]
     run_high: Mapped[int]
-    bucket_id: Mapped[int | None] = mapped_column(ForeignKey("state_bucket.id"), unique=True)
+    #: The bucket of a prompt request (a cancelled request's bucket may get another request).
+    bucket_id: Mapped[int | None] = mapped_column(ForeignKey("state_bucket.id"), index=True)
     calibrations: Mapped[list[str]] = mapped_column(JSON)
     input_tags: Mapped[list[str]] = mapped_column(JSON)
     reference_tag: Mapped[str | None] = mapped_column(String(255))

@@ -14,7 +14,9 @@ How the states relate to Prefect and to the engine (docs/orchestration.md has th
   to COLLECTING, and a retried flow run starts again at PLANNED and walks forward over work that
   is already done.
 * AWAITING_SIGNOFF: the flow run ended Completed; nothing is held while an expert decides.
-* APPROVED → UPLOADED: a short ``sign-off`` flow run uploads into the request's staging tag.
+* APPROVED → UPLOADED: a short ``sign-off`` flow run uploads into the request's staging tag
+  (an approved calibration whose dependency is not uploaded yet, or whose upload failed, stays
+  APPROVED until a later sign-off run uploads it).
 * NOT_ENOUGH_DATA and FAILED are the engine's results of the same names (the flow run ends
   Completed for the first, Failed for the second); CANCELLED follows a cancelled flow run.
 * SKIPPED: the coordinator chose not to run it; its dependants use the request's input tags.
@@ -64,8 +66,8 @@ class CalRunState(StrEnum):
 ACTIVE = frozenset(
     {CalRunState.PLANNED, CalRunState.COLLECTING, CalRunState.ALGORITHM, CalRunState.VALIDATING}
 )
-#: States a rerun may start from (everything that has stopped).
-RERUNNABLE = frozenset(
+#: States that have ended: a rerun (or a skip) may follow.
+_ENDED = frozenset(
     {
         CalRunState.REJECTED,
         CalRunState.UPLOADED,
@@ -75,6 +77,9 @@ RERUNNABLE = frozenset(
         CalRunState.SKIPPED,
     }
 )
+#: States a rerun may start from: everything no flow run works on (one waiting for its
+#: sign-off or upload is rerun with a dependency that is rerun: its inputs change).
+RERUNNABLE = _ENDED | {CalRunState.AWAITING_SIGNOFF, CalRunState.APPROVED}
 _STOPPED = frozenset({CalRunState.FAILED, CalRunState.CANCELLED})
 
 _MOVES: dict[CalRunState, frozenset[CalRunState]] = {
@@ -92,8 +97,9 @@ _MOVES: dict[CalRunState, frozenset[CalRunState]] = {
     CalRunState.AWAITING_SIGNOFF: frozenset(
         {CalRunState.APPROVED, CalRunState.REJECTED, CalRunState.CANCELLED}
     ),
-    CalRunState.APPROVED: frozenset({CalRunState.UPLOADED, CalRunState.FAILED}),
-    **{state: frozenset({CalRunState.PLANNED, CalRunState.SKIPPED}) for state in RERUNNABLE},
+    # An upload that fails leaves it APPROVED (the next sign-off run tries again).
+    CalRunState.APPROVED: frozenset({CalRunState.UPLOADED, CalRunState.CANCELLED}),
+    **{state: frozenset({CalRunState.PLANNED, CalRunState.SKIPPED}) for state in _ENDED},
 }
 # A skipped calibration is only ever brought back by a rerun.
 _MOVES[CalRunState.SKIPPED] = frozenset({CalRunState.PLANNED})
@@ -113,8 +119,9 @@ class RequestState(StrEnum):
     """Where a processing request is, derived from its calibration runs."""
 
     PENDING = "PENDING"  # created, its process-request flow run has not started
-    RUNNING = "RUNNING"  # some calibration run is active or approved
-    WAITING = "WAITING"  # nothing active; some calibration run awaits a sign-off
+    RUNNING = "RUNNING"  # some calibration run is active
+    WAITING = "WAITING"  # nothing active; some calibration run awaits a sign-off, or its upload
+    #                     (approved, its dependency not uploaded yet)
     DONE = "DONE"  # every calibration run UPLOADED or SKIPPED: the staging tag is TESTING
     FAILED = "FAILED"  # nothing active or waiting, and some calibration run did not end well
     CANCELLED = "CANCELLED"
@@ -126,9 +133,9 @@ def request_state(states: list[CalRunState], cancelled: bool = False) -> Request
         return RequestState.CANCELLED
     if not states:
         return RequestState.PENDING
-    if any(s.active or s is CalRunState.APPROVED for s in states):
+    if any(s.active for s in states):
         return RequestState.RUNNING
-    if any(s is CalRunState.AWAITING_SIGNOFF for s in states):
+    if any(s in (CalRunState.AWAITING_SIGNOFF, CalRunState.APPROVED) for s in states):
         return RequestState.WAITING
     if all(s.done for s in states):
         return RequestState.DONE

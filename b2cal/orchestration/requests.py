@@ -23,6 +23,9 @@ from b2cal.sites import RequestKind, Site
 
 log = logging.getLogger("b2cal.orchestration")
 
+#: The message of a request cancelled because its run could not be created (its bucket gets
+#: a new request at the next discovery).
+NOT_STARTED = "cancelled: its process-request run could not be created"
 #: What a prompt request calibrates (dependencies are added).
 PROMPT_CALIBRATIONS = ("ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot")
 
@@ -57,9 +60,10 @@ def draft_request(
     from b2cal.caf.graph import topological_order
 
     tags = list(input_tags) if input_tags is not None else _default_input_tags(site)
-    if tags:
+    named = [*tags, *([reference_tag] if reference_tag else [])]
+    if named:
         with open_store(site.cdb_database_url) as store:
-            store.check_chain(tags)  # unknown tags are refused now, not at plan time
+            store.check_chain(named)  # unknown tags are refused now, not at plan time
     now = datetime.now(UTC)
     return Request(
         id=0,
@@ -159,6 +163,7 @@ def start_request(db: StateDatabase, request: Request, site: Site) -> str:
         )
     except Exception as exc:
         db.cancel_request(request.id, SYSTEM)
+        db.finish_request(request.id, NOT_STARTED)
         reason = str(exc) if isinstance(exc, B2CalError) else f"{type(exc).__name__}: {exc}"
         raise B2CalError(
             f"{request.label} could not be started, so it is cancelled: {reason}"
@@ -246,7 +251,10 @@ def act_on_signoff(
             )
     signed = db.signoff(calrun_id, decision, actor, comment)
     if decision is SignoffDecision.REJECT:
-        return signed, "rejected: nothing is uploaded; rerun the calibration to try again"
+        return signed, (
+            "rejected: nothing is uploaded; its dependants wait. To compute it again: "
+            f"b2cal request rerun {calrun_id}"
+        )
     if upload == "no":
         return signed, "approved; the upload waits for the next sign-off run"
     if upload == "here":
@@ -257,12 +265,53 @@ def act_on_signoff(
             f"uploaded: {', '.join(report.uploaded) or 'nothing'}"
             + (f" (waiting: {blocked})" if blocked else "")
         )
-    flow_run = start_deployment_run(
+    request_id = db.calibration_run(calrun_id).request_id
+    try:
+        flow_run = start_upload(site, calrun_id)
+    except B2CalError as exc:
+        raise B2CalError(
+            f"approved by {actor} (recorded), but the upload could not be started: {exc}; "
+            f"start it later with: b2cal request upload {request_id}"
+        ) from None
+    return signed, f"upload started: sign-off/{site.name} flow run {flow_run}"
+
+
+def start_upload(site: Site, calrun_id: int) -> str:
+    """A ``sign-off`` run that uploads what the approval of ``calrun_id`` allows."""
+    return start_deployment_run(
         deployment("sign-off", site),
         {"calibration_run_id": calrun_id, "site": site.name},
         [f"calrun:{calrun_id}", f"site:{site.name}"],
     )
-    return signed, f"upload started: sign-off/{site.name} flow run {flow_run}"
+
+
+def rerun_calibration(
+    db: StateDatabase, site: Site, calrun_id: int, actor: str, start: bool = True
+) -> tuple[list[CalibrationRun], str | None]:
+    """Compute a stopped calibration again, with its dependants in the request: a new attempt
+    of each (needing a new sign-off), their results forgotten in the workspace (unchanged
+    collector jobs are reused), the staging tag OPEN again; then the request's
+    ``process-request`` run. Returns the calibration runs and the flow-run id."""
+    from b2cal.caf.plan import with_dependants
+    from b2cal.cdb.model import TagState
+    from b2cal.processing.preparation import prepare
+
+    calrun = db.calibration_run(calrun_id)
+    request = db.request(calrun.request_id)
+    if start:
+        from b2cal.orchestration.api import check_reachable
+
+        check_reachable()  # before anything changes
+    with open_store(site.cdb_database_url) as store:
+        made, _ = prepare(db, store, site, request)  # the plan as it stands
+        names = with_dependants(made, [calrun.calibration])
+        runs = {c.calibration: c for c in db.calibration_runs(request.id)}
+        again = db.rerun([runs[name].id for name in names if name in runs], actor)
+        prepare(db, store, site, request, rerun=[calrun.calibration])
+        if store.tag(request.staging_tag).state is TagState.TESTING:
+            store.set_state(request.staging_tag, TagState.OPEN)
+    flow_run = start_request(db, db.request(request.id), site) if start else None
+    return again, flow_run
 
 
 def _reachable_or_none() -> str | None:

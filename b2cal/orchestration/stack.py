@@ -60,6 +60,15 @@ def _prefect() -> str:
     return str(Path(sys.executable).with_name("prefect"))
 
 
+def _started(pid: int) -> str | None:
+    """When the process started (clock ticks since boot; None if it is gone): with the PID it
+    names one process, so a PID reused after a reboot is never taken for ours."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def _alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -114,7 +123,18 @@ class LocalStack:
         return stack_state(self.settings) or {"workers": {}}
 
     def _save(self, state: dict[str, Any]) -> None:
+        pids = [state.get("server_pid"), *state.get("workers", {}).values()]
+        known = state.get("started", {})
+        state["started"] = {str(pid): known.get(str(pid)) or _started(pid) for pid in pids if pid}
         atomic_write_json(self.folder / "stack.json", state)
+
+    def ours(self, pid: int | None, state: dict[str, Any]) -> bool:
+        """Whether ``pid`` is the process this stack started (alive, same start time)."""
+        if not _alive(pid):
+            return False
+        assert pid is not None
+        recorded = state.get("started", {}).get(str(pid))
+        return recorded is None or recorded == _started(pid)
 
     def log(self, name: str) -> Path:
         return self.folder / "logs" / f"{name}.log"
@@ -162,10 +182,11 @@ class LocalStack:
         sites = [load_site(name) for name in options.sites]
         state = self.state()
         url = f"http://127.0.0.1:{options.port}/api"
-        if _alive(state.get("server_pid")) and state.get("api_url") == url and _healthy(url):
+        server = state.get("server_pid")
+        if self.ours(server, state) and state.get("api_url") == url and _healthy(url):
             say(f"Prefect server already up at {url}")
         else:
-            if _alive(state.get("server_pid")):
+            if self.ours(server, state):
                 raise B2CalError(
                     f"a Prefect server of this stack runs at {state.get('api_url')}: "
                     "b2cal server down first to move it to another port"
@@ -187,7 +208,7 @@ class LocalStack:
         workers = dict(state.get("workers", {}))
         for site in sites:
             pid = workers.get(site.name)
-            if _alive(pid):
+            if self.ours(pid, state):
                 continue
             workers[site.name] = self._start_worker(url, site, options)
             say(f"worker started for pool {site.work_pool} (site {site.name})")
@@ -300,17 +321,18 @@ class LocalStack:
             raise B2CalError(f"prefect deploy failed: {_tail(self.log('deploy'))}")
         say(f"deployments registered from prefect.yaml ({time.monotonic() - started:.1f} s)")
         ensure_automations(options.heartbeat_timeout, options.notify_url)
-        if options.discover and "local" in options.sites:
-            activate_discovery("local")
+        if options.discover:
+            for site in options.sites:
+                activate_discovery(site)
 
     # --- status and down --------------------------------------------------------------------
     def processes(self) -> list[tuple[str, int | None, bool]]:
         state = self.state()
         rows: list[tuple[str, int | None, bool]] = [
-            ("server", state.get("server_pid"), _alive(state.get("server_pid")))
+            ("server", state.get("server_pid"), self.ours(state.get("server_pid"), state))
         ]
         for site, pid in sorted(state.get("workers", {}).items()):
-            rows.append((f"worker {site}", pid, _alive(pid)))
+            rows.append((f"worker {site}", pid, self.ours(pid, state)))
         return rows
 
     def down(self, say: Callable[[str], None] = lambda _: None) -> None:
@@ -319,7 +341,7 @@ class LocalStack:
         pids = [(f"worker {s}", p) for s, p in state.get("workers", {}).items()]
         pids.append(("server", state.get("server_pid")))
         for name, pid in pids:
-            if pid and _alive(pid):
+            if pid and self.ours(pid, state):
                 _stop_group(pid)
                 say(f"stopped {name} (pid {pid})")
         state["workers"] = {}

@@ -11,6 +11,7 @@ both and use them as they are.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,14 @@ def ensure_staging_tag(store: ConditionsStore, request: Request) -> None:
 
 
 def prepare(
-    db: StateDatabase, store: ConditionsStore, site: Site, request: Request
+    db: StateDatabase,
+    store: ConditionsStore,
+    site: Site,
+    request: Request,
+    rerun: Collection[str] = (),
 ) -> tuple[Plan, dict[str, Calibration]]:
-    """Fix the request's inputs, create its staging tag, and plan it in its workspace."""
+    """Fix the request's inputs, create its staging tag, and plan it in its workspace;
+    ``rerun`` names calibrations whose results (and their dependants') are forgotten."""
     area = RequestArea(site.request_folder(request.id))
     area.root.mkdir(parents=True, exist_ok=True)
     if not area.files_list.is_file():
@@ -101,7 +107,7 @@ def prepare(
     export_input_tags(store, request, area)
     ensure_staging_tag(store, request)
     calibrations, overrides = calibrations_of(request)
-    made = plan(area.workspace, engine_request(request, area), calibrations, overrides)
+    made = plan(area.workspace, engine_request(request, area), calibrations, overrides, rerun=rerun)
     return made, calibrations
 
 
@@ -113,3 +119,13 @@ def dry_run(
     area.files_list.write_text(json.dumps(input_files(db, site, request)))
     calibrations, overrides = calibrations_of(request)
     return make_plan(engine_request(request, area), calibrations, overrides), calibrations
+
+
+def blocked_by(db: StateDatabase, request_id: int, dependencies: list[str]) -> list[str]:
+    """Why a calibration of the request cannot run: its dependencies that ended without
+    payloads (FAILED, NOT_ENOUGH_DATA, CANCELLED), as ``"X ended FAILED"``."""
+    from b2cal.db.states import CalRunState
+
+    ended = (CalRunState.FAILED, CalRunState.NOT_ENOUGH_DATA, CalRunState.CANCELLED)
+    runs = [db.calibration_run_of(request_id, dep) for dep in dependencies]
+    return [f"{run.calibration} ended {run.state.value}" for run in runs if run.state in ended]

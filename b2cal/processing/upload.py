@@ -11,7 +11,10 @@ request is UPLOADED or SKIPPED, the staging tag moves to TESTING.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from b2cal.caf.graph import topological_order
@@ -20,7 +23,8 @@ from b2cal.cdb.operations import read_local_database, upload
 from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.model import CalibrationRun
-from b2cal.db.states import CalRunState
+from b2cal.db.states import CalRunState, RequestState
+from b2cal.errors import StateConflict
 from b2cal.processing.area import RequestArea
 from b2cal.processing.preparation import calibrations_of
 from b2cal.sites import Site
@@ -57,12 +61,35 @@ def _remove_earlier(
         )
 
 
+@contextmanager
+def _uploading(area: RequestArea) -> Iterator[None]:
+    """One uploader per request at a time, across threads, processes and nodes of the site
+    (a lock file in the request's workspace on the shared filesystem): the second waits, then
+    finds the work done."""
+    area.root.mkdir(parents=True, exist_ok=True)
+    with (area.root / "upload.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def upload_approved(
     db: StateDatabase, store: ConditionsStore, site: Site, request_id: int
 ) -> UploadReport:
     """Upload every approved calibration run of the request that may be uploaded now."""
-    request = db.request(request_id)
     area = RequestArea(site.request_folder(request_id))
+    with _uploading(area):
+        return _upload_approved(db, store, area, request_id)
+
+
+def _upload_approved(
+    db: StateDatabase, store: ConditionsStore, area: RequestArea, request_id: int
+) -> UploadReport:
+    request = db.request(request_id)
+    if request.state is RequestState.CANCELLED:
+        raise StateConflict(request.label, request.state.value, "uploaded", "it was cancelled")
     calibrations, _ = calibrations_of(request)
     runs = {c.calibration: c for c in db.calibration_runs(request_id)}
     report = UploadReport()

@@ -104,16 +104,25 @@ def _reference(
 
 def validate_output(
     calibration: str,
-    result_ok: bool,
     outputdb: Path,
     folder: Path,
     store: ConditionsStore | None,
     reference_tag: str | None,
+    *,
+    reference_required: bool = False,
 ) -> Validation:
-    """Validate ``outputdb`` against ``reference_tag``; report and plots go to ``folder``."""
+    """Validate ``outputdb`` against ``reference_tag``; report and plots go to ``folder``.
+
+    A reference tag that does not exist fails the validation when it was asked for by name
+    (``reference_required``); the site's default reference may not exist yet (a new site),
+    and then there is nothing to compare with.
+    """
     problems: list[str] = []
-    if not result_ok:
-        problems.append("the calibration did not end OK")
+    known = {t.name for t in store.tags()} if store is not None else set()
+    if reference_tag is not None and reference_tag not in known:
+        if reference_required:
+            problems.append(f"reference tag {reference_tag} does not exist")
+        reference_tag = None
     entries = read_database_txt(outputdb) if (outputdb / "database.txt").is_file() else []
     if not entries:
         problems.append(f"no payloads in {outputdb}")

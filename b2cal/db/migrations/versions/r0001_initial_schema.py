@@ -47,7 +47,7 @@ def upgrade() -> None:
         sa.Column("closed", sa.DateTime(timezone=True), nullable=True),
         sa.Column("late_files", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_state_bucket")),
-        sa.UniqueConstraint("exp", "number", name=op.f("uq_state_bucket_exp_number")),
+        sa.UniqueConstraint("site", "exp", "number", name=op.f("uq_state_bucket_site_exp_number")),
         mysql_charset="utf8mb4",
         mysql_collate="utf8mb4_bin",
     )
@@ -97,10 +97,12 @@ def upgrade() -> None:
             ["bucket_id"], ["state_bucket.id"], name=op.f("fk_state_request_bucket_id_state_bucket")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_state_request")),
-        sa.UniqueConstraint("bucket_id", name=op.f("uq_state_request_bucket_id")),
         mysql_charset="utf8mb4",
         mysql_collate="utf8mb4_bin",
     )
+    with op.batch_alter_table("state_request", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_state_request_bucket_id"), ["bucket_id"], unique=False)
+
     op.create_table(
         "state_run",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -113,7 +115,7 @@ def upgrade() -> None:
             ["bucket_id"], ["state_bucket.id"], name=op.f("fk_state_run_bucket_id_state_bucket")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_state_run")),
-        sa.UniqueConstraint("exp", "run", name=op.f("uq_state_run_exp_run")),
+        sa.UniqueConstraint("site", "exp", "run", name=op.f("uq_state_run_site_exp_run")),
         mysql_charset="utf8mb4",
         mysql_collate="utf8mb4_bin",
     )
@@ -218,6 +220,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_state_run_bucket_id"))
 
     op.drop_table("state_run")
+    with op.batch_alter_table("state_request", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_state_request_bucket_id"))
+
     op.drop_table("state_request")
     op.drop_table("state_file")
     op.drop_table("state_bucket")
