@@ -27,6 +27,7 @@ from b2cal.db.states import ACTIVE, CalRunState, SignoffDecision
 from b2cal.errors import B2CalError, StateConflict
 from b2cal.orchestration.registration import SIGNOFF_EVENT
 from b2cal.processing.area import RequestArea
+from b2cal.processing.jobs import job_records
 from b2cal.processing.preparation import prepare
 from b2cal.processing.upload import upload_approved
 from b2cal.processing.validation import validate_output
@@ -100,7 +101,10 @@ def _iterate(site: Site, db: StateDatabase, calrun_id: int, request_id: int, nam
             result = done.result.value
         else:
             db.move(calrun_id, CalRunState.COLLECTING, iteration=iteration)
-            collect_task(site, request_id, name, iteration)
+            try:
+                collect_task(site, request_id, name, iteration)
+            finally:  # failed jobs too, with their reasons
+                db.record_jobs(calrun_id, job_records(workspace, name, calrun_id, iteration))
             db.move(calrun_id, CalRunState.ALGORITHM, iteration=iteration)
             result = algorithm_task(site, request_id, name, iteration)
         if result != AlgorithmResult.ITERATE.value:

@@ -1,6 +1,6 @@
 """``discover-data``: scan a site's storage, register settled files, close buckets, and start
 the prompt request of every closed bucket that has none (a ``process-request`` deployment run),
-if the site runs prompt requests."""
+if the site runs prompt requests; then apply the site's retention rule to finished requests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from b2cal.db.database import SYSTEM
 from b2cal.db.states import BucketState
 from b2cal.errors import B2CalError
 from b2cal.orchestration.requests import NOT_STARTED, create_prompt_request, start_request
+from b2cal.processing.retention import clean_finished_requests
 from b2cal.sites import RequestKind
 from flows.common import records, site_of
 
@@ -38,6 +39,12 @@ def discover_data(site: str | None = None, start_requests: bool = True) -> dict[
                     started.append(request.id)
                 except B2CalError as exc:  # the other buckets still get their requests
                     log.error("%s: no prompt request started: %s", bucket.label, exc)
+        for cleaned in clean_finished_requests(db, here):
+            log.info(
+                "request %d: collector outputs removed by the retention rule (%d files)",
+                cleaned.request_id,
+                cleaned.files,
+            )
     for missing in report.missing_roots:
         log.warning("storage root %s does not exist", missing)
     for bad in report.bad:

@@ -71,3 +71,73 @@ def test_validation_reports_pulls_and_refuses_non_finite_constants(tmp_path: Pat
             "T", empty, tmp_path / "w", store, "nosuch", reference_required=True
         )
     assert nothing.problems == ["reference tag nosuch does not exist", f"no payloads in {empty}"]
+
+
+def test_collector_jobs_are_recorded_from_the_job_folders(
+    tmp_path: Path, small_storage: Path
+) -> None:
+    from b2cal.backends.local import LocalBackend
+    from b2cal.caf.plan import CalibrationRequest
+    from b2cal.caf.registry import load
+    from b2cal.caf.steps import collect, plan
+    from b2cal.caf.workspace import Workspace
+    from b2cal.processing.jobs import job_records
+
+    workspace = Workspace(tmp_path / "out")
+    request = CalibrationRequest(exp=1, first_run=1, last_run=4, storage=small_storage)
+    calibration = load("ChannelT0")
+    plan(workspace, request, {"ChannelT0": calibration})
+    with LocalBackend(1) as backend:
+        collect(workspace, calibration, 0, backend)
+    jobs = job_records(workspace, "ChannelT0", 7, 0)
+    assert jobs and all(j.state == "done" and j.attempts >= 1 and j.files for j in jobs)
+    with StateDatabase(f"sqlite:///{tmp_path / 'state.sqlite'}") as db:
+        request_id = db.create_request(
+            kind=RequestKind.PROMPT, site="lab", exp=1, run_low=1, run_high=4,
+            calibrations=["ChannelT0"],
+        ).id  # fmt: skip
+        (calrun,) = db.start_request(request_id)
+        db.record_jobs(calrun.id, job_records(workspace, "ChannelT0", calrun.id, 0))
+        db.record_jobs(calrun.id, job_records(workspace, "ChannelT0", calrun.id, 0))  # again
+        assert [j.number for j in db.collector_jobs(calrun.id)] == [j.number for j in jobs]
+
+
+def test_retention_removes_collector_outputs_of_old_finished_requests_only(
+    tmp_path: Path, site: Site
+) -> None:
+    from datetime import timedelta
+
+    from b2cal.processing.area import RequestArea
+    from b2cal.processing.retention import clean_finished_requests
+
+    with StateDatabase(f"sqlite:///{tmp_path / 'state.sqlite'}") as db:
+        ids = []
+        for _ in range(2):
+            request = db.create_request(
+                kind=RequestKind.PROMPT, site="lab", exp=1, run_low=1, run_high=2,
+                calibrations=["ChannelT0"],
+            )  # fmt: skip
+            ids.append(request.id)
+            jobs = RequestArea(site.request_folder(request.id)).output / "ChannelT0"
+            for job in ("0000", "0001"):
+                folder = jobs / "iterations" / "0" / "jobs" / job
+                folder.mkdir(parents=True)
+                (folder / "output.pkl").write_bytes(b"x" * 10)
+                (folder / "status.json").write_text("{}")
+            (jobs / "outputdb").mkdir()
+            (jobs / "outputdb" / "database.txt").write_text("kept\n")
+        done, running = ids
+        (calrun,) = db.start_request(done)
+        for state in (S.VALIDATING, S.APPROVED, S.UPLOADED):
+            db.move(calrun.id, state)
+        db.start_request(running)
+        later = db.request(done).updated + timedelta(days=15)
+        assert clean_finished_requests(db, site, later - timedelta(days=2)) == []  # too young
+        (cleaned,) = clean_finished_requests(db, site, later)
+        assert (cleaned.request_id, cleaned.files, cleaned.bytes) == (done, 2, 20)
+        assert clean_finished_requests(db, site, later) == []  # once
+        for request_id, outputs in ((done, 0), (running, 2)):
+            area = RequestArea(site.request_folder(request_id))
+            assert len(list(area.output.glob("*/iterations/*/jobs/*/output.pkl"))) == outputs
+            assert len(list(area.output.glob("*/iterations/*/jobs/*/status.json"))) == 2
+        assert (RequestArea(site.request_folder(done)).output / "ChannelT0" / "outputdb").is_dir()

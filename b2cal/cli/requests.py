@@ -259,7 +259,7 @@ def request_create(
     overrides = read_config(config, available()) if config is not None else {}
     open_ended = open_ended or request_kind is RequestKind.PROMPT  # as Belle II prompt does
     here = _site(site)
-    with _db(here) as db:
+    with _db(here, create=not dry_run) as db:
         bucket_id = None
         if bucket is not None:
             found = [b for b in discovery.buckets(db, here.name, exp) if b.number == bucket]
@@ -650,7 +650,7 @@ def status(site: SiteOption = None, as_json: Json = False) -> None:
 
     here = _site(site)
     with _db(here, create=False) as db:
-        requests = db.requests(limit=20)
+        requests = [r for r in db.requests(limit=50) if r.site == here.name][:20]
         runs = [c for r in requests for c in db.calibration_runs(r.id)]
         buckets = discovery.buckets(db, here.name)
     waiting = [c for c in runs if c.state.value == "AWAITING_SIGNOFF"]
@@ -675,14 +675,19 @@ def status(site: SiteOption = None, as_json: Json = False) -> None:
         console.print(
             f"[yellow]late files[/]: {b.label} has {b.late_files} files that came after it closed"
         )
-    if not runs:
-        console.print("no requests yet")
+    for r in requests:
+        if r.state.value in ("PENDING", "FAILED") and not any(c.request_id == r.id for c in runs):
+            console.print(f"{r.label}: {r.state.value}" + (f" ({r.message})" if r.message else ""))
+    if not requests:
+        console.print(f"no requests at site {here.name} yet")
 
 
 def signoff(
     calibration_run: Annotated[int, typer.Argument(metavar="CALRUN", help="Calibration run id.")],
     decision: Annotated[str, typer.Argument(metavar="approve|reject", help="The decision.")],
-    comment: Annotated[str, typer.Option(help="Why (kept in the action log).")] = "",
+    comment: Annotated[
+        str, typer.Option(help="Why (kept in the action log; needed to reject).")
+    ] = "",
     site: SiteOption = None,
     upload: Annotated[
         str,
@@ -704,6 +709,8 @@ def signoff(
         raise B2CalError(f"decision must be approve or reject, got {decision!r}") from None
     if upload not in ("flow", "here", "no"):
         raise B2CalError(f"--upload must be flow, here or no, got {upload!r}")
+    if chosen is SignoffDecision.REJECT and not comment.strip():
+        raise B2CalError("a rejection needs --comment saying why (the expert reruns from it)")
     here = _site(site)
     with _db(here, create=False) as db:
         signed, followup = act_on_signoff(

@@ -220,7 +220,6 @@ def cancel_request(db: StateDatabase, request_id: int, actor: str) -> list[Calib
                 ):
                     client.set_flow_run_state(run.id, Cancelling(), force=True)
     except B2CalError as exc:
-        log.warning("request %d is cancelled in b2cal, but its flow runs: %s", request_id, exc)
         raise B2CalError(
             f"request {request_id} is cancelled, but its flow runs could not be stopped: {exc}"
         ) from None
