@@ -28,7 +28,7 @@ def server_up(
     ] = True,
     poll: Annotated[
         float, typer.Option(metavar="SECONDS", help="How often workers ask for new runs.")
-    ] = 5.0,
+    ] = 2.0,
     notify_url: Annotated[
         str | None,
         typer.Option(

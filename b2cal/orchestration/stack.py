@@ -50,7 +50,7 @@ class StackOptions:
     sites: tuple[str, ...] = ("local",)
     discover: bool = True
     #: Seconds between a worker's polls of its pool (Prefect's default is 10).
-    worker_poll_seconds: float = 5.0
+    worker_poll_seconds: float = 2.0
     notify_url: str | None = None
     #: Seconds without a heartbeat after which a running flow run is marked Crashed.
     heartbeat_timeout: int = HEARTBEAT_TIMEOUT
