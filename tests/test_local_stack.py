@@ -102,3 +102,30 @@ def test_a_taken_port_is_refused(home: tuple[Path, dict[str, str]]) -> None:
         refused = run(env, "server", "up", "--port", port, "--no-discover")
     assert_one_line_error(refused, f"port {port} on 127.0.0.1 is taken")
     assert_one_line_error(run(env, "server", "up", "--sites", "cern"), "unknown site cern")
+
+
+def test_a_failed_start_leaves_nothing_running(home: tuple[Path, dict[str, str]]) -> None:
+    folder, env = home
+    # a site file that cannot be loaded makes the registration fail after the server started
+    (folder / "sites" / "broken.toml").write_text("storage_roots = [\n")
+    failed = run(env, "server", "up", "--port", str(free_port()), "--no-discover")
+    assert_one_line_error(failed, "site broken")
+    stack = json.loads((folder / "server" / "stack.json").read_text())
+    assert "server_pid" not in stack and stack["workers"] == {}
+    assert stack_processes(folder) == []
+
+
+def stack_processes(folder: Path) -> list[int]:
+    """Prefect processes started for this test's home (found by their environment)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if b"prefect" in command and f"B2CAL_HOME={folder}".encode() in environ.split(b"\0"):
+            found.append(int(proc.name))
+    return found

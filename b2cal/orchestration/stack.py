@@ -178,44 +178,60 @@ class LocalStack:
     def up(
         self, options: StackOptions, say: Callable[[str], None] = lambda _: None
     ) -> dict[str, Any]:
-        """Start what is not running; idempotent. Returns the stack's record."""
+        """Start what is not running; idempotent. Returns the stack's record. If it fails
+        half-way (or is interrupted), what this call started is stopped again."""
         sites = [load_site(name) for name in options.sites]
         state = self.state()
         url = f"http://127.0.0.1:{options.port}/api"
         server = state.get("server_pid")
-        if self.ours(server, state) and state.get("api_url") == url and _healthy(url):
-            say(f"Prefect server already up at {url}")
-        else:
-            if self.ours(server, state):
-                raise B2CalError(
-                    f"a Prefect server of this stack runs at {state.get('api_url')}: "
-                    "b2cal server down first to move it to another port"
-                )
-            if _port_taken(options.port):
-                raise B2CalError(
-                    f"port {options.port} on 127.0.0.1 is taken by another program: choose "
-                    "another with --port"
-                )
-            state = {"workers": {}}
-            state["server_pid"] = self._start_server(options.port, say)
-            state["api_url"] = url
-            state["auth_string"] = self.auth_string
+        started: list[int] = []
+        try:
+            if self.ours(server, state) and state.get("api_url") == url and _healthy(url):
+                say(f"Prefect server already up at {url}")
+            else:
+                if self.ours(server, state):
+                    raise B2CalError(
+                        f"a Prefect server of this stack runs at {state.get('api_url')}: "
+                        "b2cal server down first to move it to another port"
+                    )
+                if _port_taken(options.port):
+                    raise B2CalError(
+                        f"port {options.port} on 127.0.0.1 is taken by another program: "
+                        "choose another with --port"
+                    )
+                state = {"workers": {}}
+                state["server_pid"] = self._start_server(options.port, say)
+                started.append(state["server_pid"])
+                state["api_url"] = url
+                state["auth_string"] = self.auth_string
+                self._save(state)
+                self._wait_healthy(url, state["server_pid"])
+                say(f"Prefect server up at {url}")
+            self._write_profile(url)
+            self._register(url, options, say)
+            workers = dict(state.get("workers", {}))
+            for site in sites:
+                pid = workers.get(site.name)
+                if self.ours(pid, state):
+                    continue
+                workers[site.name] = self._start_worker(url, site, options)
+                started.append(workers[site.name])
+                say(f"worker started for pool {site.work_pool} (site {site.name})")
+            state["workers"] = workers
+            state["ui_url"] = url.removesuffix("/api")
             self._save(state)
-            self._wait_healthy(url, state["server_pid"])
-            say(f"Prefect server up at {url}")
-        self._write_profile(url)
-        self._register(url, options, say)
-        workers = dict(state.get("workers", {}))
-        for site in sites:
-            pid = workers.get(site.name)
-            if self.ours(pid, state):
-                continue
-            workers[site.name] = self._start_worker(url, site, options)
-            say(f"worker started for pool {site.work_pool} (site {site.name})")
-        state["workers"] = workers
-        state["ui_url"] = url.removesuffix("/api")
-        self._save(state)
-        return state
+            return state
+        except BaseException:
+            for pid in reversed(started):  # nothing this call started outlives its failure
+                _stop_group(pid)
+            if started:
+                recorded = self.state()
+                if recorded.get("server_pid") in started:
+                    recorded = {"workers": {}, "api_url": url}
+                workers = recorded.get("workers", {})
+                recorded["workers"] = {s: p for s, p in workers.items() if p not in started}
+                self._save(recorded)
+            raise
 
     def _start_server(self, port: int, say: Callable[[str], None]) -> int:
         database = os.environ.get("B2CAL_PREFECT_DATABASE_URL") or (
