@@ -56,6 +56,23 @@ default = "expert"
 }
 
 
+def processes_with(environment_entry: str, command_part: bytes = b"") -> list[int]:
+    """Processes whose environment holds ``environment_entry`` (``KEY=value``) and whose
+    command line holds ``command_part``: what a test started, found without its PIDs."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if environment_entry.encode() in environ and command_part in command:
+            found.append(int(proc.name))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

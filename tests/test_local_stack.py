@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from cli import B2CAL, assert_one_line_error
-from prefect_stack import free_port, stack_environment
+from prefect_stack import free_port, processes_with, stack_environment
 
 from b2cal.toy.generate import generate_toy
 
@@ -116,16 +116,5 @@ def test_a_failed_start_leaves_nothing_running(home: tuple[Path, dict[str, str]]
 
 
 def stack_processes(folder: Path) -> list[int]:
-    """Prefect processes started for this test's home (found by their environment)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            command = (proc / "cmdline").read_bytes()
-            environ = (proc / "environ").read_bytes()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if b"prefect" in command and f"B2CAL_HOME={folder}".encode() in environ.split(b"\0"):
-            found.append(int(proc.name))
-    return found
+    """Prefect processes started for this test's home."""
+    return processes_with(f"B2CAL_HOME={folder}", b"prefect")

@@ -26,7 +26,14 @@ from typing import Any, TypeVar
 
 import pytest
 from cli import B2CAL, assert_one_line_error
-from prefect_stack import Receiver, environment, free_port, stack_environment, webhook_receiver
+from prefect_stack import (
+    Receiver,
+    environment,
+    free_port,
+    processes_with,
+    stack_environment,
+    webhook_receiver,
+)
 from sql_databases import database_url
 from sqlalchemy import create_engine, text
 
@@ -309,17 +316,7 @@ def test_signoff_holds_nothing_and_uploads_once(stack: Stack) -> None:
 # --- crashes, retries, cancellation ---------------------------------------------------------
 def flow_run_pids(flow_run_id: str) -> list[int]:
     """Processes running a flow run (the worker puts its id in their environment)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ:
-            pids.append(int(proc.name))
-    return pids
+    return processes_with(f"PREFECT__FLOW_RUN_ID={flow_run_id}")
 
 
 def flow_run_state(flow_run_id: str) -> str:

@@ -18,6 +18,8 @@ from b2cal.cli.arguments import parse_runs
 from b2cal.errors import B2CalError
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from b2cal.db.database import StateDatabase
     from b2cal.db.model import CalibrationRun, Request
     from b2cal.sites import RequestKind, Site
@@ -413,7 +415,7 @@ def request_show(
             console.print(_constants_table(run))
 
 
-def _constants_table(run: CalibrationRun):  # type: ignore[no-untyped-def]
+def _constants_table(run: CalibrationRun) -> Table:
     """The validated constants of a calibration run, per IoV and field (from its summary)."""
     from rich.table import Table
 
@@ -440,7 +442,7 @@ def _constants_table(run: CalibrationRun):  # type: ignore[no-untyped-def]
     return table
 
 
-def _calrun_table(runs: list[CalibrationRun], title: str):  # type: ignore[no-untyped-def]
+def _calrun_table(runs: list[CalibrationRun], title: str) -> Table:
     from rich.table import Table
 
     table = Table(title=title)

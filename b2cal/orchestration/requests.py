@@ -189,13 +189,6 @@ def start_deployment_run(name: str, parameters: dict[str, Any], tags: list[str])
     return str(flow_run.id)
 
 
-def pool_has_worker(site: Site) -> bool:
-    from prefect.client.schemas.objects import WorkPoolStatus
-
-    with prefect_client() as client:
-        return client.read_work_pool(site.work_pool).status is WorkPoolStatus.READY
-
-
 def cancel_request(db: StateDatabase, request_id: int, actor: str) -> list[CalibrationRun]:
     """Cancel the request in the state database, then its flow runs in Prefect (their
     collector jobs stop with them)."""

@@ -95,7 +95,7 @@ def _port_taken(port: int) -> bool:
     return False
 
 
-def _healthy(url: str, auth: str | None = None) -> bool:
+def _healthy(url: str) -> bool:
     try:
         return httpx.get(f"{url}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
