@@ -4,13 +4,17 @@ The lock is an advisory ``flock`` on a file of the calibration's folder, which t
 releases however the holding process ends, so a killed driver never leaves a calibration locked.
 A lock belongs to the thread that took it: that thread may take it again (a driver holds it
 around the steps it calls, and each step takes it too); any other thread, of this process or
-another, waits a moment, then is refused.
+another, waits a moment, then is refused. A driver whose steps run in several threads (a
+Prefect flow and its tasks) holds its locks under :func:`one_holder`: the threads started with
+a copy of its context are then the same holder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -26,18 +30,38 @@ PATIENCE_SECONDS = 1.0
 @dataclass
 class _Held:
     handle: IO[str]
-    owner: int  # the thread that holds it
+    owner: object  # the thread (or the holder of one_holder) that holds it
     count: int
 
 
 _mutex = threading.Lock()
 _held: dict[Path, _Held] = {}
+_holder: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "b2cal_lock_holder", default=None
+)
+_holders = itertools.count(1)
+
+
+@contextlib.contextmanager
+def one_holder() -> Iterator[None]:
+    """Inside, this thread and every thread started with a copy of its context (as Prefect's
+    task runners start tasks) hold locks as one holder: a flow's tasks may take the locks the
+    flow holds, while other processes and threads are still refused."""
+    token = _holder.set(f"holder-{next(_holders)}")
+    try:
+        yield
+    finally:
+        _holder.reset(token)
+
+
+def _me() -> object:
+    return _holder.get() or threading.get_ident()
 
 
 @contextlib.contextmanager
 def hold(path: Path, busy: Exception) -> Iterator[None]:
     """Hold the lock ``path`` while inside; raise ``busy`` if someone else holds it."""
-    me = threading.get_ident()
+    me = _me()
     with _mutex:
         held = _held.get(path)
         if held is not None and held.owner == me:

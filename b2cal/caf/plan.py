@@ -88,6 +88,8 @@ class CalibrationPlan(BaseModel):
     name: str
     depends_on: list[str]
     upstream: list[str]
+    #: Upstream calibrations computed elsewhere: where their payloads are (None: skipped).
+    elsewhere: dict[str, Path | None] = {}
     streams: list[str]
     strategy: str
     max_iterations: int
@@ -102,33 +104,51 @@ class CalibrationPlan(BaseModel):
 
 class Plan(BaseModel):
     request: CalibrationRequest
+    #: The calibrations this workspace computes, dependencies first.
     order: list[str]
     calibrations: dict[str, CalibrationPlan]
+    #: Calibrations of the request computed elsewhere (another site's workspace), or skipped
+    #: (None), that computed ones depend on: where their payloads are.
+    elsewhere: dict[str, Path | None] = {}
     #: Listed files (``--files-from``) outside the requested experiment and runs.
     left_out: int = 0
     #: Calibrations recomputed by a rerun, dependants included (set when the plan is recorded).
     rerun: list[str] = []
 
     def arguments(self) -> dict[str, Any]:
-        return self.request.arguments(self.order)
+        """The run's identity: every calibration of the request, wherever it is computed (a
+        calibration skipped later changes where its dependants look, not the identity)."""
+        return self.request.arguments([*self.order, *self.elsewhere])
 
 
 def make_plan(
     request: CalibrationRequest,
     calibrations: Mapping[str, Calibration],
     overrides: Overrides | None = None,
+    elsewhere: Mapping[str, Path | None] | None = None,
 ) -> Plan:
     """The plan of running ``calibrations`` (configured already) for ``request``.
 
-    Input files are listed once for all calibrations. A calibration without any input file is
-    refused; requested runs without files are noted (they are warned about, not refused).
+    ``elsewhere`` names calibrations among them that this workspace does not compute: their
+    payloads are in the local database given (computed by another workspace, e.g. at another
+    site), or nowhere (None: skipped, so their dependants find what the input databases
+    hold). Input files are listed once for the calibrations computed. A calibration without
+    any input file is refused; requested runs without files are noted (they are warned
+    about, not refused).
     """
-    order = topological_order(calibrations)
-    streams = sorted({s for c in calibrations.values() for s in c.input_streams})
+    outside = dict(elsewhere or {})
+    unknown = sorted(set(outside) - set(calibrations))
+    if unknown:
+        raise B2CalError(f"calibrations computed elsewhere are not planned: {', '.join(unknown)}")
+    order = [name for name in topological_order(calibrations) if name not in outside]
+    if not order:
+        raise B2CalError("every calibration is computed elsewhere or skipped: nothing to plan")
+    streams = sorted({s for n in order for s in calibrations[n].input_streams})
     listed, left_out = _input_files(request, streams)
     plans = {}
     for name in order:
         calibration = calibrations[name]
+        above = upstream(name, calibrations)
         files = [f for f in listed if f.stream in calibration.input_streams]
         if not files:
             raise B2CalError(
@@ -140,7 +160,8 @@ def make_plan(
         plans[name] = CalibrationPlan(
             name=name,
             depends_on=list(calibration.depends_on),
-            upstream=upstream(name, calibrations),
+            upstream=above,
+            elsewhere={dep: outside[dep] for dep in above if dep in outside},
             streams=list(calibration.input_streams),
             strategy=calibration.strategy.name.value,
             max_iterations=calibration.max_iterations,
@@ -153,7 +174,13 @@ def make_plan(
             config=dict((overrides or {}).get(name, {})),
             effective=fingerprint(calibration),
         )
-    return Plan(request=request, order=order, calibrations=plans, left_out=left_out)
+    return Plan(
+        request=request,
+        order=order,
+        calibrations=plans,
+        elsewhere=outside,
+        left_out=left_out,
+    )
 
 
 def _input_files(
@@ -229,6 +256,10 @@ def _checked(
             raise InputsChanged(workspace.root, name, changed)
         if name in again:
             continue
+        if before.elsewhere != now.elsewhere:
+            differences[f"{name} (where its dependencies' payloads are)"] = (
+                _sources(before.elsewhere), _sources(now.elsewhere),
+            )  # fmt: skip
         config = _config_differences(name, before.config, now.config)
         differences.update(config)
         if not config and before.effective != now.effective:
@@ -239,6 +270,15 @@ def _checked(
     if differences:
         raise ArgumentsChanged(workspace.root, differences, rerun_hint=True)
     return again, new, old
+
+
+def _sources(elsewhere: Mapping[str, Path | None]) -> str:
+    if not elsewhere:
+        return "computed here"
+    return ", ".join(
+        f"{name} {'skipped' if path is None else f'from {path}'}"
+        for name, path in sorted(elsewhere.items())
+    )
 
 
 def _config_differences(
@@ -308,6 +348,7 @@ def _records(plan: Plan) -> _Records:
             config=calibration.config,
             effective=calibration.effective,
             upstream=calibration.upstream,
+            elsewhere=calibration.elsewhere,
             input_databases=list(plan.request.input_databases),
             files=calibration.files,
             stamps=[stamps[f.path] for f in calibration.files],

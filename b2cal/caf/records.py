@@ -98,6 +98,10 @@ class CalibrationRecord(Record):
     effective: dict[str, Any] = Field(default_factory=dict)
     #: Calibrations whose outputs are in the database chain, nearest first.
     upstream: list[str] = Field(default_factory=list)
+    #: Upstream calibrations this workspace does not compute, and where their payloads are
+    #: instead: a local database (written before the first collection: payloads computed
+    #: elsewhere, e.g. at another site), or None (skipped: the input databases stand in).
+    elsewhere: dict[str, Path | None] = Field(default_factory=dict)
     input_databases: list[Path] = Field(default_factory=list)
     files: list[InputFile]
     stamps: list[FileStamp]

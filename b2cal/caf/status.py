@@ -45,7 +45,10 @@ def _blocked(workspace: Workspace, row: CalibrationStatus) -> None:
     area = workspace.calibration(row.calibration)
     if not area.has_record():
         return
-    for dep in area.record().upstream:
+    record = area.record()
+    for dep in record.upstream:
+        if dep in record.elsewhere:
+            continue  # not this workspace's to compute
         outcome = workspace.calibration(dep).outcome()
         if outcome is not None and outcome.result.value != "OK":
             row.state = "not run"

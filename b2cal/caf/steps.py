@@ -7,18 +7,23 @@ Prefect task — ``caf run`` (:mod:`b2cal.caf.driver`) and the flows call the sa
 
 * :func:`plan`: calibrations in dependency order, input files listed once, collector jobs per
   calibration, recorded in the workspace (:mod:`b2cal.caf.plan`);
-* :func:`collect`: one iteration's collector jobs on a backend;
+* :func:`collect`: one iteration's collector jobs on a backend — all at once, or in batches
+  after :func:`prepare_collection` has written them (a flow runs each batch as a task);
 * :func:`run_algorithm`: merge, strategy, algorithm for one iteration; its result says whether
   the calibration asks to iterate;
 * :func:`finish`: final output, provenance and validation of a calibration.
+
+A driver that runs steps in several threads at once holds the calibration with
+:func:`driving`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 from b2cal.backends.base import Backend
@@ -26,15 +31,16 @@ from b2cal.caf.calibration import AlgorithmResult, Calibration, PayloadDoc
 from b2cal.caf.chain import PayloadChain, chain_links
 from b2cal.caf.config import Overrides, configure
 from b2cal.caf.jobs import collected_jobs, job_specs, merge_job_outputs, prepare_jobs, run_jobs
+from b2cal.caf.locks import one_holder
 from b2cal.caf.outputs import inputs_digest, validate, write_final_output
 from b2cal.caf.plan import CalibrationRequest, Plan, fingerprint, make_plan, record_plan
 from b2cal.caf.progress import NoProgress, Progress, plural
 from b2cal.caf.records import CalibrationOutcome, CalibrationRecord, IterationResult, PayloadRef
 from b2cal.caf.registry import load
 from b2cal.caf.strategies import run_strategy
-from b2cal.caf.workspace import CalibrationArea, Workspace
+from b2cal.caf.workspace import CalibrationArea, JobArea, Workspace
 from b2cal.core.iov import IoV, run_ranges
-from b2cal.core.localdb import LocalDatabase, write_local_database
+from b2cal.core.localdb import DATABASE_TXT, LocalDatabase, write_local_database
 from b2cal.errors import B2CalError
 
 log = logging.getLogger("b2cal.caf")
@@ -46,11 +52,14 @@ def plan(
     calibrations: Mapping[str, Calibration],
     overrides: Overrides | None = None,
     rerun: Collection[str] = (),
+    elsewhere: Mapping[str, Path | None] | None = None,
 ) -> Plan:
     """Plan the run and record the plan in the workspace (or check it against the recorded
     one); ``rerun`` names calibrations whose results (and their dependants') are forgotten,
-    to be computed again (``Plan.rerun`` says which)."""
-    result = make_plan(request, calibrations, overrides)
+    to be computed again (``Plan.rerun`` says which); ``elsewhere`` names calibrations this
+    workspace does not compute, and where their payloads are (None: skipped), as for
+    :func:`b2cal.caf.plan.make_plan`."""
+    result = make_plan(request, calibrations, overrides, elsewhere)
     result.rerun = record_plan(workspace, result, rerun)
     if result.left_out:
         log.warning(
@@ -65,6 +74,16 @@ def plan(
         if missing:
             log.warning("%s: no input files for requested runs %s", name, run_ranges(missing))
     return result
+
+
+@contextlib.contextmanager
+def driving(workspace: Workspace, name: str) -> Iterator[None]:
+    """Hold calibration ``name`` for a driver whose steps run in several threads of this
+    process (a Prefect flow whose tasks run collection batches side by side): those threads
+    started with a copy of this context act as the driver; another process or thread asking
+    for the calibration is refused (CalibrationBusy) until the driver lets go."""
+    with one_holder(), workspace.calibration(name).lock():
+        yield
 
 
 def load_calibration(workspace: Workspace, name: str) -> Calibration:
@@ -93,10 +112,66 @@ def chain_directories(
     workspace: Workspace, area: CalibrationArea, record: CalibrationRecord, iteration: int
 ) -> list[Path]:
     """The database chain of an iteration: the previous iteration's payloads, the
-    dependencies' outputs (nearest first), the request's input databases."""
+    dependencies' outputs (nearest first; those computed elsewhere where their payloads were
+    put, skipped ones left out), the request's input databases."""
     previous = [area.iteration(iteration - 1).localdb] if iteration > 0 else []
-    dependencies = [workspace.calibration(dep).outputdb for dep in record.upstream]
-    return [*previous, *dependencies, *record.input_databases]
+    dependencies = [
+        record.elsewhere[dep] if dep in record.elsewhere else workspace.calibration(dep).outputdb
+        for dep in record.upstream
+    ]
+    links = [d for d in dependencies if d is not None]
+    return [*previous, *links, *record.input_databases]
+
+
+def prepare_collection(workspace: Workspace, calibration: Calibration, iteration: int) -> list[int]:
+    """Write the collector jobs of ``iteration`` (keeping those whose spec is unchanged) and
+    return the numbers of those not finished: what :func:`collect` is then given, in batches,
+    by a driver that runs batches as separate tasks. Nothing once the iteration has a
+    result."""
+    area = workspace.calibration(calibration.name)
+    with area.lock():
+        if area.iteration(iteration).result() is not None:
+            return []
+        jobs = _write_jobs(workspace, area, calibration, iteration)
+        return [job.index for job in jobs if not job.done]
+
+
+def _write_jobs(
+    workspace: Workspace, area: CalibrationArea, calibration: Calibration, iteration: int
+) -> list[JobArea]:
+    record = _planned(workspace, calibration)
+    _check_ready(workspace, area, record, iteration)
+    chain = chain_links(chain_directories(workspace, area, record, iteration))
+    jobs = prepare_jobs(area.iteration(iteration), calibration, record.files, chain)
+    done = sum(1 for job in jobs if job.done)
+    kept = f", {done} done before" if done else ""
+    count = plural(len(jobs), "job")
+    log.info("%s: iteration %d: collecting, %s%s", area.name, iteration, count, kept)
+    return jobs
+
+
+def _prepared_jobs(
+    workspace: Workspace,
+    area: CalibrationArea,
+    calibration: Calibration,
+    iteration: int,
+    numbers: Collection[int],
+) -> list[JobArea]:
+    """Jobs ``numbers`` of the iteration, if they are written as they must be now."""
+    record = _planned(workspace, calibration)
+    current = area.iteration(iteration)
+    chain = chain_links(chain_directories(workspace, area, record, iteration))
+    specs = job_specs(current, calibration, record.files, chain)
+    jobs = {job.index: job for job in current.jobs()}
+    stale = sorted(
+        n for n in numbers if n not in jobs or n >= len(specs) or jobs[n].spec() != specs[n]
+    )
+    if stale:
+        raise B2CalError(
+            f"{area.name} iteration {iteration}: collector jobs {stale} are not prepared as "
+            "planned now: prepare the collection first"
+        )
+    return [jobs[n] for n in sorted(numbers)]
 
 
 def collect(
@@ -105,39 +180,46 @@ def collect(
     iteration: int,
     backend: Backend,
     *,
+    jobs: Collection[int] | None = None,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
 ) -> None:
     """Run the collector jobs of ``iteration`` that have not finished on ``backend``.
 
     Nothing to do once the iteration has a result. Collector jobs whose spec is unchanged
-    keep their output. Raises CollectionFailed if jobs still fail after the backend's retries,
-    Interrupted when ``stop`` is set.
+    keep their output. With ``jobs`` (numbers from :func:`prepare_collection`), only those
+    run: one batch of the collection. Raises CollectionFailed if jobs still fail after the
+    backend's retries, Interrupted when ``stop`` is set.
     """
     shown = progress or NoProgress()
     name = calibration.name
     area = workspace.calibration(name)
     with area.lock():
-        current = area.iteration(iteration)
-        if current.result() is not None:
+        if area.iteration(iteration).result() is not None:
             return
-        record = _planned(workspace, calibration)
-        _check_ready(workspace, area, record, iteration)
-        chain = chain_links(chain_directories(workspace, area, record, iteration))
-        jobs = prepare_jobs(current, calibration, record.files, chain)
-        done = sum(1 for job in jobs if job.done)
+        if jobs is None:
+            selected = _write_jobs(workspace, area, calibration, iteration)
+        else:
+            selected = _prepared_jobs(workspace, area, calibration, iteration, jobs)
+        done = sum(1 for job in selected if job.done)
         kept = f", {done} done before" if done else ""
-        shown.stage(name, f"iteration {iteration}: collecting ({plural(len(jobs), 'job')}{kept})")
-        log.info(
-            "%s: iteration %d: collecting, %s%s", name, iteration, plural(len(jobs), "job"), kept
-        )
-        run_jobs(name, iteration, jobs, backend, lambda d, t: shown.jobs(name, d, t), stop=stop)
+        what = plural(len(selected), "job") + kept
+        shown.stage(name, f"iteration {iteration}: collecting ({what})")
+        run_jobs(name, iteration, selected, backend, lambda d, t: shown.jobs(name, d, t), stop=stop)
 
 
 def _check_ready(
     workspace: Workspace, area: CalibrationArea, record: CalibrationRecord, iteration: int
 ) -> None:
     for dep in record.upstream:
+        if dep in record.elsewhere:
+            source = record.elsewhere[dep]
+            if source is not None and not (source / DATABASE_TXT).is_file():
+                raise B2CalError(
+                    f"{area.name} needs the payloads of {dep} (computed elsewhere) in "
+                    f"{source}, which holds no database yet"
+                )
+            continue
         outcome = workspace.calibration(dep).outcome()
         if outcome is None or outcome.result is not AlgorithmResult.OK:
             state = outcome.result.value if outcome else "not finished"
