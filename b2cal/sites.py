@@ -68,8 +68,11 @@ class BackendSettings(_Strict):
 
     name: str = "local"
     workers: int = Field(default=2, gt=0)
-    #: Collector jobs one calibration runs at a time (one Prefect task per batch of them).
+    #: Collector jobs per batch: a calibration's collection is one Prefect task per batch.
     batch_size: int = Field(default=16, gt=0)
+    #: Batches of one calibration handed to the backend at once (two keep it busy while a
+    #: batch's last jobs finish).
+    batches_in_flight: int = Field(default=2, gt=0, le=8)
 
 
 class Retention(_Strict):

@@ -1,9 +1,13 @@
 """``calibrate``: one calibration of one request, from plan to sign-off (and upload if the
 site's policy approves it automatically).
 
-plan → per iteration: collect → algorithm → … → finish → validate → sign-off. The engine's steps
-do the work and record it in the request's workspace, so a retried flow run walks over what is
-done (finished collector jobs, iterations and uploads are never repeated). Waiting for an
+plan → wait for the dependencies → per iteration: collect (one task per batch of collector
+jobs) → algorithm → … → finish → validate → sign-off. The engine's steps do the work and record
+it in the site's workspace of the request, so a retried flow run walks over what is done
+(finished collector jobs, iterations and uploads are never repeated). Inside ``process-request``
+it starts with its request and waits for the ``outputdb`` of the dependencies that run in the
+same process; as a deployment run (a calibration placed at another site) its dependencies are
+uploaded already, and those computed elsewhere are read from the staging tag. Waiting for an
 expert holds nothing: the flow run ends with the calibration run AWAITING_SIGNOFF, and the
 ``sign-off`` flow uploads once someone decides.
 """
@@ -11,6 +15,8 @@ expert holds nothing: the flow run ends with the calibration run AWAITING_SIGNOF
 from __future__ import annotations
 
 import contextlib
+import contextvars
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -20,19 +26,34 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from b2cal.caf.calibration import AlgorithmResult
-from b2cal.caf.steps import collect, finish, load_calibration, run_algorithm
+from b2cal.caf.steps import (
+    collect,
+    driving,
+    finish,
+    load_calibration,
+    prepare_collection,
+    run_algorithm,
+)
 from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import SYSTEM, StateDatabase
+from b2cal.db.model import Request
 from b2cal.db.states import ACTIVE, CalRunState, SignoffDecision
-from b2cal.errors import B2CalError, StateConflict
+from b2cal.errors import B2CalError, Interrupted, StateConflict
+from b2cal.orchestration.deferred import advance, upload_and_advance
 from b2cal.orchestration.registration import SIGNOFF_EVENT
 from b2cal.processing.area import RequestArea
 from b2cal.processing.jobs import job_records
-from b2cal.processing.preparation import prepare
-from b2cal.processing.upload import upload_approved
+from b2cal.processing.preparation import (
+    blocked_by,
+    calibrations_of,
+    fetch_upstream,
+    planned_attempt,
+    prepare,
+)
 from b2cal.processing.validation import validate_output
 from b2cal.sites import SignoffPolicy, Site
 from flows.common import (
+    awaited_here,
     output_written,
     records,
     site_backend,
@@ -45,11 +66,14 @@ from flows.common import (
 AUTO_APPROVER = f"{SYSTEM} (site policy: auto)"
 
 
-@task(name="collect", cache_policy=NONE, task_run_name="collect · {calibration} · iter {iteration}")
-def collect_task(site: Site, request_id: int, calibration: str, iteration: int) -> None:
+@task(name="collect", cache_policy=NONE)
+def collect_task(
+    site: Site, request_id: int, calibration: str, iteration: int, jobs: list[int]
+) -> None:
+    """One batch of an iteration's collector jobs on the site's backend."""
     workspace = RequestArea(site.request_folder(request_id)).workspace
     calibration_ = load_calibration(workspace, calibration)
-    collect(workspace, calibration_, iteration, site_backend(site), stop=stopping)
+    collect(workspace, calibration_, iteration, site_backend(site), jobs=jobs, stop=stopping)
 
 
 @task(
@@ -90,6 +114,48 @@ def validate_task(
     return validation.model_dump()
 
 
+def _collect(
+    site: Site, db: StateDatabase, calrun_id: int, request_id: int, name: str, iteration: int
+) -> None:
+    """An iteration's collection: its jobs written, then one ``collect`` task per batch of
+    ``batch_size`` jobs, ``batches_in_flight`` of them at a time. A batch that fails lets the
+    running ones end, submits no more, and fails the collection; every batch's jobs are
+    recorded in the state database as it ends."""
+    workspace = RequestArea(site.request_folder(request_id)).workspace
+    todo = prepare_collection(workspace, load_calibration(workspace, name), iteration)
+    db.record_jobs(calrun_id, job_records(workspace, name, calrun_id, iteration))
+    size = site.backend.batch_size
+    batches = [todo[start : start + size] for start in range(0, len(todo), size)]
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(site.backend.batches_in_flight, thread_name_prefix="batch") as pool:
+        running: dict[Future[None], list[int]] = {}
+
+        def settle(done: set[Future[None]]) -> None:
+            nonlocal failure
+            for future in done:
+                batch = running.pop(future)
+                db.record_jobs(calrun_id, job_records(workspace, name, calrun_id, iteration, batch))
+                if future.exception() is not None and failure is None:
+                    failure = future.exception()
+
+        for batch in batches:
+            while len(running) >= site.backend.batches_in_flight:
+                settle(wait(running, return_when=FIRST_COMPLETED).done)
+            if failure is not None or stopping.is_set():
+                break
+            label = f"collect · {name} · iter {iteration} · jobs {batch[0]}-{batch[-1]}"
+            run = collect_task.with_options(task_run_name=label)
+            future = pool.submit(  # the task runs as the flow's child, holding its locks
+                contextvars.copy_context().run, run, site, request_id, name, iteration, batch
+            )
+            running[future] = batch
+        settle(wait(running).done)
+    if failure is not None:
+        raise failure
+    if stopping.is_set():
+        raise Interrupted(f"{name}: iteration {iteration} before all its batches were submitted")
+
+
 def _iterate(site: Site, db: StateDatabase, calrun_id: int, request_id: int, name: str) -> str:
     """The iterations, as the engine's driver runs them; returns the finish result."""
     workspace = RequestArea(site.request_folder(request_id)).workspace
@@ -101,10 +167,7 @@ def _iterate(site: Site, db: StateDatabase, calrun_id: int, request_id: int, nam
             result = done.result.value
         else:
             db.move(calrun_id, CalRunState.COLLECTING, iteration=iteration)
-            try:
-                collect_task(site, request_id, name, iteration)
-            finally:  # failed jobs too, with their reasons
-                db.record_jobs(calrun_id, job_records(workspace, name, calrun_id, iteration))
+            _collect(site, db, calrun_id, request_id, name, iteration)
             db.move(calrun_id, CalRunState.ALGORITHM, iteration=iteration)
             result = algorithm_task(site, request_id, name, iteration)
         if result != AlgorithmResult.ITERATE.value:
@@ -112,6 +175,16 @@ def _iterate(site: Site, db: StateDatabase, calrun_id: int, request_id: int, nam
     code, message = finish_task(site, request_id, name)
     db.move(calrun_id, CalRunState.ALGORITHM, result=code, message=message or None)
     return code
+
+
+def _wait_for(request_id: int, dependencies: list[str]) -> None:
+    """Until the dependencies running in this process have written their ``outputdb``."""
+    for dep in dependencies:
+        while not output_written(request_id, dep).wait(timeout=1.0):
+            if stopping.is_set():
+                break
+        if stopping.is_set():
+            raise Interrupted(f"while waiting for the payloads of {dep}")
 
 
 def _cancelled(flow: Any, flow_run: Any, state: Any) -> None:
@@ -141,7 +214,7 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
             request = db.request(request_id)
             calrun = db.calibration_run_of(request_id, calibration)
             if calrun.state is CalRunState.APPROVED:  # crashed before its upload
-                upload_approved(db, store, here, request_id)
+                upload_and_advance(db, store, here, request_id)
                 return db.calibration_run(calrun.id).state.value
             if calrun.state is CalRunState.AWAITING_SIGNOFF:  # crashed before its sign-off?
                 return _sign_off(here, db, store, calrun.id, request_id, calibration)
@@ -150,16 +223,29 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
             elif not calrun.state.active:
                 log.info("%s is %s: nothing to do", calrun.label, calrun.state.value)
                 return calrun.state.value
-            if not RequestArea(here.request_folder(request_id)).workspace.exists():
-                prepare(db, store, here, request)  # a calibration started on its own
+            if planned_attempt(here, request_id, calibration) != calrun.attempt:
+                prepare(db, store, here, request)  # on its own, or a new attempt
+            depends = calibrations_of(request)[0][calibration].depends_on
+            waiting = awaited_here(request_id, depends)
             db.move(
                 calrun.id,
                 CalRunState.PLANNED,
                 flow_run_id=str(flow_run.id or ""),
-                expected=ACTIVE | {CalRunState.FAILED},  # not if cancelled meanwhile
+                message=f"waiting for the payloads of {', '.join(waiting)}" if waiting else None,
+                expected=ACTIVE | {CalRunState.FAILED},  # not if cancelled or skipped meanwhile
             )
             try:
-                code = _iterate(here, db, calrun.id, request_id, calibration)
+                _wait_for(request_id, waiting)
+                blocked = blocked_by(db, request_id, list(depends))
+                if blocked:
+                    db.move(calrun.id, CalRunState.FAILED, message="not run: " + "; ".join(blocked))
+                    return CalRunState.FAILED.value
+                fetched = fetch_upstream(db, store, here, request, calibration)
+                if fetched:
+                    log.info("payloads of %s read from %s", ", ".join(fetched), request.staging_tag)
+                workspace = RequestArea(here.request_folder(request_id)).workspace
+                with driving(workspace, calibration):
+                    code = _iterate(here, db, calrun.id, request_id, calibration)
             except Exception as exc:  # collector jobs that keep failing, a bug: FAILED
                 message = (
                     str(exc)
@@ -178,20 +264,39 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
                 db.move(calrun.id, CalRunState.FAILED)
                 raise B2CalError(f"{calibration} ended {code}: {message}")
             db.move(calrun.id, CalRunState.VALIDATING)
-            reference = request.reference_tag or here.running_tag
-            validation = validate_task(
-                here, request_id, calibration, reference, request.reference_tag is not None
-            )
-            why = (
-                ""
-                if validation["passed"]
-                else "validation failed: " + "; ".join(validation["problems"])
-            )
-            db.move(calrun.id, CalRunState.AWAITING_SIGNOFF, summary=validation,
-                    message=why or "validated: waiting for a sign-off")  # fmt: skip
-            return _sign_off(here, db, store, calrun.id, request_id, calibration)
+            return _validate_and_sign_off(here, db, store, request, calrun.id, calibration)
     finally:
         ready.set()
+        if not stopping.is_set():
+            _advance(request_id, here)
+
+
+def _validate_and_sign_off(
+    here: Site,
+    db: StateDatabase,
+    store: ConditionsStore,
+    request: Request,
+    calrun_id: int,
+    calibration: str,
+) -> str:
+    reference = request.reference_tag or here.running_tag
+    validation = validate_task(
+        here, request.id, calibration, reference, request.reference_tag is not None
+    )
+    why = "" if validation["passed"] else "validation failed: " + "; ".join(validation["problems"])
+    db.move(calrun_id, CalRunState.AWAITING_SIGNOFF, summary=validation,
+            message=why or "validated: waiting for a sign-off")  # fmt: skip
+    return _sign_off(here, db, store, calrun_id, request.id, calibration)
+
+
+def _advance(request_id: int, here: Site) -> None:
+    """Start what this calibration's end made ready elsewhere (or fail what it left without
+    payloads); a failure to do so is said, not raised: the next upload tries again."""
+    try:
+        with records(here) as (db, _):
+            advance(db, request_id)
+    except Exception as exc:
+        get_run_logger().warning("deferred calibrations of request %d: %s", request_id, exc)
 
 
 def _sign_off(
@@ -211,7 +316,7 @@ def _sign_off(
     if passed and here.signoff_policy(calibration) is SignoffPolicy.AUTO:
         with contextlib.suppress(StateConflict):  # someone signed it off meanwhile
             db.signoff(calrun_id, SignoffDecision.APPROVE, AUTO_APPROVER, "validation passed")
-        upload_approved(db, store, here, request_id)
+        upload_and_advance(db, store, here, request_id)
         return db.calibration_run(calrun_id).state.value
     why = "validation failed" if not passed else "the site's policy wants an expert"
     emit_event(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import atexit
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from b2cal.backends.local import LocalBackend
@@ -12,7 +12,6 @@ from b2cal.caf.collection import JOB_TARGET
 from b2cal.cdb.connect import open_store
 from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import StateDatabase
-from b2cal.db.model import Bucket, Request
 from b2cal.sites import Site, load_site
 
 _backends: dict[str, LocalBackend] = {}
@@ -69,6 +68,22 @@ def stop_everything() -> None:
         backend.close()
 
 
+_here: set[tuple[int, str]] = set()
+
+
+def run_here(request_id: int, calibrations: Sequence[str]) -> None:
+    """These calibrations of the request run in this process (``process-request``): their
+    dependants here wait for their :func:`output_written`."""
+    with _backends_lock:
+        _here.update((request_id, name) for name in calibrations)
+
+
+def awaited_here(request_id: int, dependencies: Sequence[str]) -> list[str]:
+    """The ``dependencies`` that run in this process, whose output a dependant waits for."""
+    with _backends_lock:
+        return [dep for dep in dependencies if (request_id, dep) in _here]
+
+
 def output_written(request_id: int, calibration: str) -> threading.Event:
     """Set once the calibration's ``outputdb`` is written (or it ended without one): its
     dependants in the same process start on it, not on its flow run's return."""
@@ -106,29 +121,3 @@ class StartTurns:
 
 
 subflow_turns = StartTurns()
-
-
-def request_tags(request: Request, bucket: Bucket | None = None) -> list[str]:
-    """Tags that let the Prefect UI (and b2cal) find a request's runs."""
-    tags = [
-        f"request:{request.id}",
-        f"kind:{request.kind.value}",
-        f"site:{request.site}",
-        f"exp:{request.exp}",
-    ]
-    if bucket is not None:
-        tags.append(f"bucket:{bucket.number}")
-    return tags
-
-
-def request_title(request: Request, bucket: Bucket | None = None) -> str:
-    """``e1 bucket 3`` for a bucket's request, ``e1 r1-8 (request 17)`` otherwise."""
-    if bucket is not None:
-        return f"e{request.exp} bucket {bucket.number}"
-    return f"e{request.exp} r{request.run_low}-{request.run_high} (request {request.id})"
-
-
-def bucket_of(db: StateDatabase, request: Request) -> Bucket | None:
-    from b2cal.db import discovery
-
-    return discovery.bucket(db, request.bucket_id) if request.bucket_id is not None else None

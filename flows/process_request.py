@@ -1,10 +1,14 @@
-"""``process-request``: every calibration of a request, in dependency order, at the request's
-site; independent calibrations at the same time.
+"""``process-request``: every calibration of a request that runs at the request's site, in
+dependency order, independent ones at the same time; the others are started where they run.
 
-Each calibration is an in-process ``calibrate`` subflow started in a thread as soon as the
-calibrations it depends on have written their ``outputdb`` (not when their flow runs return:
-validation and sign-off of a dependency do not hold its dependants back). A dependency that
-ended without payloads (FAILED, NOT_ENOUGH_DATA) leaves its dependants FAILED, saying why.
+Each calibration that runs here (its dependencies all run here, or are skipped) is an
+in-process ``calibrate`` subflow. All of them start at once, each waiting inside for the
+``outputdb`` of its dependencies here, so a dependant's first collector job follows its
+dependency's payloads within a moment (not the end of its flow run: validation and sign-off of
+a dependency do not hold its dependants back). A dependency that ended without payloads
+(FAILED, NOT_ENOUGH_DATA) leaves its dependants FAILED, saying why. Calibrations placed at
+another site, or downstream of one, are deferred: started as ``calibrate`` deployment runs on
+their sites' pools when what they need is uploaded (:mod:`b2cal.orchestration.deferred`).
 """
 
 from __future__ import annotations
@@ -18,18 +22,18 @@ from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from b2cal.db.states import CalRunState, RequestState
+from b2cal.db.states import RequestState
 from b2cal.errors import StateConflict
-from b2cal.processing.preparation import blocked_by, prepare
-from b2cal.processing.upload import upload_approved
+from b2cal.orchestration.deferred import advance, upload_and_advance
+from b2cal.orchestration.labels import bucket_of, request_tags, request_title
+from b2cal.processing.placement import in_process
+from b2cal.processing.preparation import calibrations_of, prepare
 from b2cal.sites import Site
 from flows.calibrate import calibrate
 from flows.common import (
-    bucket_of,
     output_written,
     records,
-    request_tags,
-    request_title,
+    run_here,
     site_of,
     stop_everything,
     stopping,
@@ -38,31 +42,24 @@ from flows.common import (
 
 
 @task(name="plan", cache_policy=NONE, task_run_name="plan · request {request_id}")
-def plan_task(site: Site, request_id: int) -> dict[str, list[str]]:
-    """Fix the request's inputs, export its input tags, create its staging tag, plan it;
-    returns each calibration's dependencies inside the request."""
+def plan_task(site: Site, request_id: int) -> list[str]:
+    """Fix the request's inputs here, export its input tags, create its staging tag, plan what
+    this site computes; returns the calibrations run in this process, dependencies first."""
     with records(site) as (db, store):
-        made, calibrations = prepare(db, store, site, db.request(request_id))
+        request = db.request(request_id)
+        prepare(db, store, site, request)
         db.start_request(request_id)
-        return {name: list(calibrations[name].depends_on) for name in made.order}
+        calibrations, _ = calibrations_of(request)
+        runs = {run.calibration: run for run in db.calibration_runs(request_id)}
+        return in_process(request, calibrations, runs)
 
 
-def _run_one(site: Site, request_id: int, name: str, depends: list[str], title: str) -> str:
-    """Wait for the dependencies' outputs, then run the calibration as a subflow; whatever
+def _run_one(site: Site, request_id: int, name: str, title: str) -> str:
+    """Run the calibration as a subflow (it waits for its dependencies inside); whatever
     happens, its own output event is set at the end, so its dependants never wait forever."""
     try:
-        for dep in depends:
-            while not output_written(request_id, dep).wait(timeout=1.0):
-                if stopping.is_set():
-                    return "stopped"
         if stopping.is_set():
             return "stopped"
-        with records(site) as (db, _):
-            blocked = blocked_by(db, request_id, depends)
-            calrun = db.calibration_run_of(request_id, name)
-            if blocked and calrun.state.active:
-                db.move(calrun.id, CalRunState.FAILED, message="not run: " + "; ".join(blocked))
-                return CalRunState.FAILED.value
         with tags(f"calib:{name}"), subflow_turns.turn():
             run = calibrate.with_options(flow_run_name=f"{name} · {title}")
             return run(request_id=request_id, calibration=name, site=site.name)
@@ -97,37 +94,40 @@ def process_request(request_id: int, site: str | None = None) -> str:
         labels = request_tags(request, bucket_of(db, request))
     with tags(*labels):
         try:
-            depends = plan_task(here, request_id)
+            order = plan_task(here, request_id)  # dependencies first
         except Exception as exc:
             with records(here) as (db, _):
                 db.fail_request(request_id, f"not planned: {exc}")
             raise
-        order = list(depends)  # the plan's order: dependencies first
+        with records(here) as (db, _):
+            for started in advance(db, request_id):
+                log.info("started %s", started)
+        run_here(request_id, order)
         failures: list[str] = []
-        with ThreadPoolExecutor(max_workers=len(order), thread_name_prefix="calibrate") as pool:
-            futures: dict[str, Future[str]] = {
-                name: pool.submit(
-                    contextvars.copy_context().run,  # the subflow is the request's child
-                    _run_one,
-                    here,
-                    request_id,
-                    name,
-                    depends[name],
-                    title,
-                )
-                for name in order
-            }
-            try:
-                for name, future in futures.items():
-                    try:
-                        log.info("%s: %s", name, future.result())
-                    except Exception as exc:  # one calibration's failure stops no other
-                        failures.append(f"{name}: {exc}")
-            except BaseException:  # cancelled (SIGTERM), interrupted: stop every calibration
-                stop_everything()
-                raise
+        if order:
+            with ThreadPoolExecutor(len(order), thread_name_prefix="calibrate") as pool:
+                futures: dict[str, Future[str]] = {
+                    name: pool.submit(
+                        contextvars.copy_context().run,  # the subflow is the request's child
+                        _run_one,
+                        here,
+                        request_id,
+                        name,
+                        title,
+                    )
+                    for name in order
+                }
+                try:
+                    for name, future in futures.items():
+                        try:
+                            log.info("%s: %s", name, future.result())
+                        except Exception as exc:  # one calibration's failure stops no other
+                            failures.append(f"{name}: {exc}")
+                except BaseException:  # cancelled (SIGTERM), interrupted: stop every one
+                    stop_everything()
+                    raise
     with records(here) as (db, store):
-        upload_approved(db, store, here, request_id)
+        upload_and_advance(db, store, here, request_id)
         final = db.finish_request(request_id, "; ".join(failures) or None)
     log.info("request %d is %s", request_id, final.state.value)
     if failures:

@@ -2,15 +2,16 @@
 
 Short by design: the decision is already in the state database and its action log; this flow
 uploads every approved calibration of the request that may be uploaded now (its dependencies
-uploaded or skipped) and moves the staging tag to TESTING when the request is complete. Run it
-twice and the second run uploads nothing.
+uploaded or skipped) and moves the staging tag to TESTING when the request is complete, then
+starts the deferred calibrations that this made ready (a dependant placed at another site).
+Run it twice and the second run uploads nothing.
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from b2cal.processing.upload import upload_approved
+from b2cal.orchestration.deferred import upload_and_advance
 from flows.common import records, site_of
 
 
@@ -21,9 +22,11 @@ def signoff(calibration_run_id: int, site: str | None = None) -> list[str]:
     here = site_of(site)
     with records(here) as (db, store):
         calrun = db.calibration_run(calibration_run_id)
-        report = upload_approved(db, store, here, calrun.request_id)
+        report, started = upload_and_advance(db, store, here, calrun.request_id)
     for name, why in report.blocked.items():
         log.info("%s not uploaded: %s", name, why)
+    for what in started:
+        log.info("started %s", what)
     log.info(
         "uploaded: %s; staging tag is %s",
         ", ".join(report.uploaded) or "nothing",

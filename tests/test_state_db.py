@@ -104,8 +104,10 @@ def test_state_rules() -> None:
     for state in ACTIVE:  # iterations and retried flow runs walk the active states freely
         assert allowed_moves(state) >= ACTIVE
     assert S.APPROVED in allowed_moves(S.VALIDATING)  # automatic sign-off
-    assert allowed_moves(S.AWAITING_SIGNOFF) == {S.APPROVED, S.REJECTED, S.CANCELLED}
+    assert allowed_moves(S.AWAITING_SIGNOFF) == {S.APPROVED, S.REJECTED, S.CANCELLED, S.SKIPPED}
     assert allowed_moves(S.SKIPPED) == {S.PLANNED}
+    assert allowed_moves(S.UPLOADED) == {S.PLANNED}  # in the staging tag: rerun, not skip
+    assert S.SKIPPED in allowed_moves(S.PLANNED) and S.SKIPPED not in allowed_moves(S.COLLECTING)
     check_move("x", S.REJECTED, S.PLANNED)  # a rerun
     with pytest.raises(StateConflict):
         check_move("x", S.UPLOADED, S.APPROVED)
@@ -213,3 +215,58 @@ def test_a_missing_sqlite_file_is_not_created_for_reading(tmp_path: Path) -> Non
     with pytest.raises(DatabaseError, match="does not exist"):
         StateDatabase(f"sqlite:///{tmp_path / 'none.sqlite'}", create=False)
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_skipping_reruns_the_stopped_dependants_and_refuses_taken_runs(
+    state_db: StateDatabase,
+) -> None:
+    request = make_request(state_db, ("ChannelT0", "ChannelGain", "ModuleAlignment"))
+    t0, gain, alignment = state_db.start_request(request)
+    walk_to(state_db, t0.id, S.COLLECTING)
+    with pytest.raises(StateConflict, match="a flow run works on it"):
+        state_db.skip(t0.id, "/CN=Coord", "bad data", ["ChannelGain"])
+    walk_to(state_db, t0.id, S.FAILED)
+    walk_to(state_db, gain.id, S.FAILED)  # "not run: ChannelT0 ended FAILED"
+    walk_to(state_db, alignment.id, S.COLLECTING)  # not a dependant: it may run on
+    skipped, again = state_db.skip(t0.id, "/CN=Coord", "no t0 this bucket", ["ChannelGain"])
+    assert (
+        skipped.state is S.SKIPPED and skipped.message == "skipped by /CN=Coord: no t0 this bucket"
+    )
+    assert (again.calibration, again.state, again.attempt) == ("ChannelGain", S.PLANNED, 2)
+    assert again.started is None and again.flow_run_id is None
+    with pytest.raises(StateConflict, match="is SKIPPED"):
+        state_db.skip(t0.id, "/CN=Coord", "again", [])
+    actions = [(a.action, a.target, a.outcome) for a in reversed(state_db.actions())]
+    assert ("skip", f"calibration run {t0.id}", "refused") in actions
+    assert ("skip", f"calibration run {t0.id}", "ok") in actions
+    assert ("rerun", f"calibration run {gain.id}", "ok") in actions
+    # a dependant still running refuses the skip of what it depends on
+    other = make_request(state_db, ("ChannelT0", "ChannelGain"))
+    t0b, gainb = state_db.start_request(other)
+    walk_to(state_db, t0b.id, S.VALIDATING, S.AWAITING_SIGNOFF)
+    walk_to(state_db, gainb.id, S.COLLECTING)
+    with pytest.raises(StateConflict, match="its dependants ChannelGain are running"):
+        state_db.skip(t0b.id, "/CN=Coord", "x", ["ChannelGain"])
+    assert state_db.calibration_run(t0b.id).state is S.AWAITING_SIGNOFF  # nothing changed
+
+
+def test_a_run_no_flow_run_has_taken_is_claimed_once_and_may_be_skipped(
+    state_db: StateDatabase,
+) -> None:
+    request = state_db.create_request(
+        kind=RequestKind.PROMPT, site="bnl", exp=1, run_low=1, run_high=8,
+        calibrations=["ChannelT0", "ModuleAlignment"],
+        placement={"ModuleAlignment": "desy", "ChannelT0": "bnl"},
+    )  # fmt: skip
+    assert request.placement == {"ModuleAlignment": "desy"}  # the request's site is implied
+    assert request.site_of("ModuleAlignment") == "desy" and request.site_of("ChannelT0") == "bnl"
+    t0, alignment = state_db.start_request(request.id)
+    assert state_db.claim_start(alignment.id, "starting")
+    assert not state_db.claim_start(alignment.id, "starting")  # the second caller is told
+    state_db.set_flow_run(alignment.id, "f-1", "started at desy")
+    assert state_db.calibration_run(alignment.id).flow_run_id == "f-1"
+    with pytest.raises(StateConflict, match="a flow run works on it"):
+        state_db.skip(alignment.id, "/CN=Coord", "taken", [])
+    (skipped,) = state_db.skip(t0.id, "/CN=Coord", "not this time", [])  # never taken
+    assert skipped.state is S.SKIPPED
+    assert not state_db.claim_start(t0.id, "starting")

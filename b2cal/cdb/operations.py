@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from b2cal.cdb.model import Payload, TagState
+from b2cal.cdb.model import Payload, PayloadIoV, TagState
 from b2cal.cdb.rules import IoVChange
 from b2cal.cdb.store import ConditionsStore, NewPayloadIoV
 from b2cal.core.files import atomic_write_bytes
@@ -89,18 +90,28 @@ def import_local_database(
 
 
 def export_local_database(
-    store: ConditionsStore, tag: str, directory: Path, within: IoV | None = None
+    store: ConditionsStore,
+    tag: str,
+    directory: Path,
+    within: IoV | None = None,
+    select: Callable[[PayloadIoV], bool] | None = None,
 ) -> int:
     """Write ``tag`` as a basf2 local database: payload files copied as they are.
 
     Files are named by the store's revisions (``dbstore_<Name>_rev_<revision>.<json|root>``);
     ``database.txt`` is written last. With ``within``, only the IoVs that overlap it are
-    written (a request's input tags, cut to its runs). Returns the number of IoVs written.
+    written (a request's input tags, cut to its runs); with ``select``, only those it accepts
+    (the payloads one calibration made, by their provenance). Returns the number of IoVs
+    written.
     """
     directory = Path(directory)
     if (directory / DATABASE_TXT).exists():
         raise CdbError(f"{directory} already holds a {DATABASE_TXT}; export into a new folder")
-    entries = [e for e in store.iovs(tag) if within is None or e.iov.overlaps(within)]
+    entries = [
+        e
+        for e in store.iovs(tag)
+        if (within is None or e.iov.overlaps(within)) and (select is None or select(e))
+    ]
     written: set[tuple[str, int]] = set()
     lines = []
     for entry in sorted(entries, key=lambda e: (e.iov.first, e.name)):

@@ -30,15 +30,11 @@ from b2cal.cli.arguments import (
 )
 from b2cal.cli.caf import caf_app, calibrations_app
 from b2cal.cli.cdb import cdb_app
-from b2cal.cli.requests import (
-    bucket_app,
-    discover,
-    request_app,
-    signoff,
-    status,
-)
+from b2cal.cli.discovery import bucket_app, discover
+from b2cal.cli.requests import request_app
 from b2cal.cli.server import server_app
 from b2cal.cli.signals import interruption, sigterm_as_interrupt, terminated
+from b2cal.cli.signoff import signoff, status
 from b2cal.cli.toy import toy_app
 from b2cal.errors import B2CalError
 

@@ -46,6 +46,17 @@ def parse_low_stat(text: str) -> dict[int, int]:
     return result
 
 
+def parse_placement(values: list[str] | None) -> dict[str, str]:
+    """``--place CAL=SITE`` (repeated) as calibration -> site."""
+    placement: dict[str, str] = {}
+    for value in values or []:
+        match = re.fullmatch(r"\s*([A-Za-z_][\w.-]*)\s*=\s*([\w-]+)\s*", value)
+        if match is None:
+            raise B2CalError(f"--place takes CALIBRATION=SITE, got {value!r}")
+        placement[match[1]] = match[2]
+    return placement
+
+
 class _Option(TyperOption):
     """An option as help shows it: its metavar or its name in capitals; nothing for a flag."""
 

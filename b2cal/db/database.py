@@ -11,7 +11,7 @@ runs, buckets) is in :mod:`b2cal.db.discovery`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select
@@ -32,6 +32,7 @@ from b2cal.db.schema import (
 )
 from b2cal.db.states import (
     RERUNNABLE,
+    SKIPPABLE,
     BucketState,
     CalRunState,
     RequestState,
@@ -119,6 +120,7 @@ class StateDatabase:
         config: dict[str, Any] | None = None,
         open_ended: bool = False,
         bucket_id: int | None = None,
+        placement: dict[str, str] | None = None,
         actor: str = SYSTEM,
     ) -> Request:
         """A new request (PENDING); a bucket's request moves the bucket to PROCESSING."""
@@ -153,6 +155,7 @@ class StateDatabase:
                 staging_tag="",
                 config=config or {},
                 open_ended=open_ended,
+                placement={k: v for k, v in (placement or {}).items() if v != site},
                 state=RequestState.PENDING,
                 created=moment,
                 created_by=actor,
@@ -359,21 +362,94 @@ class StateDatabase:
             request = _request_row(session, requests.pop(), lock=True)
             if request.state == RequestState.CANCELLED:
                 raise StateConflict(f"request {request.id}", request.state, "rerun")
-            if any(CalRunState(r.state).active for r in _calrun_rows(session, request.id)):
+            if any(_taken(r) for r in _calrun_rows(session, request.id)):
                 raise StateConflict(
                     f"request {request.id}", "RUNNING", "rerun", "rerun once it has stopped"
                 )
             for row in rows:
-                row.attempt += 1
-                _move(row, CalRunState.PLANNED, message=f"rerun by {actor}")
-                row.started = row.finished = None
-                row.result = row.iteration = None
-                add_action(session, actor, "rerun", f"calibration run {row.id}", "ok",
-                           {"attempt": row.attempt})  # fmt: skip
+                _new_attempt(session, row, f"rerun by {actor}", actor)
             _update_request_state(session, request)
             return [_calrun_value(row) for row in rows]
 
         return self.write(work)
+
+    def skip(
+        self, calrun_id: int, actor: str, comment: str, dependants: Collection[str] = ()
+    ) -> list[CalibrationRun]:
+        """Skip a calibration run: its dependants in the request use the request's input tags.
+
+        Allowed before a flow run has taken it, and once it has stopped without being
+        uploaded. ``dependants`` (every calibration of the request downstream of it) that
+        have stopped get a new attempt, computed without it; one still running refuses the
+        skip. All or nothing; refusals are logged. Returns the skipped run, then the rerun
+        ones.
+        """
+        target = f"calibration run {calrun_id}"
+
+        def work(session: Session) -> list[CalibrationRun]:
+            row = _calrun_row(session, calrun_id, lock=True)
+            request = _request_row(session, row.request_id, lock=True)
+            if request.state in (RequestState.CANCELLED, RequestState.DONE):
+                raise StateConflict(f"request {request.id}", request.state, "skip")
+            current = CalRunState(row.state)
+            if current not in SKIPPABLE or _taken(row):
+                why = "a flow run works on it" if _taken(row) else "skip it before it starts"
+                raise StateConflict(_calrun_label(row), current, CalRunState.SKIPPED, why)
+            downstream = [
+                r
+                for r in _calrun_rows(session, request.id, lock=True)
+                if r.calibration in dependants
+            ]
+            running = [r.calibration for r in downstream if _taken(r)]
+            if running:
+                raise StateConflict(
+                    _calrun_label(row), current, CalRunState.SKIPPED,
+                    f"its dependants {', '.join(running)} are running: skip once they stopped",
+                )  # fmt: skip
+            _move(row, CalRunState.SKIPPED, message=f"skipped by {actor}: {comment}")
+            add_action(session, actor, "skip", target, "ok", {"comment": comment})
+            again = []
+            for dependant in downstream:
+                if CalRunState(dependant.state) in RERUNNABLE:
+                    note = f"computed again without {row.calibration} (skipped by {actor})"
+                    _new_attempt(session, dependant, note, actor)
+                    again.append(dependant)
+            _update_request_state(session, request)
+            return [_calrun_value(r) for r in (row, *again)]
+
+        try:
+            return self.write(work)
+        except StateConflict as exc:
+            self.log_action(actor, "skip", target, "refused", {"why": str(exc)})
+            raise
+
+    def claim_start(self, calrun_id: int, claim: str) -> bool:
+        """Take a calibration run that no flow run has taken yet, for the flow run about to be
+        started for it (``claim`` marks it until :meth:`set_flow_run` names the run): of two
+        callers, one gets it."""
+
+        def work(session: Session) -> bool:
+            row = _calrun_row(session, calrun_id, lock=True)
+            if row.state != CalRunState.PLANNED or _taken(row):
+                return False
+            row.flow_run_id, row.updated = claim, now()
+            return True
+
+        return self.write(work)
+
+    def set_flow_run(
+        self, calrun_id: int, flow_run_id: str | None, message: str | None = None
+    ) -> None:
+        """Name the flow run started for a claimed calibration run (None: none could be
+        started; the claim is given back)."""
+
+        def work(session: Session) -> None:
+            row = _calrun_row(session, calrun_id, lock=True)
+            row.flow_run_id, row.updated = flow_run_id, now()
+            if message is not None:
+                row.message = message
+
+        self.write(work)
 
     # --- collector jobs -------------------------------------------------------------------
     def record_jobs(self, calrun_id: int, jobs: Sequence[CollectorJob]) -> None:
@@ -517,6 +593,23 @@ class StateDatabase:
 
 
 # --- inside a transaction ---------------------------------------------------------------------
+def _taken(row: CalibrationRunRow) -> bool:
+    """A flow run works on it (or one is being started for it)."""
+    state = CalRunState(row.state)
+    return state.active and (row.started is not None or row.flow_run_id is not None)
+
+
+def _new_attempt(session: Session, row: CalibrationRunRow, message: str, actor: str) -> None:
+    """The next attempt of a stopped calibration run: PLANNED, untaken, to be signed off anew."""
+    row.attempt += 1
+    _move(row, CalRunState.PLANNED, message=message)
+    row.started = row.finished = None
+    row.result = row.iteration = None
+    row.flow_run_id = None
+    add_action(session, actor, "rerun", f"calibration run {row.id}", "ok",
+               {"attempt": row.attempt})  # fmt: skip
+
+
 def _decided(decision: SignoffDecision) -> CalRunState:
     return CalRunState.APPROVED if decision is SignoffDecision.APPROVE else CalRunState.REJECTED
 
@@ -612,6 +705,7 @@ def _summary(row: RequestRow) -> dict[str, Any]:
         "calibrations": list(row.calibrations),
         "input_tags": list(row.input_tags),
         "bucket_id": row.bucket_id,
+        **({"placement": dict(row.placement)} if row.placement else {}),
     }
 
 
@@ -637,6 +731,7 @@ def _request_value(row: RequestRow) -> Request:
         updated=utc(row.updated),
         flow_run_id=row.flow_run_id,
         message=row.message,
+        placement=dict(row.placement or {}),
     )
 
 

@@ -65,11 +65,17 @@ class Request:
     updated: datetime
     flow_run_id: str | None
     message: str | None
+    #: Calibrations that run at another site than the request's: calibration -> site.
+    placement: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         runs = f"{self.run_low}-{self.run_high}"
         return f"request {self.id} ({self.kind.value}, e{self.exp} runs {runs})"
+
+    def site_of(self, calibration: str) -> str:
+        """The site where ``calibration`` runs (default: the request's)."""
+        return self.placement.get(calibration, self.site)
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,9 @@ class RequestRow(_Base):
     #: Expert settings per calibration, as ``caf run --config`` takes them.
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     open_ended: Mapped[bool]
+    #: Calibrations that run at another site than the request's: calibration -> site
+    #: (None, as for requests made before it existed: every one at the request's site).
+    placement: Mapped[dict[str, str] | None] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16))
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str] = mapped_column(String(255))

@@ -19,7 +19,9 @@ How the states relate to Prefect and to the engine (docs/orchestration.md has th
   APPROVED until a later sign-off run uploads it).
 * NOT_ENOUGH_DATA and FAILED are the engine's results of the same names (the flow run ends
   Completed for the first, Failed for the second); CANCELLED follows a cancelled flow run.
-* SKIPPED: the coordinator chose not to run it; its dependants use the request's input tags.
+* SKIPPED: the coordinator chose not to run it (before it started, or once it stopped without
+  being uploaded); its dependants use the request's input tags, and those that had used its
+  output are computed again.
 * A *rerun* starts a finished calibration run again at PLANNED (its earlier payloads are first
   removed from the staging tag).
 """
@@ -92,17 +94,23 @@ _MOVES: dict[CalRunState, frozenset[CalRunState]] = {
             if state is CalRunState.VALIDATING
             else frozenset()
         )
+        # Skipped before it started (the state database checks that no flow run has it).
+        | ({CalRunState.SKIPPED} if state is CalRunState.PLANNED else frozenset())
         for state in ACTIVE
     },
     CalRunState.AWAITING_SIGNOFF: frozenset(
-        {CalRunState.APPROVED, CalRunState.REJECTED, CalRunState.CANCELLED}
+        {CalRunState.APPROVED, CalRunState.REJECTED, CalRunState.CANCELLED, CalRunState.SKIPPED}
     ),
     # An upload that fails leaves it APPROVED (the next sign-off run tries again).
     CalRunState.APPROVED: frozenset({CalRunState.UPLOADED, CalRunState.CANCELLED}),
     **{state: frozenset({CalRunState.PLANNED, CalRunState.SKIPPED}) for state in _ENDED},
 }
-# A skipped calibration is only ever brought back by a rerun.
+# A skipped calibration is only ever brought back by a rerun; an uploaded one is not skipped
+# (its payloads are in the staging tag: rerun it instead).
 _MOVES[CalRunState.SKIPPED] = frozenset({CalRunState.PLANNED})
+_MOVES[CalRunState.UPLOADED] = frozenset({CalRunState.PLANNED})
+#: States a skip may start from (PLANNED only before any flow run has taken it).
+SKIPPABLE = frozenset(s for s, moves in _MOVES.items() if CalRunState.SKIPPED in moves)
 
 
 def allowed_moves(state: CalRunState) -> frozenset[CalRunState]:

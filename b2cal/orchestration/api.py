@@ -22,6 +22,8 @@ from b2cal.settings import Settings
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
 
+    from b2cal.sites import Site
+
 
 class OrchestratorUnreachable(B2CalError):
     """The Prefect API cannot be reached (or refuses us)."""
@@ -101,3 +103,21 @@ def prefect_client() -> Iterator[SyncPrefectClient]:
         raise B2CalError(f"Prefect API {url} refused the request: HTTP {status} {detail}") from None
     except httpx.HTTPError as exc:
         raise OrchestratorUnreachable(url, str(exc) or type(exc).__name__) from None
+
+
+def deployment(flow: str, site: Site) -> str:
+    """The name of a flow's deployment on a site's work pool (``prefect.yaml``)."""
+    return f"{flow}/{site.name}"
+
+
+def start_deployment_run(name: str, parameters: dict[str, Any], tags: list[str]) -> str:
+    """Create a run of deployment ``name`` (its pool's worker starts it); its flow-run id."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    with prefect_client():  # checks the API first, and turns its errors into one line
+        flow_run = run_deployment(
+            name, parameters=parameters, timeout=0, as_subflow=False, tags=tags
+        )
+    assert isinstance(flow_run, FlowRun)
+    return str(flow_run.id)

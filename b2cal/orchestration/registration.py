@@ -152,7 +152,7 @@ def ensure_automations(heartbeat_timeout: int, notify_url: str | None) -> None:
 def activate_discovery(site: str) -> None:
     """Turn on the scheduled discovery of a site (``prefect.yaml`` leaves the local one off),
     and run it once now rather than at the schedule's next tick."""
-    from b2cal.orchestration.requests import start_deployment_run
+    from b2cal.orchestration.api import start_deployment_run
 
     name = f"discover-data/{site}"
     with prefect_client() as client:

@@ -10,16 +10,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from b2cal.caf.config import configured_calibrations
+from b2cal.caf.graph import upstream
 from b2cal.cdb.connect import open_store
 from b2cal.db import discovery
 from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.model import CalibrationRun, Request, Signoff
-from b2cal.db.states import RequestState, SignoffDecision
+from b2cal.db.states import RERUNNABLE, RequestState, SignoffDecision
 from b2cal.errors import B2CalError
-from b2cal.orchestration.api import prefect_client
-from b2cal.processing.preparation import input_files
+from b2cal.orchestration.api import (
+    check_reachable,
+    deployment,
+    prefect_client,
+    start_deployment_run,
+)
+from b2cal.orchestration.deferred import upload_and_advance
+from b2cal.processing.placement import computed_at
+from b2cal.processing.preparation import calibrations_of, input_files
 from b2cal.processing.upload import upload_approved
-from b2cal.sites import RequestKind, Site
+from b2cal.sites import RequestKind, Site, load_site
 
 log = logging.getLogger("b2cal.orchestration")
 
@@ -28,11 +36,6 @@ log = logging.getLogger("b2cal.orchestration")
 NOT_STARTED = "cancelled: its process-request run could not be created"
 #: What a prompt request calibrates (dependencies are added).
 PROMPT_CALIBRATIONS = ("ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot")
-
-
-def deployment(flow: str, site: Site) -> str:
-    """The name of a flow's deployment on a site's work pool (``prefect.yaml``)."""
-    return f"{flow}/{site.name}"
 
 
 def _default_input_tags(site: Site) -> list[str]:
@@ -50,6 +53,7 @@ def draft_request(
     config: dict[str, Any],
     open_ended: bool,
     reference_tag: str | None = None,
+    placement: dict[str, str] | None = None,
 ) -> Request:
     """A request as it would be created (checked; id 0, nothing stored)."""
     if not calibrations:
@@ -58,6 +62,16 @@ def draft_request(
         raise B2CalError("experiment and runs must be numbers >= 0")
     configured, _, _ = configured_calibrations(calibrations, config, "the request's settings")
     from b2cal.caf.graph import topological_order
+
+    placed = {name: where for name, where in (placement or {}).items() if where != site.name}
+    unknown = sorted(set(placed) - set(configured))
+    if unknown:
+        raise B2CalError(
+            f"--place names {', '.join(unknown)}, which the request does not calibrate "
+            f"(it calibrates {', '.join(topological_order(configured))})"
+        )
+    for where in sorted(set(placed.values())):
+        load_site(where)  # an unknown site is refused now
 
     tags = list(input_tags) if input_tags is not None else _default_input_tags(site)
     named = [*tags, *([reference_tag] if reference_tag else [])]
@@ -85,6 +99,7 @@ def draft_request(
         updated=now,
         flow_run_id=None,
         message=None,
+        placement=placed,
     )
 
 
@@ -102,12 +117,14 @@ def new_request(
     open_ended: bool,
     actor: str,
     bucket_id: int | None = None,
+    placement: dict[str, str] | None = None,
 ) -> Request:
-    """Check a request (calibrations, settings, tags, registered data) and store it."""
+    """Check a request (calibrations, settings, tags, sites, registered data) and store it."""
     draft = draft_request(
-        site, kind, exp, runs, calibrations, input_tags, config, open_ended, reference_tag
-    )
-    input_files(db, site, draft)  # refused now if the runs have no registered data
+        site, kind, exp, runs, calibrations, input_tags, config, open_ended, reference_tag,
+        placement,
+    )  # fmt: skip
+    check_data(db, draft)
     return db.create_request(
         kind=kind,
         site=site.name,
@@ -120,8 +137,16 @@ def new_request(
         config=config,
         open_ended=open_ended,
         bucket_id=bucket_id,
+        placement=draft.placement,
         actor=actor,
     )
+
+
+def check_data(db: StateDatabase, request: Request) -> None:
+    """Refuse a request now if a site it runs calibrations at has no registered data for them."""
+    calibrations, _ = calibrations_of(request)
+    for where in sorted({request.site_of(name) for name in calibrations}):
+        input_files(db, load_site(where), request, computed_at(request, calibrations, {}, where))
 
 
 def create_prompt_request(db: StateDatabase, site: Site, bucket_id: int, actor: str) -> Request:
@@ -176,19 +201,6 @@ def start_request(db: StateDatabase, request: Request, site: Site) -> str:
     return flow_run
 
 
-def start_deployment_run(name: str, parameters: dict[str, Any], tags: list[str]) -> str:
-    """Create a run of deployment ``name`` (its pool's worker starts it); its flow-run id."""
-    from prefect.client.schemas.objects import FlowRun
-    from prefect.deployments import run_deployment
-
-    with prefect_client():  # checks the API first, and turns its errors into one line
-        flow_run = run_deployment(
-            name, parameters=parameters, timeout=0, as_subflow=False, tags=tags
-        )
-    assert isinstance(flow_run, FlowRun)
-    return str(flow_run.id)
-
-
 def cancel_request(db: StateDatabase, request_id: int, actor: str) -> list[CalibrationRun]:
     """Cancel the request in the state database, then its flow runs in Prefect (their
     collector jobs stop with them)."""
@@ -221,18 +233,18 @@ def cancel_request(db: StateDatabase, request_id: int, actor: str) -> list[Calib
 
 def act_on_signoff(
     db: StateDatabase,
-    site: Site,
     calrun_id: int,
     decision: SignoffDecision,
     actor: str,
     comment: str,
     upload: str = "flow",
 ) -> tuple[Signoff, str]:
-    """Record the decision (refused unless the run awaits one), then start the upload.
+    """Record the decision (refused unless the run awaits one), then start the upload at the
+    site that computed the calibration.
 
-    ``upload``: ``flow`` starts the site's ``sign-off`` deployment run; ``here`` uploads from
-    this process; ``no`` leaves it to a later sign-off run. Returns the sign-off and a line
-    saying what happens next.
+    ``upload``: ``flow`` starts that site's ``sign-off`` deployment run; ``here`` uploads from
+    this process (which must see that site's workspace); ``no`` leaves it to a later sign-off
+    run. Returns the sign-off and a line saying what happens next.
     """
     if upload == "flow":
         prefect_url = _reachable_or_none()
@@ -241,29 +253,33 @@ def act_on_signoff(
                 "the Prefect API cannot be reached, so the upload could not be started: nothing "
                 "was recorded (use --upload here to upload from this process)"
             )
+    calrun = db.calibration_run(calrun_id)
+    request = db.request(calrun.request_id)
+    site = load_site(request.site_of(calrun.calibration))
     signed = db.signoff(calrun_id, decision, actor, comment)
     if decision is SignoffDecision.REJECT:
         return signed, (
             "rejected: nothing is uploaded; its dependants wait. To compute it again: "
-            f"b2cal request rerun {calrun_id}"
+            f"b2cal request rerun {calrun_id}; to go on without it: b2cal request skip "
+            f"{calrun_id}"
         )
     if upload == "no":
         return signed, "approved; the upload waits for the next sign-off run"
     if upload == "here":
         with open_store(site.cdb_database_url) as store:
-            report = upload_approved(db, store, site, db.calibration_run(calrun_id).request_id)
+            report, started = upload_and_advance(db, store, site, request.id)
         blocked = "; ".join(f"{n}: {why}" for n, why in report.blocked.items())
         return signed, (
             f"uploaded: {', '.join(report.uploaded) or 'nothing'}"
             + (f" (waiting: {blocked})" if blocked else "")
+            + (f"; started {', '.join(started)}" if started else "")
         )
-    request_id = db.calibration_run(calrun_id).request_id
     try:
         flow_run = start_upload(site, calrun_id)
     except B2CalError as exc:
         raise B2CalError(
             f"approved by {actor} (recorded), but the upload could not be started: {exc}; "
-            f"start it later with: b2cal request upload {request_id}"
+            f"start it later with: b2cal request upload {request.id}"
         ) from None
     return signed, f"upload started: sign-off/{site.name} flow run {flow_run}"
 
@@ -278,37 +294,71 @@ def start_upload(site: Site, calrun_id: int) -> str:
 
 
 def rerun_calibration(
-    db: StateDatabase, site: Site, calrun_id: int, actor: str, start: bool = True
+    db: StateDatabase, calrun_id: int, actor: str, start: bool = True
 ) -> tuple[list[CalibrationRun], str | None]:
-    """Compute a stopped calibration again, with its dependants in the request: a new attempt
-    of each (needing a new sign-off), their results forgotten in the workspace (unchanged
-    collector jobs are reused), the staging tag OPEN again; then the request's
-    ``process-request`` run. Returns the calibration runs and the flow-run id."""
-    from b2cal.caf.plan import with_dependants
-    from b2cal.cdb.model import TagState
-    from b2cal.processing.preparation import prepare
-
+    """Compute a stopped calibration again, with its stopped dependants in the request: a new
+    attempt of each (needing a new sign-off), the staging tag OPEN again; then the request's
+    ``process-request`` run. Each site plans its new attempts again when it comes to them
+    (their results forgotten; unchanged collector jobs reused), and the earlier payloads
+    leave the staging tag when the new ones are uploaded. Returns the calibration runs and
+    the flow-run id."""
     calrun = db.calibration_run(calrun_id)
     request = db.request(calrun.request_id)
     if start:
-        from b2cal.orchestration.api import check_reachable
-
         check_reachable()  # before anything changes
-    with open_store(site.cdb_database_url) as store:
-        made, _ = prepare(db, store, site, request)  # the plan as it stands
-        names = with_dependants(made, [calrun.calibration])
-        runs = {c.calibration: c for c in db.calibration_runs(request.id)}
-        again = db.rerun([runs[name].id for name in names if name in runs], actor)
-        prepare(db, store, site, request, rerun=[calrun.calibration])
+    names = _downstream(request, calrun.calibration)
+    runs = {c.calibration: c for c in db.calibration_runs(request.id)}
+    chosen = [runs[calrun.calibration].id] + [
+        runs[n].id for n in names if n in runs and runs[n].state in RERUNNABLE
+    ]
+    again = db.rerun(chosen, actor)
+    _reopen_staging(request)
+    return again, _restart(db, request, start)
+
+
+def skip_calibration(
+    db: StateDatabase, calrun_id: int, actor: str, comment: str, start: bool = True
+) -> tuple[list[CalibrationRun], str | None]:
+    """Skip a calibration run: its dependants use the request's input tags instead of its
+    payloads; those that had stopped are computed again (new attempts). Then the request's
+    ``process-request`` run goes on with what is left (``start``), or, without it, the
+    request is brought up to date here (a request left with nothing to do is DONE and its
+    staging tag TESTING). Returns the skipped run and the rerun ones, and the flow-run id."""
+    calrun = db.calibration_run(calrun_id)
+    request = db.request(calrun.request_id)
+    if start:
+        check_reachable()
+    if not comment.strip():
+        raise B2CalError("a skip needs --comment saying why (kept in the action log)")
+    changed = db.skip(calrun_id, actor, comment, _downstream(request, calrun.calibration))
+    if len(changed) > 1:
+        _reopen_staging(request)
+    flow_run = _restart(db, request, start)
+    if flow_run is None:
+        with open_store(load_site(request.site).cdb_database_url) as store:
+            upload_approved(db, store, load_site(request.site), request.id)
+    return changed, flow_run
+
+
+def _downstream(request: Request, name: str) -> list[str]:
+    """Every calibration of the request that depends on ``name``, directly or not."""
+    calibrations, _ = calibrations_of(request)
+    return [n for n in calibrations if name in upstream(n, calibrations)]
+
+
+def _reopen_staging(request: Request) -> None:
+    from b2cal.cdb.model import TagState
+
+    with open_store(load_site(request.site).cdb_database_url) as store:
         if store.tag(request.staging_tag).state is TagState.TESTING:
             store.set_state(request.staging_tag, TagState.OPEN)
-    flow_run = start_request(db, db.request(request.id), site) if start else None
-    return again, flow_run
+
+
+def _restart(db: StateDatabase, request: Request, start: bool) -> str | None:
+    return start_request(db, db.request(request.id), load_site(request.site)) if start else None
 
 
 def _reachable_or_none() -> str | None:
-    from b2cal.orchestration.api import check_reachable
-
     try:
         return check_reachable()
     except B2CalError:

@@ -5,12 +5,20 @@ is already done. Inside::
 
     files.json          the registered input files, fixed when the request is first planned
     inputdb/<tag>/      the request's input global tags, cut to its runs (basf2 local databases)
+    upstream/<Cal>/     payloads of a dependency computed at another site, from the staging tag
+    attempts.json       the attempt of each calibration as last planned here (a rerun is newer)
     output/             the engine's output folder: output/<Calibration>/outputdb/ and the rest
     validation/<Cal>/   validation report and plots of each calibration
+
+Each site that computes calibrations of a request has its own workspace, under its own work
+root; they share nothing but the state database and the conditions database.
 """
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +39,26 @@ class RequestArea:
 
     def input_tag(self, tag: str) -> Path:
         return self.inputdb / tag
+
+    def upstream(self, calibration: str) -> Path:
+        return self.root / "upstream" / calibration
+
+    @property
+    def attempts(self) -> Path:
+        return self.root / "attempts.json"
+
+    @contextmanager
+    def turn(self, what: str) -> Iterator[None]:
+        """One holder at a time of ``what`` ("plan", "upload") for this request at this site,
+        across threads, processes and nodes (a lock file in the workspace, on the shared
+        filesystem): the others wait, then find the work done."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / f"{what}.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @property
     def output(self) -> Path:

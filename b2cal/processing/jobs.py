@@ -3,16 +3,25 @@ each collection, so views (``b2cal`` now, the dashboard later) need not read job
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from b2cal.caf.workspace import Workspace
 from b2cal.db.model import CollectorJob
 
 
 def job_records(
-    workspace: Workspace, calibration: str, calrun_id: int, iteration: int
+    workspace: Workspace,
+    calibration: str,
+    calrun_id: int,
+    iteration: int,
+    numbers: Collection[int] | None = None,
 ) -> list[CollectorJob]:
-    """The collector jobs of one iteration: state, files, attempts, seconds, host, batch id."""
+    """The collector jobs of one iteration (those of ``numbers``: a batch): state, files,
+    attempts, seconds, host, batch id."""
     jobs = []
     for job in workspace.calibration(calibration).iteration(iteration).jobs():
+        if numbers is not None and job.index not in numbers:
+            continue
         spec, status, submission = job.spec(), job.status(), job.submission()
         state: str
         if status is not None:

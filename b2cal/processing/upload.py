@@ -11,10 +11,7 @@ request is UPLOADED or SKIPPED, the staging tag moves to TESTING.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from b2cal.caf.graph import topological_order
@@ -61,31 +58,18 @@ def _remove_earlier(
         )
 
 
-@contextmanager
-def _uploading(area: RequestArea) -> Iterator[None]:
-    """One uploader per request at a time, across threads, processes and nodes of the site
-    (a lock file in the request's workspace on the shared filesystem): the second waits, then
-    finds the work done."""
-    area.root.mkdir(parents=True, exist_ok=True)
-    with (area.root / "upload.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def upload_approved(
     db: StateDatabase, store: ConditionsStore, site: Site, request_id: int
 ) -> UploadReport:
-    """Upload every approved calibration run of the request that may be uploaded now."""
+    """Upload every approved calibration run of the request computed at ``site`` that may be
+    uploaded now (the others are uploaded by their own site)."""
     area = RequestArea(site.request_folder(request_id))
-    with _uploading(area):
-        return _upload_approved(db, store, area, request_id)
+    with area.turn("upload"):
+        return _upload_approved(db, store, site.name, area, request_id)
 
 
 def _upload_approved(
-    db: StateDatabase, store: ConditionsStore, area: RequestArea, request_id: int
+    db: StateDatabase, store: ConditionsStore, site: str, area: RequestArea, request_id: int
 ) -> UploadReport:
     request = db.request(request_id)
     if request.state is RequestState.CANCELLED:
@@ -96,6 +80,8 @@ def _upload_approved(
     for name in topological_order(calibrations):
         calrun = runs.get(name)
         if calrun is None or calrun.state is not CalRunState.APPROVED:
+            continue
+        if request.site_of(name) != site:  # its outputs are in another site's workspace
             continue
         waiting = [
             dep for dep in calibrations[name].depends_on if dep in runs and not runs[dep].state.done

@@ -1,0 +1,89 @@
+"""``b2cal status`` and ``b2cal signoff``: what waits for whom, and an expert's decision."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from b2cal.cli.sites import Json, SiteOption, actor, open_site, state_db
+from b2cal.cli.views import calrun_table, request_doc
+from b2cal.errors import B2CalError
+
+
+def status(site: SiteOption = None, as_json: Json = False) -> None:
+    """Requests, calibration runs, waiting sign-offs and late files, at a glance."""
+    from b2cal.cli.console import console
+    from b2cal.db import discovery
+
+    here = open_site(site)
+    with state_db(here, create=False) as db:
+        requests = [r for r in db.requests(limit=50) if r.site == here.name][:20]
+        runs = [c for r in requests for c in db.calibration_runs(r.id)]
+        buckets = discovery.buckets(db, here.name)
+    waiting = [c for c in runs if c.state.value == "AWAITING_SIGNOFF"]
+    late = [b for b in buckets if b.late_files]
+    if as_json:
+        doc = {
+            "requests": [
+                request_doc(r, [c for c in runs if c.request_id == r.id]) for r in requests
+            ],
+            "awaiting_signoff": [c.id for c in waiting],
+            "late_files": {b.label: b.late_files for b in late},
+        }
+        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+        return
+    console.print(calrun_table(runs, f"Calibration runs at site {here.name} (latest requests)"))
+    for c in waiting:
+        console.print(
+            f"[bold yellow]awaiting sign-off[/]: calibration run {c.id} ({c.calibration} "
+            f"of request {c.request_id}): b2cal signoff {c.id} approve|reject"
+        )
+    for b in late:
+        console.print(
+            f"[yellow]late files[/]: {b.label} has {b.late_files} files that came after it closed"
+        )
+    for r in requests:
+        if r.state.value in ("PENDING", "FAILED") and not any(c.request_id == r.id for c in runs):
+            console.print(f"{r.label}: {r.state.value}" + (f" ({r.message})" if r.message else ""))
+    if not requests:
+        console.print(f"no requests at site {here.name} yet")
+
+
+def signoff(
+    calibration_run: Annotated[int, typer.Argument(metavar="CALRUN", help="Calibration run id.")],
+    decision: Annotated[str, typer.Argument(metavar="approve|reject", help="The decision.")],
+    comment: Annotated[
+        str, typer.Option(help="Why (kept in the action log; needed to reject).")
+    ] = "",
+    site: SiteOption = None,
+    upload: Annotated[
+        str,
+        typer.Option(
+            metavar="HOW",
+            help="After an approval: 'flow' starts the site's sign-off deployment run, 'here' "
+            "uploads from this process (no Prefect needed), 'no' leaves it for later.",
+        ),
+    ] = "flow",
+) -> None:
+    """Approve or reject a calibration run that awaits a sign-off."""
+    from b2cal.cli.console import console
+    from b2cal.db.states import SignoffDecision
+    from b2cal.orchestration.requests import act_on_signoff
+
+    try:
+        chosen = SignoffDecision(decision)
+    except ValueError:
+        raise B2CalError(f"decision must be approve or reject, got {decision!r}") from None
+    if upload not in ("flow", "here", "no"):
+        raise B2CalError(f"--upload must be flow, here or no, got {upload!r}")
+    if chosen is SignoffDecision.REJECT and not comment.strip():
+        raise B2CalError("a rejection needs --comment saying why (the expert reruns from it)")
+    here = open_site(site)
+    with state_db(here, create=False) as db:
+        signed, followup = act_on_signoff(db, calibration_run, chosen, actor(), comment, upload)
+    console.print(f"calibration run {calibration_run}: {chosen.value}d by {signed.actor}")
+    if followup:
+        console.print(followup)
