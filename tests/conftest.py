@@ -66,3 +66,21 @@ def state_db(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no
             yield db
         finally:
             db.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The local stack every orchestration test shares (tests/prefect_stack.py)."""
+    from prefect_stack import running_stack
+
+    with running_stack(tmp_path_factory.mktemp("stack")) as started:
+        yield started
+
+
+@pytest.fixture
+def in_stack(stack):  # type: ignore[no-untyped-def]
+    """The stack's environment in the test's own process (its Prefect client, its databases)."""
+    from prefect_stack import inside
+
+    with inside(stack):
+        yield stack

@@ -2,16 +2,25 @@
 worker per test site, the deployments of prefect.yaml and the automations, all started by
 b2cal's own ``LocalStack`` (what ``b2cal server up`` runs), in a home folder of the test's.
 
-The test sites (``local`` approves automatically, ``bnl`` waits for experts, ``desy`` has no
-worker) keep their data and work under that home. A webhook receiver on loopback hears the
-notifications.
+The test sites (``local`` approves automatically and runs collections in batches of two jobs,
+``bnl`` waits for experts, ``desy`` has no worker) keep their data and work under that home. A
+webhook receiver on loopback hears the notifications. One stack serves every orchestration test
+(the ``stack`` fixture of conftest.py, started once per session: its start and the deployments
+cost ~25 s), with the Prefect server on PostgreSQL as a site runs it: on SQLite, Prefect answers
+concurrent writes with 503 and its client waits seconds before trying again, which would make
+timing checks such as "independent calibrations overlap" depend on luck (the SQLite default is
+covered by tests/test_local_stack.py). Each test uses its own experiment's data, so the tests
+do not depend on each other's order.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,9 +28,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from cli import PLUGINS, TESTS
+from cli import B2CAL, PLUGINS, TESTS
+from sql_databases import database_url
+from sqlalchemy import create_engine, text
+
+from b2cal.db.database import StateDatabase
+from b2cal.db.states import CalRunState, RequestState
+from b2cal.orchestration.stack import LocalStack, StackOptions
+from b2cal.toy.generate import generate_toy
+
+T = TypeVar("T")
+PREFECT = Path(sys.executable).with_name("prefect")
+S = CalRunState
+CALIBRATION_NAMES = ("ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot")
 
 SITES = {
     "local": """
@@ -32,6 +53,7 @@ settle_seconds = 0
 runs = 8
 [backend]
 workers = 2
+batch_size = 2
 [signoff]
 default = "auto"
 """,
@@ -130,8 +152,8 @@ def stack_environment(home: Path) -> dict[str, str]:
     """What the stack, the CLI and the tests need set: homes, sites, plugins on the path."""
     sites = home / "sites"
     sites.mkdir(parents=True, exist_ok=True)
-    for name, text in SITES.items():
-        (sites / f"{name}.toml").write_text(text)
+    for name, site_file in SITES.items():
+        (sites / f"{name}.toml").write_text(site_file)
     path = [str(PLUGINS), str(TESTS), os.environ.get("PYTHONPATH", "")]
     return {
         "B2CAL_HOME": str(home),
@@ -156,3 +178,162 @@ def environment(values: dict[str, str], drop: tuple[str, ...] = ()) -> Iterator[
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@dataclass
+class Stack:
+    home: Path
+    env: dict[str, str]
+    api_url: str
+    receiver: Receiver
+    local: LocalStack
+    toy: Path
+    options: StackOptions
+
+    def b2cal(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(B2CAL), *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=self.process_env(),
+            timeout=300,
+        )
+
+    def prefect(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(PREFECT), *args],
+            capture_output=True,
+            text=True,
+            env=self.process_env(),
+            timeout=300,
+        )
+
+    def process_env(self) -> dict[str, str]:
+        env = dict(os.environ, **self.env, PREFECT_API_URL=self.api_url)
+        env.pop("PREFECT_PROFILE", None)
+        return env
+
+    def db(self) -> StateDatabase:
+        return StateDatabase(f"sqlite:///{self.home / 'state.sqlite'}")
+
+    def copy_toy(self, exp: int, site: str) -> None:
+        source = self.toy / str(exp) / f"e{exp:04d}"
+        shutil.copytree(source, self.home / f"storage-{site}" / f"e{exp:04d}")
+
+    def workspace(self, site: str, request: int) -> Path:
+        return self.home / f"work-{site}" / "requests" / str(request)
+
+
+def prefect_server_url(url: str) -> str:
+    """The Prefect server's URL of a test database (its asyncpg driver; pg_trgm it needs)."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+    engine.dispose()
+    return url.replace("postgresql+psycopg://", "postgresql+asyncpg://")
+
+
+def wait_until(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@contextmanager
+def running_stack(home: Path) -> Iterator[Stack]:
+    """The stack the orchestration tests share, with toy data of several experiments."""
+    toy = home / "toy"
+    # exp 1: the demo's data set (closure); exp 2, 6, 8: four runs for the reference
+    # calibrations; exp 3-5: one slow calibration each
+    generate_toy(
+        toy / "1", 1, range(1, 9), t0_jumps=[5], beamspot_changes=[4], low_stat={6: 60}, seed=2026
+    )
+    for exp in (2, 6, 8):
+        generate_toy(toy / str(exp), exp, range(1, 5), seed=exp)
+    for exp in (3, 4, 5):
+        generate_toy(toy / str(exp), exp, range(1, 5), files_per_run=6, events=200, seed=exp)
+    env = stack_environment(home)
+    with (
+        database_url("postgresql", home) as prefect_db,
+        webhook_receiver() as receiver,
+        environment(
+            {**env, "B2CAL_PREFECT_DATABASE_URL": prefect_server_url(prefect_db)},
+            drop=("PREFECT_API_URL", "PREFECT_PROFILE"),
+        ),
+    ):
+        local = LocalStack()
+        options = StackOptions(
+            port=free_port(),
+            sites=("local", "bnl"),
+            discover=False,
+            worker_poll_seconds=1,
+            notify_url=receiver.url,
+            heartbeat_timeout=45,
+        )
+        try:
+            state = local.up(options)
+            yield Stack(home, env, state["api_url"], receiver, local, toy, options)
+        finally:
+            local.down()
+
+
+@contextmanager
+def inside(stack: Stack) -> Iterator[None]:
+    """The stack's environment in this process too (the state database, the Prefect client)."""
+    with environment({**stack.env, "PREFECT_API_URL": stack.api_url}, drop=("PREFECT_PROFILE",)):
+        yield
+
+
+def flow_runs(tag: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])))
+        )
+
+
+def request_state(stack: Stack, request_id: int) -> RequestState:
+    with stack.db() as db:
+        return db.request(request_id).state
+
+
+def calruns(stack: Stack, request_id: int) -> dict[str, Any]:
+    with stack.db() as db:
+        return {c.calibration: c for c in db.calibration_runs(request_id)}
+
+
+def created_request(result: subprocess.CompletedProcess[str]) -> int:
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("created request"))
+    return int(line.split()[2])
+
+
+def flow_run_pids(flow_run_id: str) -> list[int]:
+    """Processes running a flow run (the worker puts its id in their environment)."""
+    return processes_with(f"PREFECT__FLOW_RUN_ID={flow_run_id}")
+
+
+def flow_run_state(flow_run_id: str) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+        return state.type.value if state is not None else "NONE"
+
+
+def flow_run_message(flow_run_id: str) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+        return (state.message or "") if state is not None else ""
+
+
+def outputdb_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}

@@ -118,6 +118,11 @@ def test_state_rules() -> None:
     assert request_state([S.APPROVED, S.COLLECTING]) is RequestState.RUNNING
     assert request_state([S.UPLOADED, S.REJECTED]) is RequestState.FAILED
     assert request_state([S.UPLOADED], cancelled=True) is RequestState.CANCELLED
+    # a deferred calibration waiting for its dependency's upload, which waits for an expert
+    assert request_state([S.AWAITING_SIGNOFF, S.PLANNED], queued=1) is RequestState.WAITING
+    assert request_state([S.REJECTED, S.PLANNED], queued=1) is RequestState.WAITING
+    assert request_state([S.UPLOADED, S.PLANNED], queued=1) is RequestState.RUNNING  # starting
+    assert request_state([S.COLLECTING, S.PLANNED], queued=1) is RequestState.RUNNING
 
 
 def test_signoff_records_one_decision_and_refuses_a_second(state_db: StateDatabase) -> None:

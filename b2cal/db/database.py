@@ -671,10 +671,12 @@ def _calrun_rows(session: Session, request_id: int, lock: bool = False) -> list[
 def _update_request_state(session: Session, row: RequestRow) -> None:
     if row.state == RequestState.CANCELLED:
         return
-    states = [CalRunState(r.state) for r in _calrun_rows(session, row.id)]
+    rows = _calrun_rows(session, row.id)
+    states = [CalRunState(r.state) for r in rows]
     if not states and row.state == RequestState.FAILED:
         return  # its plan failed (fail_request): it has no calibration runs to say otherwise
-    state = request_state(states)
+    queued = sum(1 for r in rows if r.state == CalRunState.PLANNED and not _taken(r))
+    state = request_state(states, queued=queued)
     if state != row.state:
         row.state = state.value
         row.updated = now()

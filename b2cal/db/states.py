@@ -135,15 +135,27 @@ class RequestState(StrEnum):
     CANCELLED = "CANCELLED"
 
 
-def request_state(states: list[CalRunState], cancelled: bool = False) -> RequestState:
-    """A request's state from its calibration runs' states."""
+def request_state(
+    states: list[CalRunState], cancelled: bool = False, queued: int = 0
+) -> RequestState:
+    """A request's state from its calibration runs' states.
+
+    ``queued`` counts the PLANNED runs that no flow run has taken: deferred calibrations that
+    wait for a dependency's upload (or are about to be started). While nothing else runs and
+    a person must act first (a sign-off, or a rerun or skip of a rejected dependency), the
+    request is WAITING, not RUNNING.
+    """
     if cancelled:
         return RequestState.CANCELLED
     if not states:
         return RequestState.PENDING
-    if any(s.active for s in states):
+    people = (CalRunState.AWAITING_SIGNOFF, CalRunState.APPROVED)
+    if sum(1 for s in states if s.active) > queued:
         return RequestState.RUNNING
-    if any(s in (CalRunState.AWAITING_SIGNOFF, CalRunState.APPROVED) for s in states):
+    if queued:
+        blocked = any(s in people or s is CalRunState.REJECTED for s in states)
+        return RequestState.WAITING if blocked else RequestState.RUNNING
+    if any(s in people for s in states):
         return RequestState.WAITING
     if all(s.done for s in states):
         return RequestState.DONE

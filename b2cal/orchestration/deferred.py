@@ -46,7 +46,8 @@ def advance(db: StateDatabase, request_id: int) -> list[str]:
             db.move(runs[name].id, CalRunState.FAILED, message=why,
                     expected=frozenset({CalRunState.PLANNED}))  # fmt: skip
     started = []
-    tags = request_tags(request, bucket_of(db, request))
+    # the request's tags, but the site where the calibration runs
+    tags = [t for t in request_tags(request, bucket_of(db, request)) if not t.startswith("site:")]
     for run in ready:
         if not db.claim_start(run.id, STARTING):
             continue  # another caller starts it
@@ -55,7 +56,7 @@ def advance(db: StateDatabase, request_id: int) -> list[str]:
             flow_run = start_deployment_run(
                 deployment("calibrate", site),
                 {"request_id": request_id, "calibration": run.calibration, "site": site.name},
-                [*tags, f"calib:{run.calibration}"],
+                [*tags, f"site:{site.name}", f"calib:{run.calibration}"],
             )
         except Exception as exc:  # the API, the deployment, the pool: said, tried again later
             reason = str(exc) if isinstance(exc, B2CalError) else f"{type(exc).__name__}: {exc}"
