@@ -103,8 +103,7 @@ def stage_gaps(workspace: Workspace) -> tuple[list[float], list[float]]:
             algorithm.append(started - max(end for _, end in jobs))
         if name in DEPENDENCIES:
             written = workspace.calibration(DEPENDENCIES[name]).outputdb / "database.txt"
-            first = min(start for start, _ in job_times(workspace, name)[0])
-            dependant.append(first - written.stat().st_mtime)
+            dependant.append(first_submitted(workspace, name) - written.stat().st_mtime)
     return algorithm, dependant
 
 

@@ -248,7 +248,12 @@ def request_show(
         f"{request.label}: {request.state.value}; site {request.site}; staging tag "
         f"{request.staging_tag}; input tags {', '.join(request.input_tags) or 'none'}"
     )
-    console.print(calrun_table(runs, f"Calibration runs of request {request.id}"))
+    if request.placement:
+        placed = ", ".join(f"{n} at {where}" for n, where in sorted(request.placement.items()))
+        console.print(f"placed at other sites: {placed}")
+    console.print(
+        calrun_table(runs, f"Calibration runs of request {request.id}", {request.id: request})
+    )
     if request.message:
         console.print(f"message: {request.message}")
     if constants:

@@ -20,8 +20,16 @@ def status(site: SiteOption = None, as_json: Json = False) -> None:
 
     here = open_site(site)
     with state_db(here, create=False) as db:
-        requests = [r for r in db.requests(limit=50) if r.site == here.name][:20]
-        runs = [c for r in requests for c in db.calibration_runs(r.id)]
+        requests = [
+            r for r in db.requests(limit=50) if here.name in (r.site, *r.placement.values())
+        ]
+        requests = requests[:20]  # those it runs, or runs calibrations of
+        runs = [
+            c
+            for r in requests
+            for c in db.calibration_runs(r.id)
+            if here.name in (r.site, r.site_of(c.calibration))
+        ]
         buckets = discovery.buckets(db, here.name)
     waiting = [c for c in runs if c.state.value == "AWAITING_SIGNOFF"]
     late = [b for b in buckets if b.late_files]
@@ -35,7 +43,9 @@ def status(site: SiteOption = None, as_json: Json = False) -> None:
         }
         sys.stdout.write(json.dumps(doc, indent=1) + "\n")
         return
-    console.print(calrun_table(runs, f"Calibration runs at site {here.name} (latest requests)"))
+    by_id = {r.id: r for r in requests}
+    title = f"Calibration runs of site {here.name} (latest requests)"
+    console.print(calrun_table(runs, title, by_id))
     for c in waiting:
         console.print(
             f"[bold yellow]awaiting sign-off[/]: calibration run {c.id} ({c.calibration} "

@@ -3,6 +3,7 @@ documents of requests, ages and durations."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -82,20 +83,17 @@ def constants_table(run: CalibrationRun) -> Table:
     return table
 
 
-def calrun_table(runs: list[CalibrationRun], title: str) -> Table:
+def calrun_table(
+    runs: list[CalibrationRun], title: str, requests: Mapping[int, Request] | None = None
+) -> Table:
+    """Calibration runs, one a row; with their ``requests``, also the site each runs at."""
     from rich.table import Table
 
     table = Table(title=title)
-    for column in (
-        "calrun",
-        "request",
-        "calibration",
-        "state",
-        "attempt",
-        "iteration",
-        "duration",
-        "message",
-    ):
+    columns = ["calrun", "request", "calibration", "state", "attempt", "iteration", "duration"]
+    if requests is not None:
+        columns.insert(3, "site")
+    for column in (*columns, "message"):
         table.add_column(column, overflow="fold" if column == "message" else "ellipsis")
     for c in runs:
         state = c.state.value
@@ -105,7 +103,7 @@ def calrun_table(runs: list[CalibrationRun], title: str) -> Table:
             state = f"[red]{state}[/]"
         elif c.state.value == "UPLOADED":
             state = f"[green]{state}[/]"
-        table.add_row(
+        row = [
             str(c.id),
             str(c.request_id),
             c.calibration,
@@ -114,5 +112,8 @@ def calrun_table(runs: list[CalibrationRun], title: str) -> Table:
             "-" if c.iteration is None else str(c.iteration + 1),
             duration(c),
             c.message or "",
-        )
+        ]
+        if requests is not None:
+            row.insert(3, requests[c.request_id].site_of(c.calibration))
+        table.add_row(*row)
     return table

@@ -121,3 +121,15 @@ def start_deployment_run(name: str, parameters: dict[str, Any], tags: list[str])
         )
     assert isinstance(flow_run, FlowRun)
     return str(flow_run.id)
+
+
+def no_worker(site: Site) -> str | None:
+    """What a run on the site's pool waits for, if no worker of the pool is online (it starts
+    when one comes); None when one is."""
+    from prefect.client.schemas.objects import WorkPoolStatus
+
+    with prefect_client() as client:
+        pool = client.read_work_pool(site.work_pool)
+    if pool.status is WorkPoolStatus.READY:
+        return None
+    return f"waiting for a worker: work pool {site.work_pool} has none online"

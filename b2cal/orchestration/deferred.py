@@ -19,7 +19,7 @@ from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import StateDatabase
 from b2cal.db.states import CalRunState, RequestState
 from b2cal.errors import B2CalError, StateConflict
-from b2cal.orchestration.api import deployment, start_deployment_run
+from b2cal.orchestration.api import deployment, no_worker, start_deployment_run
 from b2cal.orchestration.labels import bucket_of, request_tags
 from b2cal.processing.placement import deferred_now
 from b2cal.processing.preparation import calibrations_of
@@ -53,6 +53,7 @@ def advance(db: StateDatabase, request_id: int) -> list[str]:
             continue  # another caller starts it
         site = load_site(request.site_of(run.calibration))
         try:
+            waiting = no_worker(site)
             flow_run = start_deployment_run(
                 deployment("calibrate", site),
                 {"request_id": request_id, "calibration": run.calibration, "site": site.name},
@@ -67,7 +68,8 @@ def advance(db: StateDatabase, request_id: int) -> list[str]:
             db.set_flow_run(run.id, None, message)
             log.warning("%s %s", run.label, message)
             continue
-        db.set_flow_run(run.id, flow_run, f"started at site {site.name}: flow run {flow_run}")
+        note = f"; {waiting}" if waiting else ""
+        db.set_flow_run(run.id, flow_run, f"started at site {site.name}: flow run {flow_run}{note}")
         started.append(f"{run.calibration} at {site.name}")
         log.info("%s started at site %s (flow run %s)", run.label, site.name, flow_run)
     if hopeless:

@@ -20,6 +20,7 @@ from b2cal.errors import B2CalError
 from b2cal.orchestration.api import (
     check_reachable,
     deployment,
+    no_worker,
     prefect_client,
     start_deployment_run,
 )
@@ -175,12 +176,8 @@ def start_request(db: StateDatabase, request: Request, site: Site) -> str:
     and the request's message says that it waits for one. If the run cannot be created, the
     request is cancelled (nothing is left half started) and the error says so.
     """
-    from prefect.client.schemas.objects import WorkPoolStatus
-
     try:
-        with prefect_client() as client:
-            pool = client.read_work_pool(site.work_pool)
-            waiting = pool.status is not WorkPoolStatus.READY
+        waiting = no_worker(site)
         flow_run = start_deployment_run(
             deployment("process-request", site),
             {"request_id": request.id, "site": site.name},
@@ -195,9 +192,8 @@ def start_request(db: StateDatabase, request: Request, site: Site) -> str:
         ) from None
     db.set_request_flow_run(request.id, flow_run)
     if waiting:
-        message = f"waiting for a worker: work pool {site.work_pool} has none online"
-        db.finish_request(request.id, message)
-        log.warning("request %d is %s", request.id, message)
+        db.finish_request(request.id, waiting)
+        log.warning("request %d is %s", request.id, waiting)
     return flow_run
 
 

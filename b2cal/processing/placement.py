@@ -49,15 +49,17 @@ def in_process(
     calibrations: Mapping[str, Calibration],
     runs: Mapping[str, CalibrationRun],
 ) -> list[str]:
-    """The calibrations ``process-request`` runs itself, dependencies first."""
+    """The calibrations ``process-request`` runs itself, dependencies first: by how many
+    dependencies deep they are (those that can start at once come first), then by name."""
     skipped = _skipped(runs)
-    found: list[str] = []
+    depth: dict[str, int] = {}
     for name in topological_order(calibrations):
         if name in skipped or request.site_of(name) != request.site:
             continue
-        if all(dep in skipped or dep in found for dep in calibrations[name].depends_on):
-            found.append(name)
-    return found
+        deps = [dep for dep in calibrations[name].depends_on if dep not in skipped]
+        if all(dep in depth for dep in deps):
+            depth[name] = 1 + max((depth[dep] for dep in deps), default=-1)
+    return sorted(depth, key=lambda name: (depth[name], name))
 
 
 def untaken(run: CalibrationRun) -> bool:
