@@ -18,6 +18,23 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from b2cal.db.model import Action, CalibrationRun, CollectorJob, Request, Signoff
+from b2cal.db.rows import (
+    action_value,
+    add_action,
+    calrun_label,
+    calrun_row,
+    calrun_rows,
+    calrun_value,
+    decided,
+    move_row,
+    new_attempt,
+    request_row,
+    request_value,
+    signoff_value,
+    summary,
+    taken,
+    update_request_state,
+)
 from b2cal.db.schema import (
     LABEL,
     MIGRATIONS,
@@ -38,7 +55,6 @@ from b2cal.db.states import (
     RequestState,
     SignoffDecision,
     check_move,
-    request_state,
 )
 from b2cal.errors import StateConflict, UnknownRecord
 from b2cal.sites import RequestKind
@@ -101,7 +117,7 @@ class StateDatabase:
             query = select(ActionRow).order_by(ActionRow.id.desc()).limit(limit)
             if target is not None:
                 query = query.where(ActionRow.target == target)
-            return [_action_value(row) for row in session.scalars(query)]
+            return [action_value(row) for row in session.scalars(query)]
 
         return self.read(work)
 
@@ -164,20 +180,20 @@ class StateDatabase:
             session.add(row)
             session.flush()
             row.staging_tag = staging_tag_name(kind, row.id)
-            add_action(session, actor, "request create", f"request {row.id}", "ok", _summary(row))
-            return _request_value(row)
+            add_action(session, actor, "request create", f"request {row.id}", "ok", summary(row))
+            return request_value(row)
 
         return self.write(work)
 
     def request(self, request_id: int) -> Request:
-        return self.read(lambda s: _request_value(_request_row(s, request_id)))
+        return self.read(lambda s: request_value(request_row(s, request_id)))
 
     def requests(self, limit: int = 50, state: RequestState | None = None) -> list[Request]:
         def work(session: Session) -> list[Request]:
             query = select(RequestRow).order_by(RequestRow.id.desc()).limit(limit)
             if state is not None:
                 query = query.where(RequestRow.state == state.value)
-            return [_request_value(row) for row in session.scalars(query)]
+            return [request_value(row) for row in session.scalars(query)]
 
         return self.read(work)
 
@@ -186,13 +202,13 @@ class StateDatabase:
 
         def work(session: Session) -> list[Request]:
             query = select(RequestRow).where(RequestRow.bucket_id == bucket_id)
-            return [_request_value(row) for row in session.scalars(query.order_by(RequestRow.id))]
+            return [request_value(row) for row in session.scalars(query.order_by(RequestRow.id))]
 
         return self.read(work)
 
     def set_request_flow_run(self, request_id: int, flow_run_id: str) -> None:
         def work(session: Session) -> None:
-            row = _request_row(session, request_id, lock=True)
+            row = request_row(session, request_id, lock=True)
             row.flow_run_id = flow_run_id
             row.updated = now()
 
@@ -202,7 +218,7 @@ class StateDatabase:
         """The request's calibration runs, created PLANNED the first time (idempotent)."""
 
         def work(session: Session) -> list[CalibrationRun]:
-            row = _request_row(session, request_id, lock=True)
+            row = request_row(session, request_id, lock=True)
             if row.state == RequestState.CANCELLED:
                 raise StateConflict(f"request {request_id}", row.state, RequestState.RUNNING)
             existing = {
@@ -225,8 +241,8 @@ class StateDatabase:
                     session.add(existing[name])
             session.flush()
             row.message = None  # e.g. "waiting for a worker": it has started now
-            _update_request_state(session, row)
-            return [_calrun_value(existing[name]) for name in row.calibrations]
+            update_request_state(session, row)
+            return [calrun_value(existing[name]) for name in row.calibrations]
 
         return self.write(work)
 
@@ -235,11 +251,11 @@ class StateDatabase:
         bucket becomes PROCESSED."""
 
         def work(session: Session) -> Request:
-            row = _request_row(session, request_id, lock=True)
+            row = request_row(session, request_id, lock=True)
             if message is not None:
                 row.message = message
-            _update_request_state(session, row)
-            return _request_value(row)
+            update_request_state(session, row)
+            return request_value(row)
 
         return self.write(work)
 
@@ -248,11 +264,11 @@ class StateDatabase:
         flow run that gets further moves it on."""
 
         def work(session: Session) -> Request:
-            row = _request_row(session, request_id, lock=True)
+            row = request_row(session, request_id, lock=True)
             if row.state == RequestState.CANCELLED:
                 raise StateConflict(f"request {request_id}", row.state, RequestState.FAILED)
             row.state, row.message, row.updated = RequestState.FAILED.value, message, now()
-            return _request_value(row)
+            return request_value(row)
 
         return self.write(work)
 
@@ -261,15 +277,15 @@ class StateDatabase:
         the flow runs); returns the calibration runs that were cancelled."""
 
         def work(session: Session) -> list[CalibrationRun]:
-            row = _request_row(session, request_id, lock=True)
+            row = request_row(session, request_id, lock=True)
             if row.state in (RequestState.DONE, RequestState.CANCELLED):
                 raise StateConflict(f"request {request_id}", row.state, RequestState.CANCELLED)
             cancelled = []
-            for calrun in _calrun_rows(session, request_id, lock=True):
+            for calrun in calrun_rows(session, request_id, lock=True):
                 state = CalRunState(calrun.state)
                 if state.active or state in (CalRunState.AWAITING_SIGNOFF, CalRunState.APPROVED):
-                    _move(calrun, CalRunState.CANCELLED, message=f"request cancelled by {actor}")
-                    cancelled.append(_calrun_value(calrun))
+                    move_row(calrun, CalRunState.CANCELLED, message=f"request cancelled by {actor}")
+                    cancelled.append(calrun_value(calrun))
             row.state = RequestState.CANCELLED
             row.updated = now()
             if row.bucket_id is not None:
@@ -287,12 +303,12 @@ class StateDatabase:
             query = select(CalibrationRunRow).order_by(CalibrationRunRow.id)
             if request_id is not None:
                 query = query.where(CalibrationRunRow.request_id == request_id)
-            return [_calrun_value(row) for row in session.scalars(query)]
+            return [calrun_value(row) for row in session.scalars(query)]
 
         return self.read(work)
 
     def calibration_run(self, calrun_id: int) -> CalibrationRun:
-        return self.read(lambda s: _calrun_value(_calrun_row(s, calrun_id)))
+        return self.read(lambda s: calrun_value(calrun_row(s, calrun_id)))
 
     def calibration_run_of(self, request_id: int, calibration: str) -> CalibrationRun:
         def work(session: Session) -> CalibrationRun:
@@ -304,7 +320,7 @@ class StateDatabase:
             )
             if row is None:
                 raise UnknownRecord("calibration run", f"{calibration} of request {request_id}")
-            return _calrun_value(row)
+            return calrun_value(row)
 
         return self.read(work)
 
@@ -328,19 +344,19 @@ class StateDatabase:
         """
 
         def work(session: Session) -> CalibrationRun:
-            row = _calrun_row(session, calrun_id, lock=True)
+            row = calrun_row(session, calrun_id, lock=True)
             if expected is not None and CalRunState(row.state) not in expected:
-                raise StateConflict(_calrun_label(row), row.state, state, "it has moved on")
+                raise StateConflict(calrun_label(row), row.state, state, "it has moved on")
             if row.state != state:
-                check_move(_calrun_label(row), CalRunState(row.state), state)
-            _move(row, state, message=message, iteration=iteration, result=result)
+                check_move(calrun_label(row), CalRunState(row.state), state)
+            move_row(row, state, message=message, iteration=iteration, result=result)
             if flow_run_id is not None:
                 row.flow_run_id = flow_run_id
             if summary is not None:
                 row.summary = summary
-            request = _request_row(session, row.request_id, lock=True)
-            _update_request_state(session, request)
-            return _calrun_value(row)
+            request = request_row(session, row.request_id, lock=True)
+            update_request_state(session, request)
+            return calrun_value(row)
 
         return self.write(work)
 
@@ -349,27 +365,27 @@ class StateDatabase:
         attempt needs a new sign-off), all or none."""
 
         def work(session: Session) -> list[CalibrationRun]:
-            rows = [_calrun_row(session, calrun_id, lock=True) for calrun_id in calrun_ids]
+            rows = [calrun_row(session, calrun_id, lock=True) for calrun_id in calrun_ids]
             for row in rows:
                 current = CalRunState(row.state)
                 if current not in RERUNNABLE:
                     raise StateConflict(
-                        _calrun_label(row), current, CalRunState.PLANNED, "it has not stopped"
+                        calrun_label(row), current, CalRunState.PLANNED, "it has not stopped"
                     )
             requests = {row.request_id for row in rows}
             if len(requests) != 1:
                 raise StateConflict("calibration runs", "of several requests", "rerun together")
-            request = _request_row(session, requests.pop(), lock=True)
+            request = request_row(session, requests.pop(), lock=True)
             if request.state == RequestState.CANCELLED:
                 raise StateConflict(f"request {request.id}", request.state, "rerun")
-            if any(_taken(r) for r in _calrun_rows(session, request.id)):
+            if any(taken(r) for r in calrun_rows(session, request.id)):
                 raise StateConflict(
                     f"request {request.id}", "RUNNING", "rerun", "rerun once it has stopped"
                 )
             for row in rows:
-                _new_attempt(session, row, f"rerun by {actor}", actor)
-            _update_request_state(session, request)
-            return [_calrun_value(row) for row in rows]
+                new_attempt(session, row, f"rerun by {actor}", actor)
+            update_request_state(session, request)
+            return [calrun_value(row) for row in rows]
 
         return self.write(work)
 
@@ -387,35 +403,35 @@ class StateDatabase:
         target = f"calibration run {calrun_id}"
 
         def work(session: Session) -> list[CalibrationRun]:
-            row = _calrun_row(session, calrun_id, lock=True)
-            request = _request_row(session, row.request_id, lock=True)
+            row = calrun_row(session, calrun_id, lock=True)
+            request = request_row(session, row.request_id, lock=True)
             if request.state in (RequestState.CANCELLED, RequestState.DONE):
                 raise StateConflict(f"request {request.id}", request.state, "skip")
             current = CalRunState(row.state)
-            if current not in SKIPPABLE or _taken(row):
-                why = "a flow run works on it" if _taken(row) else "skip it before it starts"
-                raise StateConflict(_calrun_label(row), current, CalRunState.SKIPPED, why)
+            if current not in SKIPPABLE or taken(row):
+                why = "a flow run works on it" if taken(row) else "skip it before it starts"
+                raise StateConflict(calrun_label(row), current, CalRunState.SKIPPED, why)
             downstream = [
                 r
-                for r in _calrun_rows(session, request.id, lock=True)
+                for r in calrun_rows(session, request.id, lock=True)
                 if r.calibration in dependants
             ]
-            running = [r.calibration for r in downstream if _taken(r)]
+            running = [r.calibration for r in downstream if taken(r)]
             if running:
                 raise StateConflict(
-                    _calrun_label(row), current, CalRunState.SKIPPED,
+                    calrun_label(row), current, CalRunState.SKIPPED,
                     f"its dependants {', '.join(running)} are running: skip once they stopped",
                 )  # fmt: skip
-            _move(row, CalRunState.SKIPPED, message=f"skipped by {actor}: {comment}")
+            move_row(row, CalRunState.SKIPPED, message=f"skipped by {actor}: {comment}")
             add_action(session, actor, "skip", target, "ok", {"comment": comment})
             again = []
             for dependant in downstream:
                 if CalRunState(dependant.state) in RERUNNABLE:
                     note = f"computed again without {row.calibration} (skipped by {actor})"
-                    _new_attempt(session, dependant, note, actor)
+                    new_attempt(session, dependant, note, actor)
                     again.append(dependant)
-            _update_request_state(session, request)
-            return [_calrun_value(r) for r in (row, *again)]
+            update_request_state(session, request)
+            return [calrun_value(r) for r in (row, *again)]
 
         try:
             return self.write(work)
@@ -429,8 +445,8 @@ class StateDatabase:
         callers, one gets it."""
 
         def work(session: Session) -> bool:
-            row = _calrun_row(session, calrun_id, lock=True)
-            if row.state != CalRunState.PLANNED or _taken(row):
+            row = calrun_row(session, calrun_id, lock=True)
+            if row.state != CalRunState.PLANNED or taken(row):
                 return False
             row.flow_run_id, row.updated = claim, now()
             return True
@@ -444,7 +460,7 @@ class StateDatabase:
         started; the claim is given back)."""
 
         def work(session: Session) -> None:
-            row = _calrun_row(session, calrun_id, lock=True)
+            row = calrun_row(session, calrun_id, lock=True)
             row.flow_run_id, row.updated = flow_run_id, now()
             if message is not None:
                 row.message = message
@@ -515,7 +531,7 @@ class StateDatabase:
         target = f"calibration run {calrun_id}"
 
         def work(session: Session) -> Signoff:
-            row = _calrun_row(session, calrun_id, lock=True)
+            row = calrun_row(session, calrun_id, lock=True)
             if row.state != CalRunState.AWAITING_SIGNOFF:
                 earlier = session.scalar(
                     select(SignoffRow).where(
@@ -528,7 +544,7 @@ class StateDatabase:
                     if earlier is not None
                     else "it does not await a sign-off"
                 )
-                raise StateConflict(_calrun_label(row), row.state, _decided(decision), note)
+                raise StateConflict(calrun_label(row), row.state, decided(decision), note)
             action = add_action(
                 session,
                 actor,
@@ -547,10 +563,10 @@ class StateDatabase:
                 action_id=action.id,
             )
             session.add(signoff)
-            _move(row, _decided(decision), message=f"{decision.value} by {actor}: {comment}")
+            move_row(row, decided(decision), message=f"{decision.value} by {actor}: {comment}")
             session.flush()
-            _update_request_state(session, _request_row(session, row.request_id, lock=True))
-            return _signoff_value(signoff)
+            update_request_state(session, request_row(session, row.request_id, lock=True))
+            return signoff_value(signoff)
 
         try:
             return self.write(work)
@@ -564,7 +580,7 @@ class StateDatabase:
         """The approval of the calibration run's current attempt, if one is in the action log."""
 
         def work(session: Session) -> Signoff | None:
-            row = _calrun_row(session, calrun_id)
+            row = calrun_row(session, calrun_id)
             signoff = session.scalar(
                 select(SignoffRow)
                 .join(ActionRow, ActionRow.id == SignoffRow.action_id)
@@ -576,7 +592,7 @@ class StateDatabase:
                     ActionRow.action == f"signoff {SignoffDecision.APPROVE.value}",
                 )
             )
-            return _signoff_value(signoff) if signoff is not None else None
+            return signoff_value(signoff) if signoff is not None else None
 
         return self.read(work)
 
@@ -587,195 +603,6 @@ class StateDatabase:
                 .where(SignoffRow.calibration_run_id == calrun_id)
                 .order_by(SignoffRow.id)
             )
-            return [_signoff_value(row) for row in session.scalars(query)]
+            return [signoff_value(row) for row in session.scalars(query)]
 
         return self.read(work)
-
-
-# --- inside a transaction ---------------------------------------------------------------------
-def _taken(row: CalibrationRunRow) -> bool:
-    """A flow run works on it (or one is being started for it)."""
-    state = CalRunState(row.state)
-    return state.active and (row.started is not None or row.flow_run_id is not None)
-
-
-def _new_attempt(session: Session, row: CalibrationRunRow, message: str, actor: str) -> None:
-    """The next attempt of a stopped calibration run: PLANNED, untaken, to be signed off anew."""
-    row.attempt += 1
-    _move(row, CalRunState.PLANNED, message=message)
-    row.started = row.finished = None
-    row.result = row.iteration = None
-    row.flow_run_id = None
-    add_action(session, actor, "rerun", f"calibration run {row.id}", "ok",
-               {"attempt": row.attempt})  # fmt: skip
-
-
-def _decided(decision: SignoffDecision) -> CalRunState:
-    return CalRunState.APPROVED if decision is SignoffDecision.APPROVE else CalRunState.REJECTED
-
-
-def _calrun_label(row: CalibrationRunRow) -> str:
-    return f"calibration run {row.id} ({row.calibration} of request {row.request_id})"
-
-
-def _move(
-    row: CalibrationRunRow,
-    state: CalRunState,
-    *,
-    message: str | None = None,
-    iteration: int | None = None,
-    result: str | None = None,
-) -> None:
-    moment = now()
-    if state.active and row.started is None:
-        row.started = moment
-    if state.ended and not CalRunState(row.state).ended:
-        row.finished = moment
-    if state.active:
-        row.finished = None
-    row.state = state.value
-    row.updated = moment
-    if message is not None:
-        row.message = message
-    if iteration is not None:
-        row.iteration = iteration
-    if result is not None:
-        row.result = result
-
-
-def _request_row(session: Session, request_id: int, lock: bool = False) -> RequestRow:
-    query = select(RequestRow).where(RequestRow.id == request_id)
-    row = session.scalar(query.with_for_update() if lock else query)
-    if row is None:
-        raise UnknownRecord("request", request_id)
-    return row
-
-
-def _calrun_row(session: Session, calrun_id: int, lock: bool = False) -> CalibrationRunRow:
-    query = select(CalibrationRunRow).where(CalibrationRunRow.id == calrun_id)
-    row = session.scalar(query.with_for_update() if lock else query)
-    if row is None:
-        raise UnknownRecord("calibration run", calrun_id)
-    return row
-
-
-def _calrun_rows(session: Session, request_id: int, lock: bool = False) -> list[CalibrationRunRow]:
-    query = (
-        select(CalibrationRunRow)
-        .where(CalibrationRunRow.request_id == request_id)
-        .order_by(CalibrationRunRow.id)
-    )
-    return list(session.scalars(query.with_for_update() if lock else query))
-
-
-def _update_request_state(session: Session, row: RequestRow) -> None:
-    if row.state == RequestState.CANCELLED:
-        return
-    rows = _calrun_rows(session, row.id)
-    states = [CalRunState(r.state) for r in rows]
-    if not states and row.state == RequestState.FAILED:
-        return  # its plan failed (fail_request): it has no calibration runs to say otherwise
-    queued = sum(1 for r in rows if r.state == CalRunState.PLANNED and not _taken(r))
-    state = request_state(states, queued=queued)
-    if state != row.state:
-        row.state = state.value
-        row.updated = now()
-        if state is RequestState.DONE and row.bucket_id is not None:
-            bucket = session.get(BucketRow, row.bucket_id)
-            if bucket is not None:
-                bucket.state = BucketState.PROCESSED
-
-
-def add_action(
-    session: Session, actor: str, action: str, target: str, outcome: str, detail: dict[str, Any]
-) -> Action:
-    """Write an entry of the action log inside the caller's transaction."""
-    row = ActionRow(
-        at=now(), actor=actor, action=action, target=target, outcome=outcome, detail=detail
-    )
-    session.add(row)
-    session.flush()
-    return _action_value(row)
-
-
-def _summary(row: RequestRow) -> dict[str, Any]:
-    return {
-        "kind": row.kind,
-        "site": row.site,
-        "exp": row.exp,
-        "runs": [row.run_low, row.run_high],
-        "calibrations": list(row.calibrations),
-        "input_tags": list(row.input_tags),
-        "bucket_id": row.bucket_id,
-        **({"placement": dict(row.placement)} if row.placement else {}),
-    }
-
-
-# --- values -----------------------------------------------------------------------------------
-def _request_value(row: RequestRow) -> Request:
-    return Request(
-        id=row.id,
-        kind=RequestKind(row.kind),
-        site=row.site,
-        exp=row.exp,
-        run_low=row.run_low,
-        run_high=row.run_high,
-        bucket_id=row.bucket_id,
-        calibrations=list(row.calibrations),
-        input_tags=list(row.input_tags),
-        reference_tag=row.reference_tag,
-        staging_tag=row.staging_tag,
-        config=dict(row.config),
-        open_ended=row.open_ended,
-        state=RequestState(row.state),
-        created=utc(row.created),
-        created_by=row.created_by,
-        updated=utc(row.updated),
-        flow_run_id=row.flow_run_id,
-        message=row.message,
-        placement=dict(row.placement or {}),
-    )
-
-
-def _calrun_value(row: CalibrationRunRow) -> CalibrationRun:
-    return CalibrationRun(
-        id=row.id,
-        request_id=row.request_id,
-        calibration=row.calibration,
-        state=CalRunState(row.state),
-        attempt=row.attempt,
-        iteration=row.iteration,
-        result=row.result,
-        created=utc(row.created),
-        started=utc(row.started) if row.started else None,
-        updated=utc(row.updated),
-        finished=utc(row.finished) if row.finished else None,
-        flow_run_id=row.flow_run_id,
-        message=row.message,
-        summary=dict(row.summary) if row.summary is not None else None,
-    )
-
-
-def _signoff_value(row: SignoffRow) -> Signoff:
-    return Signoff(
-        id=row.id,
-        calibration_run_id=row.calibration_run_id,
-        attempt=row.attempt,
-        decision=SignoffDecision(row.decision),
-        actor=row.actor,
-        comment=row.comment,
-        at=utc(row.at),
-        action_id=row.action_id,
-    )
-
-
-def _action_value(row: ActionRow) -> Action:
-    return Action(
-        id=row.id,
-        at=utc(row.at),
-        actor=row.actor,
-        action=row.action,
-        target=row.target,
-        outcome=row.outcome,
-        detail=dict(row.detail),
-    )

@@ -26,8 +26,9 @@ from sqlalchemy.orm import Session
 from b2cal.catalog.discovery import Observation, root_header_complete, scan, settled
 from b2cal.catalog.inputs import InputFile
 from b2cal.catalog.rootfile import one_line, read_metadata
-from b2cal.db.database import SYSTEM, StateDatabase, add_action
+from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.model import Bucket, DataFile
+from b2cal.db.rows import add_action
 from b2cal.db.schema import BucketRow, FileRow, RunRow, now, utc
 from b2cal.db.states import BucketState, FileStatus
 from b2cal.errors import StateConflict, UnknownRecord
