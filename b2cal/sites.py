@@ -13,6 +13,7 @@ over the file's ``state_url`` and ``cdb_url``. In paths, ``{home}`` is b2cal's h
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from b2cal.errors import SiteError
+from b2cal.errors import B2CalError, SiteError
 from b2cal.settings import Settings
 
 _CHECKOUT_SITES = Path(__file__).resolve().parents[1] / "deployments" / "sites"
@@ -63,16 +64,57 @@ class BucketRule(_Strict):
         return f"{self.window_hours:g} h of registration time"
 
 
-class BackendSettings(_Strict):
-    """Where the site's collector jobs run (the batch backends add their own keys)."""
+class JobResources(_Strict):
+    """What one collector job asks its batch system for: the site's defaults, which a
+    calibration's ``backend_args`` may override (:meth:`merged`)."""
 
+    cores: int = Field(default=1, gt=0, strict=True)
+    memory_mb: int | None = Field(default=None, gt=0, strict=True)
+    wall_minutes: int | None = Field(default=None, gt=0, strict=True)
+    #: Slurm partition, HTCondor queue or accounting group (None: the system's default).
+    queue: str | None = None
+
+    def merged(self, args: Mapping[str, Any], where: str) -> JobResources:
+        """These resources with ``args`` (a calibration's ``backend_args``) over them;
+        SiteError-free: a bad key or value is a B2CalError naming ``where``."""
+        if not args:
+            return self
+        try:
+            return JobResources(**{**self.model_dump(), **dict(args)})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            key = ".".join(str(part) for part in error["loc"]) or "backend_args"
+            raise B2CalError(f"{where}: backend_args {key}: {error['msg']}") from None
+
+
+class BackendSettings(_Strict):
+    """Where the site's collector jobs run, and the limits the site puts on them."""
+
+    #: A backend registered in the ``b2cal.backends`` entry-point group: local, slurm, ...
     name: str = "local"
+    #: Worker processes of the local backend (Dask: workers of the cluster b2cal starts).
     workers: int = Field(default=2, gt=0)
-    #: Collector jobs per batch: a calibration's collection is one Prefect task per batch.
+    #: Collector jobs per batch: a calibration's collection is one Prefect task per batch, and
+    #: a batch system gets one submission (a job array) per batch.
     batch_size: int = Field(default=16, gt=0)
     #: Batches of one calibration handed to the backend at once (two keep it busy while a
     #: batch's last jobs finish).
     batches_in_flight: int = Field(default=2, gt=0, le=8)
+    #: More attempts of a collector job that failed (killed, lost node, a crash).
+    retries: int = Field(default=1, ge=0, le=10)
+    #: How often job states are asked for (None: the backend's own default; a batch system
+    #: must not be polled every half second).
+    poll_seconds: float | None = Field(default=None, gt=0)
+    #: At most this many collector jobs queued and running at the site at once, over every
+    #: calibration and request (None: no limit).
+    job_limit: int | None = Field(default=None, gt=0)
+    #: What each collector job asks for, unless its calibration's ``backend_args`` say other.
+    resources: JobResources = JobResources()
+    #: Folders that batch nodes see at the same paths (the shared filesystem): job folders
+    #: outside them are refused at submission. Empty: not checked.
+    shared_roots: list[Path] = Field(default_factory=list)
+    #: What only one backend reads (Slurm: ``sbatch_args``; Dask: ``scheduler``).
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class Retention(_Strict):

@@ -7,14 +7,15 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from b2cal.backends.local import LocalBackend
+from b2cal.backends.base import Backend
+from b2cal.backends.registry import open_backend
 from b2cal.caf.collection import JOB_TARGET
 from b2cal.cdb.connect import open_store
 from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import StateDatabase
 from b2cal.sites import Site, load_site
 
-_backends: dict[str, LocalBackend] = {}
+_backends: dict[str, Backend] = {}
 _backends_lock = threading.Lock()
 
 
@@ -37,13 +38,13 @@ def records(site: Site) -> Iterator[tuple[StateDatabase, ConditionsStore]]:
         db.close()
 
 
-def site_backend(site: Site) -> LocalBackend:
+def site_backend(site: Site) -> Backend:
     """The site's collector backend, one per flow-run process (calibrations in one process
-    share its workers; it stops when the process ends)."""
+    share its workers and its job limit; it is closed when the process ends)."""
     with _backends_lock:
         backend = _backends.get(site.name)
         if backend is None:
-            backend = LocalBackend(site.backend.workers)
+            backend = open_backend(site.backend)
             backend.preload([JOB_TARGET])
             _backends[site.name] = backend
             atexit.register(backend.close)

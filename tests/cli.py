@@ -34,13 +34,15 @@ def b2cal(
     )
 
 
-def start_b2cal(*args: str | Path, plugins: bool = False) -> subprocess.Popen[str]:
+def start_b2cal(
+    *args: str | Path, plugins: bool = False, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [str(B2CAL), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=environment(plugins),
+        env=environment(plugins, env),
         start_new_session=True,
     )
 

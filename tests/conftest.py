@@ -84,3 +84,20 @@ def in_stack(stack):  # type: ignore[no-untyped-def]
 
     with inside(stack):
         yield stack
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real Slurm on loopback for the session; SLURM_CONF set while it is up."""
+    from slurm_cluster import slurm_cluster
+
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as conf:
+        saved = os.environ.get("SLURM_CONF")
+        os.environ["SLURM_CONF"] = str(conf)
+        try:
+            yield conf
+        finally:
+            if saved is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = saved

@@ -1,23 +1,36 @@
 """The backend interface: where jobs run.
 
 A backend is handed :class:`Job` s — a Python function named by ``"module:function"``, to be
-called with a job folder — and reports their states. It knows nothing of what a job does: the
-job reads its inputs from its folder and writes its outputs there, so a backend only has to
-start the work (a warm local process, a batch job running ``python -m b2cal.backends.launch``)
-and say how it ended. Local processes now; Slurm, HTCondor and Dask implement the same calls
-(submit many at once, poll in bulk, cancel), like coffea's executors.
+called with a job folder, and the resources the job asks for — and reports their states. It
+knows nothing of what a job does: the job reads its inputs from its folder and writes its
+outputs there, so a backend only has to start the work (a warm local process, a batch job
+running ``python -m b2cal.backends.launch``) and say how it ended. Local processes, Slurm,
+HTCondor and Dask implement the same calls (submit many at once, poll in bulk, cancel), like
+coffea's executors; a site names its backend, and :func:`b2cal.backends.registry.open_backend`
+opens it from the site's settings.
+
+What belongs to the backend and its site, not to its callers: how many more attempts a failed
+job gets (``retries``), how often states are asked for (``poll_seconds``), how many jobs may be
+queued and running at once (``slots``), where job folders must be (``shared_roots``: batch
+nodes see only the shared filesystem), and whether jobs outlive the process that submitted
+them (``reattach``: a restarted driver then picks them up by their recorded ids instead of
+submitting them again).
 """
 
 from __future__ import annotations
 
 import enum
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
+
+from b2cal.errors import B2CalError
+from b2cal.sites import JobResources
 
 
 class JobState(enum.StrEnum):
@@ -43,6 +56,7 @@ class Job:
     name: str
     directory: Path
     target: str
+    resources: JobResources = field(default_factory=JobResources)
 
     def argv(self, python: str = sys.executable) -> list[str]:
         """The command line that runs the job in a fresh process (what a batch job executes)."""
@@ -65,17 +79,99 @@ class JobReport:
     reason: str = ""
 
 
+class JobSlots:
+    """How many more jobs may be handed to a backend now: at most ``limit`` queued and running
+    at once, over every caller of the backend in this process (None: no limit). Callers take
+    slots before they submit and give them back as jobs end; arrays are split to fit."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._used = 0
+        self._changed = threading.Condition()
+
+    def take(self, wanted: int, at_least: int = 1) -> int:
+        """Up to ``wanted`` slots, as many as are free now, if that is ``at_least`` of them
+        (or all that are wanted); else none."""
+        with self._changed:
+            free = wanted if self.limit is None else max(0, min(wanted, self.limit - self._used))
+            if free < min(at_least, wanted):
+                return 0
+            self._used += free
+            return free
+
+    def hold(self, count: int) -> None:
+        """Count ``count`` jobs that are queued already (re-attached), whatever the limit."""
+        with self._changed:
+            self._used += count
+
+    def give(self, count: int) -> None:
+        with self._changed:
+            self._used = max(0, self._used - count)
+            self._changed.notify_all()
+
+    def wait(self, timeout: float) -> None:
+        """Until some slot is given back, at most ``timeout`` seconds."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+    @property
+    def used(self) -> int:
+        with self._changed:
+            return self._used
+
+
 class Backend(ABC):
     """Runs jobs. Implementations must be safe to call from several threads.
 
-    ``retries`` (more attempts of a failed job) and ``poll_seconds`` (how often the caller
-    asks for states) belong to the backend, not to its callers: a batch system must not be
-    polled every half second, a local pool may be.
+    ``retries`` (more attempts of a failed job), ``poll_seconds`` (how often the caller asks for
+    states), ``slots`` (the job limit) and ``shared_roots`` belong to the backend and its site,
+    not to its callers: a batch system must not be polled every half second, a local pool may
+    be.
     """
 
     name: str = "backend"
-    retries: int = 1
-    poll_seconds: float = 0.5
+    #: Jobs outlive the driver that submitted them (batch systems): :meth:`attach` finds them.
+    reattach: bool = False
+
+    def __init__(
+        self,
+        *,
+        retries: int = 1,
+        poll_seconds: float = 0.5,
+        job_limit: int | None = None,
+        shared_roots: Sequence[Path] = (),
+        resources: JobResources | None = None,
+    ) -> None:
+        self.retries = retries
+        self.poll_seconds = poll_seconds
+        self.slots = JobSlots(job_limit)
+        self.shared_roots = [Path(root) for root in shared_roots]
+        #: What a job asks for unless its calibration says other (the site's defaults).
+        self.resources = resources or JobResources()
+
+    def check_folders(self, jobs: Sequence[Job]) -> None:
+        """Refuse jobs whose folders batch nodes would not see (outside ``shared_roots``)."""
+        if not self.shared_roots:
+            return
+        roots = [root.resolve() for root in self.shared_roots]
+        outside = [
+            job
+            for job in jobs
+            if not any(job.directory.resolve().is_relative_to(root) for root in roots)
+        ]
+        if outside:
+            raise B2CalError(
+                f"collector job folder {outside[0].directory} is not on the shared filesystem "
+                f"of the {self.name} backend ({', '.join(map(str, self.shared_roots))}): batch "
+                "nodes could not read or write it; put the work root or output under one of them"
+            )
+
+    def attach(self, recorded: Sequence[tuple[Job, str]]) -> list[JobHandle]:
+        """The jobs among ``recorded`` (each with the id it was submitted under) that the
+        backend still holds — queued, running, or ended and not yet polled — as handles, for
+        a driver restarted after they were submitted. A backend whose jobs die with their
+        driver holds none."""
+        return []
 
     @abstractmethod
     def submit(self, jobs: Sequence[Job]) -> list[JobHandle]:

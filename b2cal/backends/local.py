@@ -33,6 +33,7 @@ from typing import Any
 from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState
 from b2cal.backends.launch import call, resolve
 from b2cal.errors import B2CalError
+from b2cal.sites import BackendSettings
 
 #: How often a worker checks that the driver that started it is still there.
 PARENT_CHECK_SECONDS = 0.5
@@ -128,14 +129,18 @@ class LocalBackend(Backend):
     name = "local"
 
     def __init__(
-        self, workers: int | None = None, *, retries: int = 1, poll_seconds: float = 0.5
+        self,
+        workers: int | None = None,
+        *,
+        retries: int = 1,
+        poll_seconds: float = 0.5,
+        job_limit: int | None = None,
     ) -> None:
         count = workers if workers is not None else (os.cpu_count() or 1)
         if count < 1:
             raise B2CalError(f"the number of workers must be at least 1, got {count}")
+        super().__init__(retries=retries, poll_seconds=poll_seconds, job_limit=job_limit)
         self.workers = count
-        self.retries = retries
-        self.poll_seconds = poll_seconds
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Condition()
         self._entries: dict[str, _Entry] = {}
@@ -317,3 +322,13 @@ class LocalBackend(Backend):
         self._pool.remove(worker)
         if not self._closed:
             self._pool.append(_Worker(self._context, list(self._targets)))
+
+
+def open_local(settings: BackendSettings) -> LocalBackend:
+    """The local backend as a site configures it (``[backend] workers``, ``retries``, ...)."""
+    return LocalBackend(
+        settings.workers,
+        retries=settings.retries,
+        poll_seconds=settings.poll_seconds or 0.5,
+        job_limit=settings.job_limit,
+    )  # resources and shared roots mean nothing to processes of this machine

@@ -13,7 +13,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 
-from b2cal.backends.base import Backend, Job, JobReport, JobState
+from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState
 from b2cal.caf.accumulator import RunAccumulators, merge_runs
 from b2cal.caf.calibration import Calibration
 from b2cal.caf.collection import JOB_TARGET, collector_bytes, collector_digest
@@ -23,6 +23,7 @@ from b2cal.caf.workspace import IterationArea, JobArea
 from b2cal.catalog.inputs import InputFile
 from b2cal.core.files import atomic_write_bytes
 from b2cal.errors import B2CalError, CollectionFailed, Interrupted
+from b2cal.sites import JobResources
 
 log = logging.getLogger("b2cal.caf")
 
@@ -113,68 +114,142 @@ def run_jobs(
     backend: Backend,
     report: JobReporter,
     stop: threading.Event | None = None,
+    resources: JobResources | None = None,
 ) -> None:
-    """Run every job that has not finished on ``backend``; a failed job gets the backend's
-    number of retries. Raises CollectionFailed naming the first job that still fails."""
+    """Run every job that has not finished on ``backend``, each asking for ``resources``.
+
+    A failed job is tried again, up to the backend's retries, counting its attempts in its
+    folder (across restarts). Jobs that a backend whose jobs outlive their driver still holds
+    (their batch ids are recorded in their folders) are picked up, not submitted again; the
+    rest are submitted in as many submissions as the backend's job limit allows at a time.
+    Raises CollectionFailed naming the first job that still fails, Interrupted when ``stop``
+    is set (jobs of such a backend are left queued: a rerun picks them up).
+    """
     total = len(jobs)
-    todo = [job for job in jobs if not job.done]
-    report(total - len(todo), total)
-    attempts = backend.retries + 1
     where = f"{calibration}: iteration {iteration}"
-    for attempt in range(1, attempts + 1):
-        if not todo:
-            return
-        if stop is not None and stop.is_set():
-            raise Interrupted(f"{where} before collector jobs were submitted")
-        for job in todo:
-            job.forget_status()
-        handles = backend.submit(
-            [
-                Job(f"{calibration}.i{iteration}.j{job.index:04d}", job.root, JOB_TARGET)
-                for job in todo
-            ]
-        )
-        for job, handle in zip(todo, handles, strict=True):
-            job.write_submission(
-                JobSubmission(backend=backend.name, job_id=handle.job_id, attempt=attempt)
-            )
-        log.info(
-            "%s: %s submitted to %s (attempt %d)",
-            where,
-            plural(len(todo), "collector job"),
-            backend.name,
-            attempt,
-        )
-        reports: dict[str, JobReport] = {}
-        while True:
-            reports = backend.poll(handles)
-            finished = sum(1 for r in reports.values() if r.state is JobState.DONE)
-            report(total - len(todo) + finished, total)
-            if all(r.state.finished for r in reports.values()):
-                break
+    asked = resources or JobResources()
+    todo = [job for job in jobs if not job.done]
+    backend.check_folders([_job(calibration, iteration, job, asked) for job in todo])
+    attempts = {job.index: _attempts(job) for job in todo}
+    live = _reattached(calibration, iteration, todo, backend, asked)
+    waiting = [job for job in todo if job.index not in {j.index for j, _ in live.values()}]
+    held = len(live)  # slots these jobs occupy
+    failed: list[tuple[JobArea, str]] = []
+    max_attempts = backend.retries + 1
+    done_before = total - len(todo)
+    finished = 0
+    report(done_before, total)
+    try:
+        while waiting or live:
             if stop is not None and stop.is_set():
-                backend.cancel(handles)
-                raise Interrupted(f"{where}: collector jobs cancelled")
-            backend.wait(handles, backend.poll_seconds)
-        if stop is not None and stop.is_set():  # jobs killed by the interrupt did not fail
-            raise Interrupted(f"{where}: collector jobs stopped")
-        failed = []
-        for job, handle in zip(todo, handles, strict=True):
-            if reports[handle.job_id].state is JobState.DONE and job.done:
+                _stop(backend, live, where)
+            # under a job limit, top up in submissions of a quarter of it at least (never one
+            # submission per job), or whatever is free when nothing of ours is queued
+            least = 1 if not live else max(1, (backend.slots.limit or 1) // 4)
+            granted = backend.slots.take(len(waiting), least) if waiting else 0
+            held += granted
+            if granted:
+                chosen, waiting = waiting[:granted], waiting[granted:]
+                for job in chosen:
+                    job.forget_status()
+                    attempts[job.index] += 1
+                handles = backend.submit(
+                    [_job(calibration, iteration, job, asked) for job in chosen]
+                )
+                for job, handle in zip(chosen, handles, strict=True):
+                    attempt = attempts[job.index]
+                    job.write_submission(
+                        JobSubmission(backend=backend.name, job_id=handle.job_id, attempt=attempt)
+                    )
+                    live[handle.job_id] = (job, handle)
+                count = plural(len(chosen), "collector job")
+                log.info("%s: %s submitted to %s", where, count, backend.name)
+            if not live:
+                backend.slots.wait(backend.poll_seconds)  # the limit: other callers hold it
                 continue
-            reason = _reason(job, reports[handle.job_id])
-            log.warning(
-                "%s: collector job %d failed (attempt %d): %s", where, job.index, attempt, reason
-            )
-            failed.append((job, reason))
-        if failed and attempt == attempts:
-            job, reason = failed[0]
-            raise CollectionFailed(
-                calibration, job.index, attempts, len(failed), total, reason, job.log_path
-            )
-        todo = [job for job, _ in failed]
-        if not todo:
-            log.info("%s: %s done", where, plural(total, "collector job"))
+            reports = backend.poll([handle for _, handle in live.values()])
+            ended = [job_id for job_id, r in reports.items() if r.state.finished]
+            for job_id in ended:
+                job, _ = live.pop(job_id)
+                backend.slots.give(1)
+                held -= 1
+                if reports[job_id].state is JobState.DONE and job.done:
+                    finished += 1
+                    continue
+                if stop is not None and stop.is_set():
+                    continue  # killed by the interrupt: not a failure
+                reason = _reason(job, reports[job_id])
+                attempt = attempts[job.index]
+                log.warning(
+                    "%s: collector job %d failed (attempt %d of %d): %s",
+                    *(where, job.index, attempt, max_attempts, reason),
+                )
+                if attempts[job.index] < max_attempts:
+                    waiting.append(job)
+                else:
+                    failed.append((job, reason))
+            report(done_before + finished, total)
+            if live and not ended:
+                backend.wait([handle for _, handle in live.values()], backend.poll_seconds)
+    finally:
+        backend.slots.give(held)
+    if stop is not None and stop.is_set():
+        raise Interrupted(f"{where}: collector jobs stopped")
+    if failed:
+        job, reason = failed[0]
+        raise CollectionFailed(
+            calibration, job.index, attempts[job.index], len(failed), total, reason, job.log_path
+        )
+    log.info("%s: %s done", where, plural(total, "collector job"))
+
+
+def _job(calibration: str, iteration: int, job: JobArea, resources: JobResources) -> Job:
+    return Job(f"{calibration}.i{iteration}.j{job.index:04d}", job.root, JOB_TARGET, resources)
+
+
+def _attempts(job: JobArea) -> int:
+    """Attempts made so far (a restarted driver goes on counting)."""
+    submission = job.submission()
+    return submission.attempt if submission is not None else 0
+
+
+def _reattached(
+    calibration: str,
+    iteration: int,
+    jobs: Sequence[JobArea],
+    backend: Backend,
+    resources: JobResources,
+) -> dict[str, tuple[JobArea, JobHandle]]:
+    """The jobs a backend whose jobs outlive their driver still holds, by their recorded ids:
+    picked up instead of submitted again (a job that ended meanwhile reports how)."""
+    if not backend.reattach:
+        return {}
+    recorded = []
+    for job in jobs:
+        submission = job.submission()
+        if submission is not None and submission.backend == backend.name and job.status() is None:
+            recorded.append((job, submission.job_id))
+    if not recorded:
+        return {}
+    by_id = {job_id: job for job, job_id in recorded}
+    handles = backend.attach(
+        [(_job(calibration, iteration, job, resources), job_id) for job, job_id in recorded]
+    )
+    backend.slots.hold(len(handles))  # queued or running already: they count, limit or not
+    found = {handle.job_id: (by_id[handle.job_id], handle) for handle in handles}
+    if found:
+        count = plural(len(found), "collector job")
+        what = f"{calibration}: iteration {iteration}: {count} re-attached on {backend.name}"
+        log.info("%s (not submitted again)", what)
+    return found
+
+
+def _stop(backend: Backend, live: dict[str, tuple[JobArea, JobHandle]], where: str) -> None:
+    """An interrupt: jobs that die with their driver are cancelled now; batch jobs stay
+    queued for the rerun to pick up (``b2cal jobs cancel`` removes them on purpose)."""
+    if live and not backend.reattach:
+        backend.cancel([handle for _, handle in live.values()])
+    raise Interrupted(f"{where}: collector jobs stopped")
 
 
 def _reason(job: JobArea, report: JobReport) -> str:

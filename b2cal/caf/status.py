@@ -8,6 +8,8 @@ told by its lock.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel
 
 from b2cal.caf.records import CalibrationOutcome
@@ -97,3 +99,60 @@ def _final(status: CalibrationStatus, outcome: CalibrationOutcome) -> None:
     status.iteration = outcome.iterations - 1 if outcome.iterations else status.iteration
     if outcome.result.value != "OK":
         status.last_error = outcome.message
+
+
+class JobRow(BaseModel):
+    """One collector job as its folder tells it (``b2cal jobs``, the state database)."""
+
+    iteration: int
+    number: int
+    #: planned (never submitted), submitted (queued or running, or stopped with its driver),
+    #: done, failed.
+    state: str
+    files: int
+    runs: list[int]
+    attempts: int
+    backend: str | None
+    batch_id: str | None
+    submitted: datetime | None
+    seconds: float | None
+    host: str | None
+    error: str | None
+    folder: str
+
+
+def job_rows(area: CalibrationArea, iteration: int | None = None) -> list[JobRow]:
+    """The collector jobs of one iteration of a calibration (default: its latest)."""
+    iterations = area.iterations()
+    if iteration is None:
+        if not iterations:
+            return []
+        chosen = iterations[-1]
+    else:
+        chosen = area.iteration(iteration)
+    rows = []
+    for job in chosen.jobs():
+        spec, status, submission = job.spec(), job.status(), job.submission()
+        state: str
+        if status is not None:
+            state = status.state
+        else:
+            state = "submitted" if submission is not None else "planned"
+        rows.append(
+            JobRow(
+                iteration=chosen.iteration,
+                number=job.index,
+                state=state,
+                files=len(spec.files) if spec is not None else 0,
+                runs=sorted({f.run for f in spec.files}) if spec is not None else [],
+                attempts=submission.attempt if submission is not None else 0,
+                backend=submission.backend if submission is not None else None,
+                batch_id=submission.job_id if submission is not None else None,
+                submitted=submission.submitted if submission is not None else None,
+                seconds=status.seconds if status is not None else None,
+                host=(status.host or None) if status is not None else None,
+                error=(status.error or None) if status is not None else None,
+                folder=str(job.root),
+            )
+        )
+    return rows

@@ -205,7 +205,16 @@ def collect(
         kept = f", {done} done before" if done else ""
         what = plural(len(selected), "job") + kept
         shown.stage(name, f"iteration {iteration}: collecting ({what})")
-        run_jobs(name, iteration, selected, backend, lambda d, t: shown.jobs(name, d, t), stop=stop)
+        resources = backend.resources.merged(calibration.backend_args, f"calibration {name}")
+        run_jobs(
+            name,
+            iteration,
+            selected,
+            backend,
+            lambda d, t: shown.jobs(name, d, t),
+            stop=stop,
+            resources=resources,
+        )
 
 
 def _check_ready(

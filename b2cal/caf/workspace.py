@@ -127,6 +127,10 @@ class JobArea:
         """Before an attempt: the job is not finished until it writes a new status."""
         (self.root / "status.json").unlink(missing_ok=True)
 
+    def forget_submission(self) -> None:
+        """Resubmitted by hand: its attempts start again from none."""
+        (self.root / "submission.json").unlink(missing_ok=True)
+
     def submission(self) -> JobSubmission | None:
         return JobSubmission.read(self.root / "submission.json")
 

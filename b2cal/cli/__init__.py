@@ -31,6 +31,7 @@ from b2cal.cli.arguments import (
 from b2cal.cli.caf import caf_app, calibrations_app
 from b2cal.cli.cdb import cdb_app
 from b2cal.cli.discovery import bucket_app, discover
+from b2cal.cli.jobs import jobs_app
 from b2cal.cli.requests import request_app
 from b2cal.cli.server import server_app
 from b2cal.cli.signals import interruption, sigterm_as_interrupt, terminated
@@ -53,6 +54,7 @@ app.add_typer(cdb_app, name="cdb")
 app.command("discover")(discover)
 app.add_typer(bucket_app, name="bucket")
 app.add_typer(request_app, name="request")
+app.add_typer(jobs_app, name="jobs")
 app.command("status")(status)
 app.command("signoff")(signoff)
 app.add_typer(server_app, name="server")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,6 +17,7 @@ from b2cal.cli.signals import interruption
 from b2cal.errors import B2CalError
 
 if TYPE_CHECKING:
+    from b2cal.backends.base import Backend
     from b2cal.caf.calibration import Calibration
     from b2cal.caf.plan import CalibrationRequest
     from b2cal.caf.records import CalibrationOutcome
@@ -60,6 +62,21 @@ def caf_run(
     workers: Annotated[
         int | None,
         typer.Option(metavar="N", help="Local worker processes (default: number of cores)."),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Where collector jobs run: local, slurm, ... (default: the --site's, else local).",
+        ),
+    ] = None,
+    site: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SITE",
+            help="Take the backend and its limits (partition, job limit, retries, resources) "
+            "from this site's file.",
+        ),
     ] = None,
     open_ended: Annotated[
         bool, typer.Option("--open-ended", help="Leave the last IoV of each payload open.")
@@ -119,10 +136,27 @@ def caf_run(
     if dry_run:
         _print_plan(request, configured, overrides, output, rerun, added)
         return
-    outcomes = _run(request, configured, overrides, output, workers, rerun, added)
+    chosen = _backend(backend, site, workers)
+    outcomes = _run(request, configured, overrides, output, chosen, rerun, added)
     _print_outcomes(outcomes, output)
     if any(o.result is not AlgorithmResult.OK for o in outcomes.values()):
         raise typer.Exit(EXIT_CALIBRATION_FAILED)
+
+
+def _backend(name: str | None, site: str | None, workers: int | None) -> Backend:
+    """The backend of ``--backend`` / ``--site`` (local processes if neither is given)."""
+    from b2cal.backends.registry import open_backend
+    from b2cal.sites import BackendSettings, load_site
+
+    settings = load_site(site).backend if site is not None else BackendSettings()
+    update: dict[str, Any] = {}
+    if name is not None:
+        update["name"] = name
+    if workers is not None:
+        update["workers"] = workers
+    elif site is None:
+        update["workers"] = os.cpu_count() or 1
+    return open_backend(settings.model_copy(update=update))
 
 
 def _input_databases(paths: list[Path]) -> tuple[Path, ...]:
@@ -202,11 +236,10 @@ def _run(
     configured: dict[str, Calibration],
     overrides: dict[str, dict[str, Any]],
     output: Path,
-    workers: int | None,
+    backend: Backend,
     rerun: str | None,
     added: list[str],
 ) -> dict[str, CalibrationOutcome]:
-    from b2cal.backends.local import LocalBackend
     from b2cal.caf.collection import JOB_TARGET
     from b2cal.caf.driver import run_calibrations
     from b2cal.caf.steps import plan
@@ -216,20 +249,20 @@ def _run(
     workspace = Workspace(output)
     if rerun is not None:
         workspace.run_record()  # a rerun happens inside an existing output
-    with LocalBackend(workers) as backend, workspace.run_log():
+    with backend, workspace.run_log():
         backend.preload([JOB_TARGET])  # workers import while the plan is made
         made = plan(workspace, request, configured, overrides, rerun=[rerun] if rerun else [])
         _say_added(added)
         if made.rerun:
             console.print(f"recomputing: {', '.join(made.rerun)}")
         log.info(
-            "caf run of %s (%s), experiment %d runs %d-%d, %d workers, calibration run %s",
+            "caf run of %s (%s), experiment %d runs %d-%d, %s backend, calibration run %s",
             ", ".join(made.order),
             request.source(),
             request.exp,
             request.first_run,
             request.last_run,
-            backend.workers,
+            backend.name,
             workspace.run_record().calibration_run,
         )
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from b2cal.caf.status import job_rows
 from b2cal.caf.workspace import Workspace
 from b2cal.db.model import CollectorJob
 
@@ -18,30 +19,19 @@ def job_records(
 ) -> list[CollectorJob]:
     """The collector jobs of one iteration (those of ``numbers``: a batch): state, files,
     attempts, seconds, host, batch id."""
-    jobs = []
-    for job in workspace.calibration(calibration).iteration(iteration).jobs():
-        if numbers is not None and job.index not in numbers:
-            continue
-        spec, status, submission = job.spec(), job.status(), job.submission()
-        state: str
-        if status is not None:
-            state = status.state
-        elif submission is not None:
-            state = "submitted"
-        else:
-            state = "planned"
-        jobs.append(
-            CollectorJob(
-                calibration_run_id=calrun_id,
-                iteration=iteration,
-                number=job.index,
-                state=state,
-                files=len(spec.files) if spec is not None else 0,
-                attempts=submission.attempt if submission is not None else 0,
-                seconds=status.seconds if status is not None else None,
-                host=(status.host or None) if status is not None else None,
-                batch_id=submission.job_id if submission is not None else None,
-                reason=(status.error or None) if status is not None else None,
-            )
+    return [
+        CollectorJob(
+            calibration_run_id=calrun_id,
+            iteration=iteration,
+            number=row.number,
+            state=row.state,
+            files=row.files,
+            attempts=row.attempts,
+            seconds=row.seconds,
+            host=row.host,
+            batch_id=row.batch_id,
+            reason=row.error,
         )
-    return jobs
+        for row in job_rows(workspace.calibration(calibration), iteration)
+        if numbers is None or row.number in numbers
+    ]

@@ -66,3 +66,53 @@ def cycle_a() -> Calibration:
 
 def cycle_b() -> Calibration:
     return channel_t0().model_copy(update={"name": "CycleB", "depends_on": ("CycleA",)})
+
+
+#: Seconds a SleepyT0 collector job sleeps per file: long enough that a driver killed right
+#: after submitting leaves its batch jobs queued or running.
+SLEEPY_SECONDS = 4.0
+
+
+class SleepyT0Collector(ChannelT0Collector):
+    def process(self, events: Any, run: RunContext) -> Accumulator:
+        time.sleep(SLEEPY_SECONDS)
+        return super().process(events, run)
+
+
+def sleepy_t0() -> Calibration:
+    """The reference ChannelT0, sleeping per file, one file per job."""
+    return channel_t0().model_copy(
+        update={"name": "SleepyT0", "collector": SleepyT0Collector(), "max_files_per_job": 1}
+    )
+
+
+class FlakyT0Collector(ChannelT0Collector):
+    """Fails a job of run R once if ``$B2CAL_TEST_FLAKY/rR.fail-once`` exists (removing it),
+    every time if ``rR.fail-always`` does, and kills its own process once for ``rR.kill-once``:
+    what a flaky node, a poisonous input or a worker killed for its memory look like to the
+    backend."""
+
+    def process(self, events: Any, run: RunContext) -> Accumulator:
+        import os
+        from pathlib import Path
+
+        markers = os.environ.get("B2CAL_TEST_FLAKY")
+        if markers:
+            once = Path(markers) / f"r{run.exprun.run}.fail-once"
+            if (Path(markers) / f"r{run.exprun.run}.fail-always").exists():
+                raise RuntimeError(f"run {run.exprun.run} fails every time")
+            if once.exists():
+                once.unlink()
+                raise RuntimeError(f"run {run.exprun.run} fails once")
+            killed = Path(markers) / f"r{run.exprun.run}.kill-once"
+            if killed.exists():  # the process dies as if killed (out of memory, say)
+                killed.unlink()
+                os.kill(os.getpid(), 9)
+        return super().process(events, run)
+
+
+def flaky_t0() -> Calibration:
+    """The reference ChannelT0 with a collector that fails where markers say, one file a job."""
+    return channel_t0().model_copy(
+        update={"name": "FlakyT0", "collector": FlakyT0Collector(), "max_files_per_job": 1}
+    )
