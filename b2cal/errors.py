@@ -27,6 +27,16 @@ class BadInputFile(B2CalError):
         super().__init__(f"bad input file {self.path}: {reason}")
 
 
+class CollectorFailed(B2CalError):
+    """The collector raised while it read an input file (not a file it could not read: a
+    crash). The job fails, naming the file; if it keeps failing, the file is marked bad."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"the collector failed on {self.path}: {reason}")
+
+
 class ConfigError(B2CalError):
     """A configuration file (``caf run --config``) that cannot be applied as written."""
 

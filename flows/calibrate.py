@@ -22,6 +22,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
@@ -38,11 +39,11 @@ from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.model import Request
 from b2cal.db.states import ACTIVE, CalRunState, SignoffDecision
-from b2cal.errors import B2CalError, Interrupted, StateConflict
+from b2cal.errors import B2CalError, CollectionFailed, Interrupted, StateConflict
 from b2cal.orchestration.deferred import advance, upload_and_advance
-from b2cal.orchestration.registration import SIGNOFF_EVENT
+from b2cal.orchestration.registration import SIGNOFF_EVENT, job_limit_name
 from b2cal.processing.area import RequestArea
-from b2cal.processing.jobs import job_records
+from b2cal.processing.jobs import job_records, mark_failed_inputs
 from b2cal.processing.preparation import (
     blocked_by,
     calibrations_of,
@@ -70,10 +71,16 @@ AUTO_APPROVER = f"{SYSTEM} (site policy: auto)"
 def collect_task(
     site: Site, request_id: int, calibration: str, iteration: int, jobs: list[int]
 ) -> None:
-    """One batch of an iteration's collector jobs on the site's backend."""
+    """One batch of an iteration's collector jobs on the site's backend; under the site's job
+    limit it holds a slot of ``site:<name>`` per job until the batch ends."""
     workspace = RequestArea(site.request_folder(request_id)).workspace
     calibration_ = load_calibration(workspace, calibration)
-    collect(workspace, calibration_, iteration, site_backend(site), jobs=jobs, stop=stopping)
+    backend = site_backend(site)
+    if site.backend.job_limit is None:
+        collect(workspace, calibration_, iteration, backend, jobs=jobs, stop=stopping)
+        return
+    with concurrency(job_limit_name(site), occupy=len(jobs), strict=True):
+        collect(workspace, calibration_, iteration, backend, jobs=jobs, stop=stopping)
 
 
 @task(
@@ -124,7 +131,7 @@ def _collect(
     workspace = RequestArea(site.request_folder(request_id)).workspace
     todo = prepare_collection(workspace, load_calibration(workspace, name), iteration)
     db.record_jobs(calrun_id, job_records(workspace, name, calrun_id, iteration))
-    size = site.backend.batch_size
+    size = min(site.backend.batch_size, site.backend.job_limit or site.backend.batch_size)
     batches = [todo[start : start + size] for start in range(0, len(todo), size)]
     failure: BaseException | None = None
     with ThreadPoolExecutor(site.backend.batches_in_flight, thread_name_prefix="batch") as pool:
@@ -151,6 +158,9 @@ def _collect(
             running[future] = batch
         settle(wait(running).done)
     if failure is not None:
+        if isinstance(failure, CollectionFailed):  # an input that breaks the collector
+            for path in mark_failed_inputs(db, site.name, workspace, name, iteration):
+                get_run_logger().warning("%s: input file %s marked bad", name, path)
         raise failure
     if stopping.is_set():
         raise Interrupted(f"{name}: iteration {iteration} before all its batches were submitted")

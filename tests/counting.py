@@ -102,3 +102,12 @@ class Dying(Collector):
     def process(self, events: Any, run: RunContext) -> Accumulator:
         os.kill(os.getpid(), signal.SIGKILL)
         raise AssertionError("unreachable")
+
+
+class BreaksOnRun2(HitCounter):
+    """A collector that breaks on the files of run 2 (a bug, or a poisonous input)."""
+
+    def process(self, events: Any, run: RunContext) -> Accumulator:
+        if run.exprun.run == 2:
+            raise RuntimeError("unexpected value in hit_time")
+        return super().process(events, run)

@@ -3,14 +3,14 @@ worker per test site, the deployments of prefect.yaml and the automations, all s
 b2cal's own ``LocalStack`` (what ``b2cal server up`` runs), in a home folder of the test's.
 
 The test sites (``local`` approves automatically and runs collections in batches of two jobs,
-``bnl`` waits for experts, ``desy`` has no worker) keep their data and work under that home. A
-webhook receiver on loopback hears the notifications. One stack serves every orchestration test
-(the ``stack`` fixture of conftest.py, started once per session: its start and the deployments
-cost ~25 s), with the Prefect server on PostgreSQL as a site runs it: on SQLite, Prefect answers
-concurrent writes with 503 and its client waits seconds before trying again, which would make
-timing checks such as "independent calibrations overlap" depend on luck (the SQLite default is
-covered by tests/test_local_stack.py). Each test uses its own experiment's data, so the tests
-do not depend on each other's order.
+``bnl`` waits for experts and has a job limit of four, ``desy`` has no worker) keep their data
+and work under that home. A webhook receiver on loopback hears the notifications. One stack
+serves every orchestration test (the ``stack`` fixture of conftest.py, started once per
+session: its start and the deployments cost ~25 s), with the Prefect server on PostgreSQL as a
+site runs it: on SQLite, Prefect answers concurrent writes with 503 and its client waits
+seconds before trying again, which would make timing checks such as "independent calibrations
+overlap" depend on luck (the SQLite default is covered by tests/test_local_stack.py). Each test
+uses its own experiment's data, so the tests do not depend on each other's order.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ settle_seconds = 0
 runs = 4
 [backend]
 workers = 2
+job_limit = 4
 [signoff]
 default = "expert"
 """,
@@ -248,13 +249,13 @@ def running_stack(home: Path) -> Iterator[Stack]:
     """The stack the orchestration tests share, with toy data of several experiments."""
     toy = home / "toy"
     # exp 1: the demo's data set (closure); exp 2, 6, 8: four runs for the reference
-    # calibrations; exp 3-5: one slow calibration each
+    # calibrations; exp 3-5, 7: one slow calibration each
     generate_toy(
         toy / "1", 1, range(1, 9), t0_jumps=[5], beamspot_changes=[4], low_stat={6: 60}, seed=2026
     )
     for exp in (2, 6, 8):
         generate_toy(toy / str(exp), exp, range(1, 5), seed=exp)
-    for exp in (3, 4, 5):
+    for exp in (3, 4, 5, 7):
         generate_toy(toy / str(exp), exp, range(1, 5), files_per_run=6, events=200, seed=exp)
     env = stack_environment(home)
     with (
@@ -337,3 +338,15 @@ def flow_run_message(flow_run_id: str) -> str:
 
 def outputdb_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def task_runs(flow_run_id: object) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from typing import Any
 
 import pytest
 from cli import B2CAL, assert_one_line_error
@@ -20,24 +19,13 @@ from prefect_stack import (
     flow_run_message,
     flow_runs,
     request_state,
+    task_runs,
     wait_until,
 )
 
 from b2cal.db.states import RequestState
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_stack")]
-
-
-def task_runs(flow_run_id: object) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        return list(
-            client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-        )
 
 
 def test_a_prompt_request_runs_through_the_deployments_and_closes(stack: Stack) -> None:

@@ -22,6 +22,7 @@ from prefect_stack import (
     created_request,
     flow_runs,
     request_state,
+    task_runs,
     wait_until,
 )
 
@@ -166,3 +167,38 @@ def test_a_skipped_calibration_leaves_its_dependants_to_the_input_tags(
     assert_one_line_error(
         stack.b2cal("request", "skip", str(gain.id), "--comment", "too late"), "is DONE"
     )
+
+
+def test_a_sites_job_limit_holds_for_all_its_collector_jobs(stack: Stack) -> None:
+    """bnl's limit of four: a collection of 24 one-file jobs goes in batches of four, and at
+    no moment are more than four of them handed to the backend and not yet ended."""
+    stack.copy_toy(7, "bnl")
+    assert stack.b2cal("discover", "--site", "bnl").returncode == 0
+    request = created_request(
+        stack.b2cal(
+            "request", "create", "--site", "bnl", "--exp", "7", "--runs", "1-4",
+            "--calibrations", "SlowT0",
+        )
+    )  # fmt: skip
+    wait_until(lambda: request_state(stack, request) is RequestState.WAITING, 240, "sign-off")
+    jobs = Workspace(stack.workspace("bnl", request) / "output").calibration("SlowT0").iteration(0)
+    spans = []
+    for job in jobs.jobs():
+        submission, status = job.submission(), job.status()
+        assert submission is not None and status is not None and status.finished is not None
+        spans.append((submission.submitted.timestamp(), status.finished.timestamp()))
+    assert len(spans) == 24
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    in_flight = peak = 0
+    for _, step in events:
+        in_flight += step
+        peak = max(peak, in_flight)
+    assert peak <= 4, peak
+    (run,) = [r for r in flow_runs(f"request:{request}") if "calib:SlowT0" in r.tags]
+    batches = sorted(t.name for t in task_runs(run.id) if t.name.startswith("collect"))
+    assert len(batches) == 6 and "collect · SlowT0 · iter 0 · jobs 0-3" in batches, batches
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("site:bnl")
+    assert (limit.limit, limit.active_slots) == (4, 0)  # every slot given back

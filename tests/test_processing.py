@@ -141,3 +141,40 @@ def test_retention_removes_collector_outputs_of_old_finished_requests_only(
             assert len(list(area.output.glob("*/iterations/*/jobs/*/output.pkl"))) == outputs
             assert len(list(area.output.glob("*/iterations/*/jobs/*/status.json"))) == 2
         assert (RequestArea(site.request_folder(done)).output / "ChannelT0" / "outputdb").is_dir()
+
+
+def test_an_input_that_breaks_the_collector_every_time_is_marked_bad(
+    tmp_path: Path, small_storage: Path
+) -> None:
+    from counting import BreaksOnRun2, counting
+
+    from b2cal.backends.local import LocalBackend
+    from b2cal.caf.plan import CalibrationRequest
+    from b2cal.caf.steps import collect, plan
+    from b2cal.caf.workspace import Workspace
+    from b2cal.db import discovery
+    from b2cal.db.states import FileStatus
+    from b2cal.errors import CollectionFailed
+    from b2cal.processing.jobs import mark_failed_inputs
+
+    lab = Site(name="lab", storage_roots=[small_storage], work_root=tmp_path / "work",
+               settle_seconds=0, buckets=BucketRule(runs=10))  # fmt: skip
+    workspace = Workspace(tmp_path / "out")
+    calibration = counting(max_files_per_job=1).model_copy(update={"collector": BreaksOnRun2()})
+    request = CalibrationRequest(exp=1, first_run=1, last_run=4, storage=small_storage)
+    plan(workspace, request, {"Counting": calibration})
+    with LocalBackend(1, retries=1) as backend, pytest.raises(CollectionFailed) as failed:
+        collect(workspace, calibration, 0, backend)
+    assert "the collector failed on" in failed.value.reason
+    assert "RuntimeError: unexpected value in hit_time" in failed.value.reason
+    with StateDatabase(f"sqlite:///{tmp_path / 'state.sqlite'}") as db:
+        discovery.discover(db, lab)
+        marked = mark_failed_inputs(db, "lab", workspace, "Counting", 0)
+        run2 = sorted(str(p) for p in small_storage.rglob("*.r00002.*.root"))
+        bhabha = [p for p in run2 if "/bhabha/" in p]
+        assert sorted(marked) == bhabha  # the files of run 2 the collector read
+        bad = {f.path: f.reason for f in discovery.files(db, "lab", FileStatus.BAD)}
+        assert set(bad) == set(bhabha)
+        assert all("broke the Counting collector" in reason for reason in bad.values())
+        assert mark_failed_inputs(db, "lab", workspace, "Counting", 0) == []  # once
+        assert [a.action for a in db.actions()].count("mark bad") == len(bhabha)

@@ -20,6 +20,7 @@ submitting them again).
 from __future__ import annotations
 
 import enum
+import os
 import sys
 import threading
 import time
@@ -204,3 +205,14 @@ class Backend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def submission_folder(jobs: Sequence[Job], backend: str) -> Path:
+    """Where a batch backend keeps what one submission of ``jobs`` needs (job lists, scripts,
+    event logs): ``.<backend>/`` in the folder that holds their folders, on the shared
+    filesystem with them."""
+    parents = sorted({job.directory.parent for job in jobs})
+    base = parents[0] if len(parents) == 1 else Path(os.path.commonpath(parents))
+    folder = base / f".{backend}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

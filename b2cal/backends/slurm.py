@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState
+from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState, submission_folder
 from b2cal.core.files import atomic_write_bytes
 from b2cal.errors import B2CalError
 from b2cal.sites import BackendSettings, JobResources
@@ -190,7 +190,7 @@ class SlurmBackend(Backend):
     def _submit_array(
         self, jobs: Sequence[Job], resources: JobResources, target: str
     ) -> list[JobHandle]:
-        folder = _submission_folder(jobs)
+        folder = submission_folder(jobs, "slurm")
         number = f"{os.getpid()}-{int(time.time() * 1000)}-{next(self._counter)}"
         listing = folder / f"array-{number}.jobs"
         script = folder / f"array-{number}.sh"
@@ -313,17 +313,6 @@ def _exit_words(code: str) -> str:
 
 def _array(job_id: str) -> str:
     return job_id.split("_", 1)[0]
-
-
-def _submission_folder(jobs: Sequence[Job]) -> Path:
-    """Beside the jobs: the folder holding their folders, ``.slurm/`` in it."""
-    parents = {job.directory.parent for job in jobs}
-    base = (
-        parents.pop() if len(parents) == 1 else Path(os.path.commonpath([str(p) for p in parents]))
-    )
-    folder = base / ".slurm"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _first_line(text: str) -> str:

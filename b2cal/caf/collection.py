@@ -26,7 +26,7 @@ from b2cal.catalog.inputs import InputFile
 from b2cal.catalog.rootfile import one_line, read_chunks
 from b2cal.core.files import canonical_json, sha256sum
 from b2cal.core.iov import ExpRun
-from b2cal.errors import B2CalError, BadInputFile
+from b2cal.errors import B2CalError, BadInputFile, CollectorFailed
 
 #: What a backend calls to run a collector job (see :class:`b2cal.backends.base.Job`).
 JOB_TARGET = "b2cal.caf.collection:run_job"
@@ -110,6 +110,7 @@ def run_job(directory: Path) -> int:
                 spec_digest=spec_digest,
                 seconds=seconds,
                 error=one_line(exc),
+                failed_file=exc.path if isinstance(exc, CollectorFailed) else None,
                 host=host(),
             )
         )
@@ -140,6 +141,8 @@ def collect_files(
             log.warning("%s", exc)
             status.bad_files.append(BadFile(path=exc.path, reason=exc.reason))
             continue
+        except Exception as exc:  # the collector itself broke on this file: say which
+            raise CollectorFailed(file.path, f"{type(exc).__name__}: {one_line(exc)}") from exc
         status.events += events
         if accumulator is None:
             continue

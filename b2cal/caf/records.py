@@ -154,6 +154,8 @@ class JobStatus(Record):
     bad_files: list[BadFile] = Field(default_factory=list)
     seconds: float = 0.0
     error: str = ""
+    #: The input file the collector broke on, when it did (a crash, not an unreadable file).
+    failed_file: str | None = None
     host: str = ""
     finished: datetime = Field(default_factory=now)
 

@@ -137,6 +137,42 @@ def jobs_show(
             console.print("\n".join(tail), markup=False, highlight=False)
 
 
+@jobs_app.command("logs")
+def jobs_logs(
+    job: Annotated[int, typer.Argument(metavar="JOB", help="Job number.")],
+    output: Output = None,
+    calibration: CalibrationName = None,
+    calrun: CalRun = None,
+    iteration: Iteration = None,
+    site: SiteOption = None,
+    lines: Annotated[
+        int | None, typer.Option(metavar="N", help="Only the last N lines of each.")
+    ] = None,
+) -> None:
+    """A collector job's logs as they are: its own (job.log), and its stdout and stderr on
+    a batch system (batch.out, batch.err)."""
+    from b2cal.caf.workspace import Workspace
+
+    folder, names = _target(output, calibration, calrun, site)
+    if len(names) != 1:
+        raise B2CalError("name the calibration: --calibration CAL")
+    _known(folder, names[0])
+    area = Workspace(folder).calibration(names[0])
+    iterations = area.iterations()
+    if not iterations:
+        raise B2CalError(f"{names[0]} has no collector jobs yet")
+    chosen = iterations[-1] if iteration is None else area.iteration(iteration)
+    root = chosen.job(job).root
+    if not root.is_dir():
+        raise B2CalError(f"{names[0]} iteration {chosen.iteration} has no collector job {job}")
+    for log in ("job.log", "batch.out", "batch.err"):
+        path = root / log
+        if path.is_file():
+            text = path.read_text(errors="replace").splitlines()
+            shown = text[-lines:] if lines else text
+            sys.stdout.write(f"==> {path} <==\n" + "".join(f"{line}\n" for line in shown))
+
+
 @jobs_app.command("resubmit")
 def jobs_resubmit(
     output: Output = None,

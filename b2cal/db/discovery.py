@@ -355,6 +355,27 @@ def files(db: StateDatabase, site: str, status: FileStatus | None = None) -> lis
     return db.read(work)
 
 
+def mark_bad(db: StateDatabase, site: str, path: str, reason: str, actor: str) -> bool:
+    """A registered file that broke a collector every time: BAD, with the reason, so that new
+    requests leave it out (it is looked at again if it changes: a transfer redone). Whether
+    it was marked now."""
+    target = f"file {path}"
+
+    def work(session: Session) -> bool:
+        row = session.scalar(
+            select(FileRow)
+            .where(FileRow.site == site, FileRow.path_key == path_key(path))
+            .with_for_update()
+        )
+        if row is None or row.status != FileStatus.REGISTERED:
+            return False
+        row.status, row.reason = FileStatus.BAD, reason
+        add_action(session, actor, "mark bad", target, "ok", {"site": site, "reason": reason})
+        return True
+
+    return db.write(work)
+
+
 def _close(session: Session, bucket: BucketRow, actor: str, moment: datetime, why: str) -> Bucket:
     bucket.state, bucket.closed = BucketState.CLOSED, moment
     add_action(session, actor, "bucket close", _label(bucket), "ok", {"why": why})

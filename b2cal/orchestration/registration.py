@@ -1,6 +1,7 @@
 """What ``server up`` registers in Prefect besides the deployments: one process work pool per
-site, the automation that marks runs Crashed when their heartbeats stop, and notifications
-(a flow run failed; a calibration awaits its sign-off) to a webhook."""
+site, a global concurrency limit per site with a job limit, the automation that marks runs
+Crashed when their heartbeats stop, and notifications (a flow run failed; a calibration awaits
+its sign-off) to a webhook."""
 
 from __future__ import annotations
 
@@ -58,6 +59,23 @@ def ensure_pools(pools: list[str], sites: list[Site]) -> None:
                         base_job_template=template,
                         description=described.get(pool, f"b2cal work pool {pool}"),
                     )
+                )
+
+
+def job_limit_name(site: Site) -> str:
+    """The Prefect global concurrency limit that counts a site's collector jobs."""
+    return f"site:{site.name}"
+
+
+def ensure_job_limits(sites: list[Site]) -> None:
+    """A global concurrency limit ``site:<name>`` for each site with a ``job_limit``: every
+    flow run at the site takes a slot per collector job it has queued or running, so all of
+    them together never pass it."""
+    with prefect_client() as client:
+        for site in sites:
+            if site.backend.job_limit is not None:
+                client.upsert_global_concurrency_limit_by_name(
+                    job_limit_name(site), site.backend.job_limit
                 )
 
 

@@ -313,6 +313,7 @@ class LocalStack:
             activate_discovery,
             deployment_pools,
             ensure_automations,
+            ensure_job_limits,
             ensure_pools,
         )
 
@@ -322,6 +323,7 @@ class LocalStack:
             os.environ["PREFECT_API_AUTH_STRING"] = self.auth_string
         all_sites = [load_site(name) for name in site_names()]
         ensure_pools(deployment_pools(CHECKOUT / "prefect.yaml"), all_sites)
+        ensure_job_limits(all_sites)
         started = time.monotonic()
         deploy = subprocess.run(
             [_prefect(), "--no-prompt", "deploy", "--all"],

@@ -7,6 +7,8 @@ from collections.abc import Collection
 
 from b2cal.caf.status import job_rows
 from b2cal.caf.workspace import Workspace
+from b2cal.db import discovery
+from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.model import CollectorJob
 
 
@@ -35,3 +37,19 @@ def job_records(
         for row in job_rows(workspace.calibration(calibration), iteration)
         if numbers is None or row.number in numbers
     ]
+
+
+def mark_failed_inputs(
+    db: StateDatabase, site: str, workspace: Workspace, calibration: str, iteration: int
+) -> list[str]:
+    """After a collection failed for good: each input file that a failed job's collector broke
+    on is marked bad in the state database (new requests leave it out); returns their paths."""
+    marked = []
+    for job in workspace.calibration(calibration).iteration(iteration).jobs():
+        status = job.status()
+        if status is None or status.state != "failed" or not status.failed_file:
+            continue
+        reason = f"broke the {calibration} collector: {status.error}"
+        if discovery.mark_bad(db, site, status.failed_file, reason, SYSTEM):
+            marked.append(status.failed_file)
+    return marked
