@@ -43,7 +43,7 @@ from b2cal.errors import B2CalError, CollectionFailed, Interrupted, StateConflic
 from b2cal.orchestration.deferred import advance, upload_and_advance
 from b2cal.orchestration.registration import SIGNOFF_EVENT, job_limit_name
 from b2cal.processing.area import RequestArea
-from b2cal.processing.jobs import job_records, mark_failed_inputs
+from b2cal.processing.jobs import cancel_left_jobs, job_records, mark_failed_inputs
 from b2cal.processing.preparation import (
     blocked_by,
     calibrations_of,
@@ -201,11 +201,16 @@ def _cancelled(flow: Any, flow_run: Any, state: Any) -> None:
     """A ``calibrate`` run cancelled on its own (a deployment run, or a subflow whose request
     was cancelled): its calibration run is CANCELLED unless it has ended already."""
     parameters = flow_run.parameters
-    with records(site_of(parameters.get("site"))) as (db, _):
-        calrun = db.calibration_run_of(int(parameters["request_id"]), parameters["calibration"])
+    here = site_of(parameters.get("site"))
+    request_id, calibration = int(parameters["request_id"]), parameters["calibration"]
+    with records(here) as (db, _):
+        calrun = db.calibration_run_of(request_id, calibration)
         with contextlib.suppress(StateConflict):
             db.move(calrun.id, CalRunState.CANCELLED, message="flow run cancelled",
                     expected=ACTIVE)  # fmt: skip
+    # batch jobs outlive the process that was stopped: remove them on purpose
+    workspace = RequestArea(here.request_folder(request_id)).workspace
+    cancel_left_jobs(here.backend, workspace, calibration)
 
 
 @flow(

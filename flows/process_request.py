@@ -26,6 +26,8 @@ from b2cal.db.states import RequestState
 from b2cal.errors import StateConflict
 from b2cal.orchestration.deferred import advance, upload_and_advance
 from b2cal.orchestration.labels import bucket_of, request_tags, request_title
+from b2cal.processing.area import RequestArea
+from b2cal.processing.jobs import cancel_left_jobs
 from b2cal.processing.placement import in_process
 from b2cal.processing.preparation import calibrations_of, prepare
 from b2cal.sites import Site
@@ -71,9 +73,15 @@ def _cancelled(flow: Any, flow_run: Any, state: Any) -> None:
     """Cancelled from the Prefect UI or CLI: record it in b2cal (Prefect calls this in a
     process of its own once the flow-run process has gone)."""
     parameters = flow_run.parameters
+    here, request_id = site_of(parameters.get("site")), int(parameters["request_id"])
     # Cancelled through b2cal already (which cancelled the flow run): nothing to record.
-    with records(site_of(parameters.get("site"))) as (db, _), contextlib.suppress(StateConflict):
-        db.cancel_request(int(parameters["request_id"]), "prefect (flow run cancelled)")
+    with records(here) as (db, _), contextlib.suppress(StateConflict):
+        db.cancel_request(request_id, "prefect (flow run cancelled)")
+    # batch jobs outlive the process that was stopped: remove them on purpose
+    area = RequestArea(here.request_folder(request_id))
+    if area.workspace.exists():
+        for calibration in area.workspace.run_record().calibrations:
+            cancel_left_jobs(here.backend, area.workspace, calibration)
 
 
 @flow(

@@ -215,24 +215,23 @@ def jobs_cancel(
 ) -> None:
     """Remove the batch jobs a stopped driver left queued or running (a restarted driver
     would pick them up); the backend is the one they were submitted to, as the site sets it."""
-    from b2cal.backends.registry import open_backend
-    from b2cal.caf.jobcontrol import cancel_left
     from b2cal.caf.status import job_rows
     from b2cal.caf.workspace import Workspace
     from b2cal.cli.console import console
+    from b2cal.processing.jobs import cancel_left_jobs
 
     folder, names = _target(output, calibration, calrun, site)
     settings = open_site(site).backend
     for name in names:
         _known(folder, name)
-        used = {row.backend for row in job_rows(Workspace(folder).calibration(name), iteration)
-                if row.backend and row.state == "submitted"}  # fmt: skip
-        for backend_name in sorted(used):
-            with open_backend(settings.model_copy(update={"name": backend_name})) as backend:
-                if not backend.reattach:
-                    console.print(f"{name}: {backend_name} jobs end with their driver: none left")
-                    continue
-                cancelled = cancel_left(Workspace(folder), name, backend, iteration)
-            console.print(f"{name}: cancelled {len(cancelled)} {backend_name} jobs")
+        rows = job_rows(Workspace(folder).calibration(name), iteration)
+        used = sorted({row.backend for row in rows if row.backend and row.state == "submitted"})
+        for backend_name in used:
+            chosen = settings.model_copy(update={"name": backend_name})
+            cancelled = cancel_left_jobs(chosen, Workspace(folder), name, iteration)
+            if cancelled is None:
+                console.print(f"{name}: {backend_name} jobs end with their driver: none left")
+            else:
+                console.print(f"{name}: cancelled {len(cancelled)} {backend_name} jobs")
         if not used:
             console.print(f"{name}: no collector job left queued or running")

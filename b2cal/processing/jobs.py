@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from b2cal.backends.registry import open_backend
+from b2cal.caf.jobcontrol import cancel_left
 from b2cal.caf.status import job_rows
 from b2cal.caf.workspace import Workspace
 from b2cal.db import discovery
 from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.model import CollectorJob
+from b2cal.sites import BackendSettings
 
 
 def job_records(
@@ -53,3 +56,22 @@ def mark_failed_inputs(
         if discovery.mark_bad(db, site, status.failed_file, reason, SYSTEM):
             marked.append(status.failed_file)
     return marked
+
+
+def cancel_left_jobs(
+    settings: BackendSettings,
+    workspace: Workspace,
+    calibration: str,
+    iteration: int | None = None,
+) -> list[int] | None:
+    """The batch jobs a calibration's collection left queued or running on the backend of
+    ``settings``, removed (a cancelled request's, or on purpose: a backend whose jobs outlive
+    their driver keeps them for a restart); returns their numbers, None for a backend whose
+    jobs die with their driver (nothing can be left)."""
+    area = workspace.calibration(calibration)
+    if not area.has_record() or not area.iterations():
+        return []
+    with open_backend(settings) as backend:
+        if not backend.reattach:
+            return None
+        return cancel_left(workspace, calibration, backend, iteration)
