@@ -29,7 +29,7 @@ from common import interleaved
 from rich.console import Console
 from rich.table import Table
 
-from b2cal.backends.base import Backend, Job, JobHandle
+from b2cal.backends.base import Backend, Job, JobHandle, Limits
 from b2cal.backends.local import LocalBackend
 from b2cal.backends.slurm import SlurmBackend
 
@@ -92,7 +92,7 @@ def main() -> int:
     measured: dict[str, float] = {}
     polls: list[tuple[int, int]] = []  # (polls, squeue calls)
     try:
-        slurm = SlurmBackend(poll_seconds=1.0)
+        slurm = SlurmBackend(Limits(poll_seconds=1.0))
 
         def array() -> None:
             jobs = make_jobs(folder / "array", count)

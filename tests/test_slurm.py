@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cli import TESTS, b2cal, start_b2cal
 
-from b2cal.backends.base import Job, JobHandle, JobReport, JobState
+from b2cal.backends.base import Job, JobHandle, JobReport, JobState, Limits
 from b2cal.backends.slurm import SlurmBackend
 from b2cal.caf.workspace import Workspace
 from b2cal.errors import B2CalError
@@ -102,7 +102,7 @@ def arrays(output: Path, name: str) -> list[Path]:
 
 
 def test_one_array_per_submission_and_each_job_ends_as_it_did(tmp_path: Path) -> None:
-    backend = SlurmBackend(poll_seconds=0.3)
+    backend = SlurmBackend(Limits(poll_seconds=0.3))
     submitted = jobs(tmp_path, ["ok", "exit 3", "kill", "ok", "sleep 1", "ok"])
     handles = backend.submit(submitted)
     assert backend.calls["sbatch"] == 1  # six jobs, one array
@@ -121,7 +121,7 @@ def test_one_array_per_submission_and_each_job_ends_as_it_did(tmp_path: Path) ->
 def test_cancel_stops_jobs_and_refusals_are_clear(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend = SlurmBackend(poll_seconds=0.3)
+    backend = SlurmBackend(Limits(poll_seconds=0.3))
     handles = backend.submit(jobs(tmp_path / "sleepers", ["sleep 120"] * 3))
     deadline = time.monotonic() + 60
     while not all(r.state is JobState.RUNNING for r in backend.poll(handles).values()):
@@ -139,7 +139,7 @@ def test_cancel_stops_jobs_and_refusals_are_clear(
     assert reports[over.job_id].state is JobState.FAILED
     assert "Slurm will not start it: Partition" in reports[over.job_id].reason
     # a job folder batch nodes would not see
-    shared = SlurmBackend(shared_roots=[tmp_path / "shared"])
+    shared = SlurmBackend(Limits(shared_roots=(tmp_path / "shared",)))
     with pytest.raises(B2CalError, match="is not on the shared filesystem"):
         shared.submit(jobs(tmp_path / "elsewhere", ["ok"]))
     # no Slurm commands at all

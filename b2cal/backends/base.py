@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Self
 
 from b2cal.errors import B2CalError
-from b2cal.sites import JobResources
+from b2cal.sites import BackendSettings, JobResources
 
 
 class JobState(enum.StrEnum):
@@ -121,34 +121,51 @@ class JobSlots:
             return self._used
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a site sets for its backend, whichever it is: more attempts of a failed job, how
+    often states are asked for, the job limit, where job folders must be, what a job asks
+    for."""
+
+    retries: int = 1
+    poll_seconds: float = 0.5
+    job_limit: int | None = None
+    shared_roots: tuple[Path, ...] = ()
+    resources: JobResources = field(default_factory=JobResources)
+
+    @classmethod
+    def of(cls, settings: BackendSettings, poll_seconds: float) -> Limits:
+        """A site's limits; ``poll_seconds`` is the backend's default interval."""
+        return cls(
+            retries=settings.retries,
+            poll_seconds=settings.poll_seconds or poll_seconds,
+            job_limit=settings.job_limit,
+            shared_roots=tuple(settings.shared_roots),
+            resources=settings.resources,
+        )
+
+
 class Backend(ABC):
     """Runs jobs. Implementations must be safe to call from several threads.
 
     ``retries`` (more attempts of a failed job), ``poll_seconds`` (how often the caller asks for
-    states), ``slots`` (the job limit) and ``shared_roots`` belong to the backend and its site,
-    not to its callers: a batch system must not be polled every half second, a local pool may
-    be.
+    states), ``slots`` (the job limit) and ``shared_roots`` belong to the backend and its site
+    (:class:`Limits`), not to its callers: a batch system must not be polled every half second,
+    a local pool may be.
     """
 
     name: str = "backend"
     #: Jobs outlive the driver that submitted them (batch systems): :meth:`attach` finds them.
     reattach: bool = False
 
-    def __init__(
-        self,
-        *,
-        retries: int = 1,
-        poll_seconds: float = 0.5,
-        job_limit: int | None = None,
-        shared_roots: Sequence[Path] = (),
-        resources: JobResources | None = None,
-    ) -> None:
-        self.retries = retries
-        self.poll_seconds = poll_seconds
-        self.slots = JobSlots(job_limit)
-        self.shared_roots = [Path(root) for root in shared_roots]
+    def __init__(self, limits: Limits | None = None) -> None:
+        chosen = limits or Limits()
+        self.retries = chosen.retries
+        self.poll_seconds = chosen.poll_seconds
+        self.slots = JobSlots(chosen.job_limit)
+        self.shared_roots = list(chosen.shared_roots)
         #: What a job asks for unless its calibration says other (the site's defaults).
-        self.resources = resources or JobResources()
+        self.resources = chosen.resources
 
     def check_folders(self, jobs: Sequence[Job]) -> None:
         """Refuse jobs whose folders batch nodes would not see (outside ``shared_roots``)."""

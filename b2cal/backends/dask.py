@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState
+from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState, Limits
 from b2cal.backends.launch import call
 from b2cal.errors import B2CalError
-from b2cal.sites import BackendSettings, JobResources
+from b2cal.sites import BackendSettings
 
 log = logging.getLogger("b2cal.backends")
 
@@ -44,25 +44,15 @@ class DaskBackend(Backend):
 
     def __init__(
         self,
+        limits: Limits | None = None,
         *,
-        retries: int = 1,
-        poll_seconds: float = 0.5,
-        job_limit: int | None = None,
-        shared_roots: Sequence[Path] = (),
-        resources: JobResources | None = None,
         scheduler: str | None = None,
         cluster: str | None = None,
         workers: int = 2,
         jobs: int = 2,
         cluster_options: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(
-            retries=retries,
-            poll_seconds=poll_seconds,
-            job_limit=job_limit,
-            shared_roots=shared_roots,
-            resources=resources,
-        )
+        super().__init__(limits)
         if scheduler and cluster:
             raise B2CalError("the dask backend takes a scheduler address or a cluster, not both")
         if cluster not in (None, "slurm"):
@@ -187,11 +177,7 @@ def open_dask(settings: BackendSettings) -> DaskBackend:
     if unknown:
         raise B2CalError(f"[backend.options] of the dask backend: unknown {', '.join(unknown)}")
     return DaskBackend(
-        retries=settings.retries,
-        poll_seconds=settings.poll_seconds or 0.5,
-        job_limit=settings.job_limit,
-        shared_roots=settings.shared_roots,
-        resources=settings.resources,
+        Limits.of(settings, 0.5),
         scheduler=options.get("scheduler"),
         cluster=options.get("cluster"),
         workers=settings.workers,

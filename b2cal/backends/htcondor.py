@@ -28,11 +28,22 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState, submission_folder
+from b2cal.backends.base import (
+    Backend,
+    Job,
+    JobHandle,
+    JobReport,
+    JobState,
+    Limits,
+    submission_folder,
+)
 from b2cal.errors import B2CalError
 from b2cal.sites import BackendSettings, JobResources
 
 log = logging.getLogger("b2cal.backends")
+
+#: How often the schedd is asked for states unless the site says other.
+POLL_SECONDS = 15.0
 
 #: What a job ad says, as asked for in every query.
 PROJECTION = [
@@ -146,24 +157,14 @@ class HTCondorBackend(Backend):
 
     def __init__(
         self,
+        limits: Limits | None = None,
         *,
-        retries: int = 1,
-        poll_seconds: float = 15.0,
-        job_limit: int | None = None,
-        shared_roots: Sequence[Path] = (),
-        resources: JobResources | None = None,
         schedd: str | None = None,
         pool: str | None = None,
         python: str | None = None,
         submit: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(
-            retries=retries,
-            poll_seconds=poll_seconds,
-            job_limit=job_limit,
-            shared_roots=shared_roots,
-            resources=resources,
-        )
+        super().__init__(limits or Limits(poll_seconds=POLL_SECONDS))
         self.schedd_name = schedd
         self.pool = pool
         self.python = python or sys.executable
@@ -299,11 +300,7 @@ def open_htcondor(settings: BackendSettings) -> HTCondorBackend:
     if not isinstance(submit, dict):
         raise B2CalError("[backend.options] submit must be a table of submit commands")
     return HTCondorBackend(
-        retries=settings.retries,
-        poll_seconds=settings.poll_seconds or 15.0,
-        job_limit=settings.job_limit,
-        shared_roots=settings.shared_roots,
-        resources=settings.resources,
+        Limits.of(settings, POLL_SECONDS),
         schedd=options.get("schedd"),
         pool=options.get("pool"),
         python=options.get("python"),

@@ -30,7 +30,7 @@ from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from typing import Any
 
-from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState
+from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState, Limits
 from b2cal.backends.launch import call, resolve
 from b2cal.errors import B2CalError
 from b2cal.sites import BackendSettings
@@ -139,7 +139,7 @@ class LocalBackend(Backend):
         count = workers if workers is not None else (os.cpu_count() or 1)
         if count < 1:
             raise B2CalError(f"the number of workers must be at least 1, got {count}")
-        super().__init__(retries=retries, poll_seconds=poll_seconds, job_limit=job_limit)
+        super().__init__(Limits(retries=retries, poll_seconds=poll_seconds, job_limit=job_limit))
         self.workers = count
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Condition()

@@ -29,12 +29,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState, submission_folder
+from b2cal.backends.base import (
+    Backend,
+    Job,
+    JobHandle,
+    JobReport,
+    JobState,
+    Limits,
+    submission_folder,
+)
 from b2cal.core.files import atomic_write_bytes
 from b2cal.errors import B2CalError
 from b2cal.sites import BackendSettings, JobResources
 
 log = logging.getLogger("b2cal.backends")
+
+#: How often Slurm is asked for states unless the site says other.
+POLL_SECONDS = 10.0
 
 #: Slurm job states and what they mean for a job.
 _STATES = {
@@ -95,24 +106,14 @@ class SlurmBackend(Backend):
 
     def __init__(
         self,
+        limits: Limits | None = None,
         *,
-        retries: int = 1,
-        poll_seconds: float = 10.0,
-        job_limit: int | None = None,
-        shared_roots: Sequence[Path] = (),
-        resources: JobResources | None = None,
         sbatch_args: Sequence[str] = (),
         python: str | None = None,
         max_array: int = 1000,
         unreachable_seconds: float = 600.0,
     ) -> None:
-        super().__init__(
-            retries=retries,
-            poll_seconds=poll_seconds,
-            job_limit=job_limit,
-            shared_roots=shared_roots,
-            resources=resources,
-        )
+        super().__init__(limits or Limits(poll_seconds=POLL_SECONDS))
         self.sbatch_args = list(sbatch_args)
         self.python = python or sys.executable
         self.max_array = max_array
@@ -343,11 +344,7 @@ def open_slurm(settings: BackendSettings) -> SlurmBackend:
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise B2CalError("[backend.options] sbatch_args must be a list of strings")
     return SlurmBackend(
-        retries=settings.retries,
-        poll_seconds=settings.poll_seconds or 10.0,
-        job_limit=settings.job_limit,
-        shared_roots=settings.shared_roots,
-        resources=settings.resources,
+        Limits.of(settings, POLL_SECONDS),
         sbatch_args=args,
         python=options.get("python"),
         max_array=int(options.get("max_array", 1000)),

@@ -62,6 +62,17 @@ def _known(output: Path, name: str) -> None:
         raise B2CalError(f"{output} has no calibration {name}")
 
 
+def _one(
+    output: Path | None, calibration: str | None, calrun: int | None, site: str | None
+) -> tuple[Path, str]:
+    """The workspace folder and the one calibration meant (commands on one job or its jobs)."""
+    folder, names = _target(output, calibration, calrun, site)
+    if len(names) != 1:
+        raise B2CalError("name the calibration: --calibration CAL")
+    _known(folder, names[0])
+    return folder, names[0]
+
+
 @jobs_app.command("list")
 def jobs_list(
     output: Output = None,
@@ -119,13 +130,10 @@ def jobs_show(
     from b2cal.caf.workspace import Workspace
     from b2cal.cli.console import console
 
-    folder, names = _target(output, calibration, calrun, site)
-    if len(names) != 1:
-        raise B2CalError("name the calibration: --calibration CAL")
-    _known(folder, names[0])
-    rows = {row.number: row for row in job_rows(Workspace(folder).calibration(names[0]), iteration)}
+    folder, name = _one(output, calibration, calrun, site)
+    rows = {row.number: row for row in job_rows(Workspace(folder).calibration(name), iteration)}
     if job not in rows:
-        raise B2CalError(f"{names[0]} has no collector job {job} in that iteration")
+        raise B2CalError(f"{name} has no collector job {job} in that iteration")
     row = rows[job]
     for key, value in row.model_dump().items():
         console.print(f"{key}: {value}")
@@ -153,18 +161,15 @@ def jobs_logs(
     a batch system (batch.out, batch.err)."""
     from b2cal.caf.workspace import Workspace
 
-    folder, names = _target(output, calibration, calrun, site)
-    if len(names) != 1:
-        raise B2CalError("name the calibration: --calibration CAL")
-    _known(folder, names[0])
-    area = Workspace(folder).calibration(names[0])
+    folder, name = _one(output, calibration, calrun, site)
+    area = Workspace(folder).calibration(name)
     iterations = area.iterations()
     if not iterations:
-        raise B2CalError(f"{names[0]} has no collector jobs yet")
+        raise B2CalError(f"{name} has no collector jobs yet")
     chosen = iterations[-1] if iteration is None else area.iteration(iteration)
     root = chosen.job(job).root
     if not root.is_dir():
-        raise B2CalError(f"{names[0]} iteration {chosen.iteration} has no collector job {job}")
+        raise B2CalError(f"{name} iteration {chosen.iteration} has no collector job {job}")
     for log in ("job.log", "batch.out", "batch.err"):
         path = root / log
         if path.is_file():
@@ -190,18 +195,15 @@ def jobs_resubmit(
     from b2cal.caf.workspace import Workspace
     from b2cal.cli.console import console
 
-    folder, names = _target(output, calibration, calrun, site)
-    if len(names) != 1:
-        raise B2CalError("name the calibration: --calibration CAL")
-    _known(folder, names[0])
+    folder, name = _one(output, calibration, calrun, site)
     numbers = parse_int_list(jobs, "--jobs") if jobs is not None else None
-    chosen = resubmit(Workspace(folder), names[0], numbers, iteration)
+    chosen = resubmit(Workspace(folder), name, numbers, iteration)
     if not chosen:
-        console.print(f"{names[0]}: no failed collector job to resubmit")
+        console.print(f"{name}: no failed collector job to resubmit")
         return
     again = "caf run with the same arguments" if output else "b2cal request rerun (or a retry)"
     console.print(
-        f"{names[0]}: jobs {', '.join(map(str, chosen))} start afresh at the next run ({again})"
+        f"{name}: jobs {', '.join(map(str, chosen))} start afresh at the next run ({again})"
     )
 
 
