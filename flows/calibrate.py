@@ -96,8 +96,12 @@ def algorithm_task(site: Site, request_id: int, calibration: str, iteration: int
 
 @task(name="finish", cache_policy=NONE, task_run_name="finish · {calibration}")
 def finish_task(site: Site, request_id: int, calibration: str) -> tuple[str, str]:
+    """The final output; dependants waiting in this process are woken the moment it exists
+    (not when this task's end has been recorded)."""
     workspace = RequestArea(site.request_folder(request_id)).workspace
     outcome = finish(workspace, load_calibration(workspace, calibration))
+    if outcome.result is AlgorithmResult.OK:  # else after its state says so: "not run: ..."
+        output_written(request_id, calibration).set()
     return outcome.result.value, outcome.message
 
 
@@ -130,7 +134,7 @@ def _collect(
     recorded in the state database as it ends."""
     workspace = RequestArea(site.request_folder(request_id)).workspace
     todo = prepare_collection(workspace, load_calibration(workspace, name), iteration)
-    db.record_jobs(calrun_id, job_records(workspace, name, calrun_id, iteration))
+    recorded = False  # the planned jobs go into the state database once the first are out
     size = min(site.backend.batch_size, site.backend.job_limit or site.backend.batch_size)
     batches = [todo[start : start + size] for start in range(0, len(todo), size)]
     failure: BaseException | None = None
@@ -156,6 +160,9 @@ def _collect(
                 contextvars.copy_context().run, run, site, request_id, name, iteration, batch
             )
             running[future] = batch
+            if not recorded:
+                db.record_jobs(calrun_id, job_records(workspace, name, calrun_id, iteration))
+                recorded = True
         settle(wait(running).done)
     if failure is not None:
         if isinstance(failure, CollectionFailed):  # an input that breaks the collector
