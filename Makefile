@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := build/demo
 
-.PHONY: install demo demo-down test test-fast lint bench clean
+.PHONY: install demo demo-down test test-fast lint bench bench-prompt bench-slurm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,15 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/collector_throughput.py
 	$(BIN)/python bench/engine_overhead.py
+
+# A prompt request through Prefect against the bare script, on a bucket where the bare script
+# takes over 5 minutes (~30 GB of toy data, kept in B2CAL_BENCH_DATA if set; about an hour).
+bench-prompt: install
+	$(BIN)/python bench/prompt_request.py 72 10 360000 1
+
+# 1000 short jobs on a loopback Slurm (started and stopped by scripts/slurm.sh, as root).
+bench-slurm: install
+	$(BIN)/python bench/slurm_submit.py 1000 1
 
 clean:
 	rm -rf build $(VENV) *.egg-info
