@@ -45,7 +45,7 @@ _ORPHANED = 70
 #: the driver (and a flow's orchestration) still reacts at once — a dependant's first jobs
 #: are submitted within a moment of its dependency's payloads — while the jobs lose nothing
 #: (the driver needs little CPU).
-WORKER_NICENESS = 5
+WORKER_NICENESS = 10
 #: How long a worker has to exit after being asked to, before it is killed.
 _EXIT_GRACE_SECONDS = 2.0
 
