@@ -42,9 +42,8 @@ PARENT_CHECK_SECONDS = 0.5
 #: Exit status of a worker whose driver died.
 _ORPHANED = 70
 #: How much lower than its driver a worker runs: with every core busy with collector jobs,
-#: the driver (and a flow's orchestration) still reacts at once — a dependant's first jobs
-#: are submitted within a moment of its dependency's payloads — while the jobs lose nothing
-#: (the driver needs little CPU).
+#: the driver (and a flow's orchestration) gets the CPU for its short work first, and the
+#: jobs lose nothing (the driver needs little CPU).
 WORKER_NICENESS = 10
 #: How long a worker has to exit after being asked to, before it is killed.
 _EXIT_GRACE_SECONDS = 2.0
