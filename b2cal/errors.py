@@ -250,3 +250,22 @@ class SiteError(B2CalError):
         self.site = site
         self.reason = reason
         super().__init__(f"site {site}: {reason}")
+
+
+# --- identities and permissions -----------------------------------------------------------------
+class NotAuthenticated(B2CalError):
+    """A certificate, proxy or VOMS attribute certificate that does not prove who is acting:
+    untrusted, expired, revoked, forged, for another VO. ``reason`` says which, for the log
+    and the refusal."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"not authenticated: {reason}")
+
+
+class NotAllowed(B2CalError):
+    """An authenticated identity whose roles do not allow the action on its target."""
+
+    def __init__(self, who: str, action: str, target: str, needs: str) -> None:
+        self.who, self.action, self.target, self.needs = who, action, target, needs
+        super().__init__(f"{who} may not {action} {target}: it needs {needs}")
