@@ -53,6 +53,7 @@ lint: install
 # Every test, slow ones included (CI runs this). PostgreSQL and MariaDB are started if needed.
 test: lint
 	bash scripts/services.sh
+	bash scripts/tools.sh
 	$(BIN)/pytest --durations=25
 
 # The quick loop while developing: no slow tests.
