@@ -41,6 +41,24 @@ class Settings(BaseSettings):
     #: b2cal's state database (files, buckets, requests, calibration runs, sign-offs): an
     #: SQLAlchemy URL; unset: the site file's ``state_url``, else SQLite under ``home``.
     state_url: str | None = None
+    #: The experiment's VO: VOMS attributes of other VOs are refused.
+    vo: str = "belle"
+    #: Where the VO's member list is read (unset: no sync), and in which form (json or scim).
+    vo_members_url: str | None = None
+    vo_members_kind: str = "json"
+    #: Bearer token for the member list (IAM: a token with the scim:read scope).
+    vo_members_token: SecretStr | None = None
+    #: FQANs (or VO group paths) and the grant each gives; ``{vo}`` is the VO's name. A grant is
+    #: a role (viewer, expert, coordinator, admin), an expert's optionally ``expert:CalA,CalB``.
+    role_map: dict[str, str] = Field(
+        default_factory=lambda: {
+            "/{vo}": "viewer",
+            "/{vo}/Role=calibration": "expert",
+            "/{vo}/calibration": "expert",
+            "/{vo}/Role=coordinator": "coordinator",
+            "/{vo}/Role=admin": "admin",
+        }
+    )
 
     @classmethod
     def settings_customise_sources(

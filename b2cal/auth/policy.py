@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from b2cal.auth.identity import Identity
-from b2cal.errors import NotAllowed
+from b2cal.errors import B2CalError, NotAllowed
 
 
 class Role(StrEnum):
@@ -109,3 +109,32 @@ def check(
     )
     has = ", ".join(g.describe() for g in chosen) or "no role"
     raise NotAllowed(f"{identity.dn} ({has})", action.value, target, needs)
+
+
+def parse_grant(text: str) -> Grant:
+    """``viewer``, ``coordinator``, ``admin``, ``expert`` or ``expert:CalA,CalB``."""
+    role, _, names = text.partition(":")
+    try:
+        chosen = Role(role.strip())
+    except ValueError:
+        known = ", ".join(r.value for r in Role)
+        raise B2CalError(f"{text!r} is not a role (one of {known}, or expert:Cal1,Cal2)") from None
+    calibrations = frozenset(n.strip() for n in names.split(",") if n.strip())
+    if calibrations and chosen is not Role.EXPERT:
+        raise B2CalError(f"{text!r}: only an expert's grant names calibrations")
+    return Grant(chosen, calibrations)
+
+
+def role_map(mapping: Mapping[str, str], vo: str) -> dict[str, Grant]:
+    """The site's FQAN → grant table, ``{vo}`` filled in."""
+    return {fqan.replace("{vo}", vo): parse_grant(text) for fqan, text in mapping.items()}
+
+
+def grant_doc(grant: Grant) -> dict[str, object]:
+    """A grant as the user registry stores it."""
+    return {"role": grant.role.value, "calibrations": sorted(grant.calibrations)}
+
+
+def grant_from_doc(doc: Mapping[str, object]) -> Grant:
+    names = doc.get("calibrations") or []
+    return Grant(Role(str(doc["role"])), frozenset(str(n) for n in names))  # type: ignore[attr-defined]

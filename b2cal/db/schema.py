@@ -209,3 +209,27 @@ class ActionRow(_Base):
     target: Mapped[str] = mapped_column(String(255))
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class UserRow(_Base):
+    """A person, by DN: whether the VO lists them (the last sync says), the grants the VO's
+    roles give, and grants an admin added. Someone the VO no longer lists has no access.
+
+    ``dn_key`` (the sha256 of the DN) carries the uniqueness, as for file paths: MariaDB cannot
+    index a long DN in utf8mb4.
+    """
+
+    __tablename__ = "state_user"
+    __table_args__ = (UniqueConstraint("dn_key"), _MYSQL_TABLE)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dn_key: Mapped[str] = mapped_column(String(64))
+    dn: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str] = mapped_column(String(255))
+    in_vo: Mapped[bool]
+    #: Grants as ``{"role": "expert", "calibrations": ["ChannelT0"]}``.
+    vo_grants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    extra_grants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    synced: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
