@@ -10,10 +10,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from cli import assert_one_line_error, b2cal
 
 from b2cal.auth.identity import Identity
 from b2cal.auth.policy import Grant, Role, role_map
@@ -182,3 +184,23 @@ def test_an_iam_scim_api_is_read_page_by_page(state_db: StateDatabase) -> None:
     report = sync_vo(state_db, members, MAPPING, "b2cal (sync)")
     assert report.added == [ADA, CAROL]
     assert grants_for(state_db, Identity(ADA), MAPPING) == [Grant(Role.VIEWER), Grant(Role.EXPERT)]
+
+
+def test_the_users_commands(tmp_path: Path) -> None:
+    members = {"vo": "belle", "members": [{"dn": ADA, "roles": ["/belle/Role=calibration"]}]}
+    env = {"B2CAL_HOME": str(tmp_path)}
+    with serving(lambda path, query, headers: (200, members)) as (url, _):
+        synced = b2cal("users", "sync", "--url", url, env=env)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert "1 members: 1 added, 0 changed, 0 removed" in synced.stdout
+    granted = b2cal("users", "grant", ADA, "expert:ChannelT0", env=env)
+    assert granted.returncode == 0, granted.stderr
+    listed = json.loads(b2cal("users", "list", "--json", env=env).stdout)
+    assert listed[0]["dn"] == ADA and listed[0]["grants"] == [
+        {"role": "expert", "calibrations": []},
+        {"role": "expert", "calibrations": ["ChannelT0"]},
+    ]
+    assert_one_line_error(b2cal("users", "grant", ADA, "wizard", env=env), "'wizard' is not a role")
+    assert_one_line_error(
+        b2cal("users", "sync", "--url", "http://127.0.0.1:9/x", env=env), "cannot be reached"
+    )

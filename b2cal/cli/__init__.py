@@ -37,6 +37,7 @@ from b2cal.cli.server import server_app
 from b2cal.cli.signals import interruption, sigterm_as_interrupt, terminated
 from b2cal.cli.signoff import signoff, status
 from b2cal.cli.toy import toy_app
+from b2cal.cli.users import users_app
 from b2cal.errors import B2CalError
 
 app = typer.Typer(
@@ -58,6 +59,7 @@ app.add_typer(jobs_app, name="jobs")
 app.command("status")(status)
 app.command("signoff")(signoff)
 app.add_typer(server_app, name="server")
+app.add_typer(users_app, name="users")
 
 
 @app.callback(invoke_without_command=True)
