@@ -66,10 +66,14 @@ def test_a_slurm_cluster_of_dask_workers_gives_the_local_payloads(
         '[backend]\nname = "dask"\n[backend.resources]\nmemory_mb = 1000\nwall_minutes = 30\n'
         '[backend.options]\ncluster = "slurm"\njobs = 2\n'
     )
+    home = tmp_path / "home"
     ran = b2cal(*run_args(storage, tmp_path / "out"), "--site", "daskslurm",
-                env={"B2CAL_SITES_DIR": str(sites)})  # fmt: skip
+                env={"B2CAL_SITES_DIR": str(sites), "B2CAL_HOME": str(home)})  # fmt: skip
     assert ran.returncode == 0, ran.stdout + ran.stderr
     same_payloads(tmp_path / "out", reference)
+    # the workers' Slurm output is kept in b2cal's home, not dropped where b2cal was started
+    assert list((home / "logs" / "dask-workers").glob("*.out")), "no worker logs kept"
+    assert not list(Path.cwd().glob("slurm-*.out"))
 
 
 def test_a_failing_job_says_why_and_a_missing_scheduler_is_an_error(tmp_path: Path) -> None:

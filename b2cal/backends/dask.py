@@ -27,6 +27,7 @@ from typing import Any
 from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState, Limits
 from b2cal.backends.launch import call
 from b2cal.errors import B2CalError
+from b2cal.settings import Settings
 from b2cal.sites import BackendSettings
 
 log = logging.getLogger("b2cal.backends")
@@ -80,6 +81,10 @@ class DaskBackend(Backend):
                 from dask_jobqueue.slurm import SLURMCluster
 
                 asked = self.resources
+                # The Slurm jobs' own output (slurm-<id>.out) goes to b2cal's home, not into
+                # whatever folder the driver was started from.
+                logs = Settings().home / "logs" / "dask-workers"
+                options.setdefault("log_directory", str(logs))
                 self._cluster = SLURMCluster(
                     cores=asked.cores,
                     processes=1,

@@ -18,6 +18,7 @@ after job, which keeps the per-job overhead small. The pool is b2cal's own rathe
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import os
@@ -163,6 +164,10 @@ class LocalBackend(Backend):
             target=self._dispatch, name="local-backend", daemon=True
         )
         self._dispatcher.start()
+        # Closed before the interpreter ends even if the owner forgot to: otherwise
+        # multiprocessing's own exit hook kills the workers, the dispatcher starts their
+        # replacements and the exiting interpreter leaves them half-spawned (a traceback each).
+        atexit.register(self.close)
 
     # --- the interface ---------------------------------------------------------------------
     def preload(self, targets: Sequence[str]) -> None:
@@ -215,6 +220,7 @@ class LocalBackend(Backend):
             if self._closed:
                 return
             self._closed = True
+            atexit.unregister(self.close)
             for entry in self._entries.values():
                 if not entry.report.state.finished:
                     entry.report = JobReport(JobState.CANCELLED, "the backend was closed")

@@ -196,7 +196,7 @@ def run_jobs(
     if stop is not None and stop.is_set():
         raise Interrupted(f"{where}: collector jobs stopped")
     if failed:
-        job, reason = failed[0]
+        job, reason = min(failed, key=lambda f: f[0].index)  # the same one, whatever the timing
         raise CollectionFailed(
             calibration, job.index, attempts[job.index], len(failed), total, reason, job.log_path
         )

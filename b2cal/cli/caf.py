@@ -136,6 +136,11 @@ def caf_run(
     if dry_run:
         _print_plan(request, configured, overrides, output, rerun, added)
         return
+    if rerun is not None:
+        from b2cal.caf.workspace import Workspace
+
+        Workspace(output).run_record()  # a rerun happens inside an existing output: refused
+        # before any worker process is started
     chosen = _backend(backend, site, workers)
     outcomes = _run(request, configured, overrides, output, chosen, rerun, added)
     _print_outcomes(outcomes, output)
@@ -247,8 +252,6 @@ def _run(
     from b2cal.cli.console import console, progress_display
 
     workspace = Workspace(output)
-    if rerun is not None:
-        workspace.run_record()  # a rerun happens inside an existing output
     with backend, workspace.run_log():
         backend.preload([JOB_TARGET])  # workers import while the plan is made
         made = plan(workspace, request, configured, overrides, rerun=[rerun] if rerun else [])
