@@ -33,9 +33,11 @@ def finished_jobs(output: Path) -> dict[str, int]:
     return found
 
 
-def started_run(storage: Path, output: Path, jobs_done: int = 1) -> subprocess.Popen[str]:
+def started_run(
+    storage: Path, output: Path, jobs_done: int = 1, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """A `caf run` of SlowT0 in the background, once ``jobs_done`` collector jobs finished."""
-    process = start_b2cal(*caf_args(storage, output), plugins=True)
+    process = start_b2cal(*caf_args(storage, output), plugins=True, env=env)
     deadline = time.monotonic() + 120
     while len(finished_jobs(output)) < jobs_done and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -143,7 +145,10 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_gives_identical_payloads(
     small_storage: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "terminated"
-    process = started_run(small_storage, output, jobs_done=2)
+    # Slower jobs: a `caf status` runs between seeing two jobs done and the SIGTERM, and on a
+    # loaded machine the other six 0.4 s jobs could all end meanwhile.
+    slower = {"B2CAL_TEST_SLOW_SECONDS": "2"}
+    process = started_run(small_storage, output, jobs_done=2, env=slower)
     log = (output / "b2cal.log").read_text()  # written as things happen, not at the end
     assert "SlowT0: iteration 0: collecting, 8 jobs" in log
     assert "collector jobs submitted to local" in log

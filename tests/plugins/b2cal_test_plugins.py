@@ -7,6 +7,7 @@ tests also cover the plugin mechanism.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -17,8 +18,9 @@ from b2cal.caf.calibration import Calibration, RunContext
 from b2cal.toy.calibrations import channel_t0
 from b2cal.toy.calibrations.timing import ChannelT0Collector
 
-#: Seconds a SlowT0 collector job sleeps per file, so a test can kill the run mid-collection.
-SLEEP_PER_FILE = 0.4
+#: Seconds a SlowT0 collector job sleeps per file, so a test can kill the run mid-collection;
+#: a test that must do more between seeing a job end and the kill asks for longer.
+SLEEP_PER_FILE = float(os.environ.get("B2CAL_TEST_SLOW_SECONDS", "0.4"))
 
 
 class SlowT0Collector(ChannelT0Collector):
