@@ -60,6 +60,18 @@ class Settings(BaseSettings):
         }
     )
 
+    #: What the HTTPS API and the dashboard trust: CA certificates (a folder of PEM files or a
+    #: bundle), their CRLs (unset: beside the CAs) and the VOMS servers' certificates, one
+    #: folder per VO — where grid machines keep them.
+    ca_path: Path = Path("/etc/grid-security/certificates")
+    crl_path: Path | None = None
+    voms_dir: Path = Path("/etc/grid-security/vomsdir")
+    #: The HTTPS API's host certificate and key.
+    api_cert: Path = Path("/etc/grid-security/hostcert.pem")
+    api_key: Path = Path("/etc/grid-security/hostkey.pem")
+    #: The HTTPS API that acting commands use with ``--api`` (e.g. ``https://b2cal.example:8443``).
+    api_url: str | None = None
+
     @classmethod
     def settings_customise_sources(
         cls,

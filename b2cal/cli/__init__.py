@@ -21,6 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from b2cal import __version__
+from b2cal.cli.api import api_app
 from b2cal.cli.arguments import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -60,6 +61,7 @@ app.command("status")(status)
 app.command("signoff")(signoff)
 app.add_typer(server_app, name="server")
 app.add_typer(users_app, name="users")
+app.add_typer(api_app, name="api")
 
 
 @app.callback(invoke_without_command=True)

@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 
+from b2cal.cli.api import ApiOption
 from b2cal.cli.sites import Json, SiteOption, actor, open_site, state_db
 from b2cal.cli.views import calrun_table, request_doc
+from b2cal.db.states import SignoffDecision
 from b2cal.errors import B2CalError
 
 
@@ -77,10 +79,15 @@ def signoff(
             "uploads from this process (no Prefect needed), 'no' leaves it for later.",
         ),
     ] = "flow",
+    attempt: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="The attempt you looked at: refused if it was rerun since."),
+    ] = None,
+    api: ApiOption = None,
 ) -> None:
-    """Approve or reject a calibration run that awaits a sign-off."""
+    """Approve or reject a calibration run that awaits a sign-off (here, as this machine's
+    account, or with --api through a site's HTTPS API as your grid proxy)."""
     from b2cal.cli.console import console
-    from b2cal.db.states import SignoffDecision
     from b2cal.orchestration.requests import act_on_signoff
 
     try:
@@ -91,9 +98,35 @@ def signoff(
         raise B2CalError(f"--upload must be flow, here or no, got {upload!r}")
     if chosen is SignoffDecision.REJECT and not comment.strip():
         raise B2CalError("a rejection needs --comment saying why (the expert reruns from it)")
+    if api is not None:
+        _signoff_through(api, calibration_run, chosen, comment, upload, attempt)
+        return
     here = open_site(site)
     with state_db(here, create=False) as db:
-        signed, followup = act_on_signoff(db, calibration_run, chosen, actor(), comment, upload)
+        signed, followup = act_on_signoff(
+            db, calibration_run, chosen, actor(), comment, upload, attempt=attempt
+        )
     console.print(f"calibration run {calibration_run}: {chosen.value}d by {signed.actor}")
     if followup:
         console.print(followup)
+
+
+def _signoff_through(
+    url: str,
+    calibration_run: int,
+    decision: SignoffDecision,
+    comment: str,
+    upload: str,
+    attempt: int | None,
+) -> None:
+    from b2cal.api.client import ApiClient
+    from b2cal.cli.console import console
+
+    if upload == "here":
+        raise B2CalError("--upload here cannot go with --api: the remote site uploads (flow or no)")
+    body = {"decision": decision.value, "comment": comment, "upload": upload, "attempt": attempt}
+    with ApiClient(url) as client:
+        done = client.post(f"/calibration-runs/{calibration_run}/signoff", body)
+    console.print(f"calibration run {calibration_run}: {decision.value}d by {done['actor']}")
+    if done.get("next"):
+        console.print(done["next"])

@@ -307,6 +307,22 @@ class StateDatabase:
 
         return self.read(work)
 
+    def calibration_runs_of(self, request_ids: Collection[int]) -> dict[int, list[CalibrationRun]]:
+        """The calibration runs of several requests in one query (pages list many requests)."""
+
+        def work(session: Session) -> dict[int, list[CalibrationRun]]:
+            found: dict[int, list[CalibrationRun]] = {i: [] for i in request_ids}
+            query = (
+                select(CalibrationRunRow)
+                .where(CalibrationRunRow.request_id.in_(list(request_ids)))
+                .order_by(CalibrationRunRow.id)
+            )
+            for row in session.scalars(query):
+                found[row.request_id].append(calrun_value(row))
+            return found
+
+        return self.read(work) if request_ids else {}
+
     def calibration_run(self, calrun_id: int) -> CalibrationRun:
         return self.read(lambda s: calrun_value(calrun_row(s, calrun_id)))
 
@@ -521,12 +537,18 @@ class StateDatabase:
 
     # --- sign-off -------------------------------------------------------------------------
     def signoff(
-        self, calrun_id: int, decision: SignoffDecision, actor: str, comment: str
+        self,
+        calrun_id: int,
+        decision: SignoffDecision,
+        actor: str,
+        comment: str,
+        attempt: int | None = None,
     ) -> Signoff:
         """Record one decision on a calibration run that awaits it, in the action log too.
 
         Refused (StateConflict, logged as refused) when it does not await a sign-off, e.g.
-        because someone decided first; the calibration run is then left as it is.
+        because someone decided first, or (with ``attempt``: the attempt the decider saw)
+        when a rerun has made a newer attempt since; the calibration run is then left as it is.
         """
         target = f"calibration run {calrun_id}"
 
@@ -544,6 +566,9 @@ class StateDatabase:
                     if earlier is not None
                     else "it does not await a sign-off"
                 )
+                raise StateConflict(calrun_label(row), row.state, decided(decision), note)
+            if attempt is not None and row.attempt != attempt:
+                note = f"it is attempt {row.attempt}, the decision was about attempt {attempt}"
                 raise StateConflict(calrun_label(row), row.state, decided(decision), note)
             action = add_action(
                 session,

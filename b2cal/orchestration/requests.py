@@ -61,6 +61,8 @@ def draft_request(
         raise B2CalError("--calibrations names no calibration")
     if exp < 0 or runs[0] < 0:
         raise B2CalError("experiment and runs must be numbers >= 0")
+    if runs[1] < runs[0]:
+        raise B2CalError(f"the run range {runs[0]}-{runs[1]} ends before it starts")
     configured, _, _ = configured_calibrations(calibrations, config, "the request's settings")
     from b2cal.caf.graph import topological_order
 
@@ -234,13 +236,15 @@ def act_on_signoff(
     actor: str,
     comment: str,
     upload: str = "flow",
+    attempt: int | None = None,
 ) -> tuple[Signoff, str]:
     """Record the decision (refused unless the run awaits one), then start the upload at the
     site that computed the calibration.
 
     ``upload``: ``flow`` starts that site's ``sign-off`` deployment run; ``here`` uploads from
     this process (which must see that site's workspace); ``no`` leaves it to a later sign-off
-    run. Returns the sign-off and a line saying what happens next.
+    run. ``attempt``: the attempt the decider saw (a newer one is refused). Returns the
+    sign-off and a line saying what happens next.
     """
     if upload == "flow":
         prefect_url = _reachable_or_none()
@@ -252,7 +256,7 @@ def act_on_signoff(
     calrun = db.calibration_run(calrun_id)
     request = db.request(calrun.request_id)
     site = load_site(request.site_of(calrun.calibration))
-    signed = db.signoff(calrun_id, decision, actor, comment)
+    signed = db.signoff(calrun_id, decision, actor, comment, attempt)
     if decision is SignoffDecision.REJECT:
         return signed, (
             "rejected: nothing is uploaded; its dependants wait. To compute it again: "

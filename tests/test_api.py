@@ -1,0 +1,379 @@
+"""b2cal's HTTPS API, served for real on loopback with a test PKI (tests/pki.py): who gets in
+with which certificate or proxy, what their roles let them do, and how bad input, races and
+stale pages are refused — each refusal said, logged, and nothing changed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cli import b2cal, start_b2cal
+from pki import DAY, NOW, PKI, Issued
+
+from b2cal.api.server import ApiServer, open_server
+from b2cal.auth.names import grid_dn
+from b2cal.auth.tls import client_context
+from b2cal.db import users
+from b2cal.db.database import StateDatabase
+from b2cal.db.states import CalRunState
+from b2cal.sites import RequestKind, load_site
+
+S = CalRunState
+CALIBRATIONS = ("ChannelT0", "ChannelGain", "BeamSpot", "Alignment", "SlowT0", "SleepyT0")
+
+
+@dataclass
+class Served:
+    pki: PKI
+    server: ApiServer
+    url: str
+    env: dict[str, str]
+    people: dict[str, Issued]
+    calruns: dict[str, int]
+
+    @property
+    def db(self) -> StateDatabase:
+        return self.server.api.db
+
+
+def _awaiting(db: StateDatabase) -> dict[str, int]:
+    """One prompt request whose calibration runs all wait for a sign-off."""
+    request = db.create_request(
+        kind=RequestKind.PROMPT, site="local", exp=1, run_low=1, run_high=4,
+        calibrations=CALIBRATIONS, input_tags=["base"], actor="test",
+    )  # fmt: skip
+    found = {}
+    for calrun in db.start_request(request.id):
+        for state in (S.COLLECTING, S.ALGORITHM, S.VALIDATING, S.AWAITING_SIGNOFF):
+            db.move(calrun.id, state)
+        found[calrun.calibration] = calrun.id
+    return found
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("api")
+    pki = PKI(folder / "pki")
+    host = pki.host("localhost")
+    people = {
+        "ada": pki.user("Ada Expert"),
+        "vic": pki.user("Vic Viewer"),
+        "cora": pki.user("Cora Coordinator"),
+        "eve": pki.user("Eve Unknown"),
+        "rex": pki.user("Rex Revoked"),
+        "old": pki.user("Old Expired", not_before=NOW - 400 * DAY, not_after=NOW - DAY),
+        "early": pki.user("Early Bird", not_before=NOW + DAY),
+        "mallory": pki.user("Mallory Rogue", rogue=True),
+    }
+    pki.revoke(people["rex"])
+    env = {
+        "B2CAL_HOME": str(folder / "home"),
+        "B2CAL_CA_PATH": str(pki.ca_file),
+        "B2CAL_CRL_PATH": str(pki.crl_file),
+        "B2CAL_VOMS_DIR": str(pki.vomsdir),
+        "B2CAL_API_CERT": str(host.cert_path),
+        "B2CAL_API_KEY": str(host.key_path),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        site = load_site("local")
+        with StateDatabase(site.state_database_url) as db:
+            members = [
+                users.Member(dn(people["ada"]), grants=[{"role": "expert", "calibrations": ["ChannelT0", "ChannelGain"]}]),  # noqa: E501
+                users.Member(dn(people["vic"]), grants=[{"role": "viewer", "calibrations": []}]),
+                users.Member(dn(people["cora"]), grants=[{"role": "coordinator", "calibrations": []}]),  # noqa: E501
+                users.Member(dn(people["rex"]), grants=[{"role": "coordinator", "calibrations": []}]),  # noqa: E501
+            ]  # fmt: skip
+            users.sync(db, members, "test")
+            calruns = _awaiting(db)
+        server = open_server(site, "127.0.0.1", 0)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"https://127.0.0.1:{server.server_port}"
+            yield Served(pki, server, url, env, people, calruns)
+        finally:
+            server.shutdown()
+            server.server_close()
+            server.api.db.close()
+
+
+def dn(issued: Issued) -> str:
+    return grid_dn(issued.cert.subject)
+
+
+def call(
+    api: Served, who: Issued, method: str, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, dict[str, Any]]:
+    context = client_context(who.cert_path, who.key_path, api.pki.ca_file)
+    with httpx.Client(base_url=api.url + "/api/v1", verify=context, timeout=30) as client:
+        answer = client.request(method, path, json=body)
+    return answer.status_code, answer.json()
+
+
+def refused_at_handshake(api: Served, who: Issued, caplog: pytest.LogCaptureFixture) -> str:
+    """The TLS handshake fails; the server's log says why."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="b2cal.api"):
+        with pytest.raises(httpx.HTTPError):
+            call(api, who, "GET", "/whoami")
+        deadline = time.monotonic() + 10  # the server's thread may log after the client gave up
+        while time.monotonic() < deadline:
+            lines = [r.message for r in caplog.records if "refused a TLS connection" in r.message]
+            if lines:
+                break
+            time.sleep(0.05)
+    assert lines, caplog.text
+    return lines[-1]
+
+
+def latest_refusal(api: Served, actor: str) -> dict[str, Any]:
+    refusals = [a for a in api.db.actions() if a.actor == actor and a.outcome == "refused"]
+    assert refusals, f"no refusal of {actor} in the action log"
+    last = refusals[0]  # newest first
+    return {"action": last.action, "target": last.target, "why": last.detail.get("why", "")}
+
+
+def test_a_user_certificate_proves_its_dn_and_the_registry_gives_the_roles(api: Served) -> None:
+    status, doc = call(api, api.people["ada"], "GET", "/whoami")
+    assert status == 200
+    assert doc == {
+        "dn": dn(api.people["ada"]),
+        "via": "certificate",
+        "fqans": [],
+        "grants": ["expert of ChannelGain, ChannelT0"],
+    }
+    status, doc = call(api, api.people["vic"], "GET", "/status")
+    assert status == 200 and doc["site"] == "local"
+    assert sorted(doc["awaiting_signoff"]) == sorted(api.calruns.values())
+
+
+def test_certificates_that_prove_nobody_are_refused(
+    api: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Wrong CA, expired, not yet valid: OpenSSL ends the handshake. Revoked: the chain is
+    checked against the CRL after it, and every request is answered 401 with the reason."""
+    assert "unable to get local issuer" in refused_at_handshake(api, api.people["mallory"], caplog)
+    assert "expired" in refused_at_handshake(api, api.people["old"], caplog)
+    assert "not yet valid" in refused_at_handshake(api, api.people["early"], caplog)
+    status, doc = call(api, api.people["rex"], "GET", "/whoami")
+    assert status == 401
+    assert doc["error"].startswith("not authenticated: ") and "revoked" in doc["error"]
+    status, doc = call(api, api.people["rex"], "POST", f"/calibration-runs/{api.calruns['Alignment']}/signoff", {"decision": "approve", "upload": "no"})  # noqa: E501  # fmt: skip
+    assert status == 401
+    assert api.db.calibration_run(api.calruns["Alignment"]).state is S.AWAITING_SIGNOFF
+
+
+def test_a_voms_proxy_acts_with_the_roles_of_its_fqans(api: Served) -> None:
+    """Eve is not in the registry: her proxy's /belle/Role=calibration makes her an expert
+    of every calibration (the site's role map)."""
+    eve = api.people["eve"]
+    acs = api.pki.voms_acs(eve, ["/belle/Role=calibration/Capability=NULL"])
+    proxy = api.pki.proxy(eve, acs=acs, label="eve-proxy")
+    status, doc = call(api, proxy, "GET", "/whoami")
+    assert status == 200
+    assert doc["dn"] == dn(eve) and doc["via"] == "proxy"
+    assert doc["grants"] == ["expert"]
+    target = api.calruns["BeamSpot"]
+    body = {"decision": "approve", "comment": "pulls fine", "upload": "no"}
+    status, doc = call(api, proxy, "POST", f"/calibration-runs/{target}/signoff", body)
+    assert status == 200, doc
+    assert doc["actor"] == dn(eve) and doc["decision"] == "approve"
+    assert "upload waits" in doc["next"]
+    assert api.db.calibration_run(target).state is S.APPROVED
+    (signed,) = api.db.signoffs(target)
+    assert signed.actor == dn(eve)
+
+
+def test_proxies_whose_voms_attributes_cannot_be_trusted_are_refused(
+    api: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    eve = api.people["eve"]
+    role = ["/belle/Role=calibration"]
+    cases = {
+        "forged": (api.pki.voms_acs(eve, role, tamper=True), "forged"),
+        "stranger": (
+            api.pki.voms_acs(eve, role, signer=api.pki.host("voms.stranger.test")),
+            "no VOMS server of belle",
+        ),
+        "atlas": (
+            api.pki.voms_acs(eve, ["/atlas/Role=production"], vo="atlas"),
+            "for VO 'atlas'",
+        ),
+        "expired-ac": (
+            api.pki.voms_acs(eve, role, not_before=NOW - 2 * DAY, not_after=NOW - DAY),
+            "expired",
+        ),
+    }
+    for label, (acs, reason) in cases.items():
+        proxy = api.pki.proxy(eve, acs=acs, label=f"eve-{label}")
+        status, doc = call(api, proxy, "GET", "/whoami")
+        assert status == 401 and reason in doc["error"], (label, doc)
+    expired = api.pki.proxy(
+        eve, not_before=NOW - 2 * DAY, not_after=NOW - DAY, label="eve-expired-proxy"
+    )
+    assert "expired" in refused_at_handshake(api, expired, caplog)  # OpenSSL checks proxies too
+
+
+@pytest.mark.skipif(
+    shutil.which("voms-proxy-fake") is None and os.environ.get("CI") != "true",
+    reason="needs Debian's voms-clients (scripts/tools.sh installs it)",
+)
+def test_a_proxy_made_by_voms_proxy_fake_signs_off_through_the_command_line(
+    api: Served, tmp_path: Path
+) -> None:
+    """What an expert types: ``b2cal signoff --api URL`` with the proxy in X509_USER_PROXY."""
+    eve = api.people["eve"]
+    certdir = tmp_path / "certdir"
+    certdir.mkdir()
+    shutil.copy(api.pki.ca_file, certdir / "ca.pem")
+    subprocess.run(["openssl", "rehash", str(certdir)], check=True, capture_output=True)
+    proxy = tmp_path / "x509up"
+    made = subprocess.run(
+        ["voms-proxy-fake", "-cert", str(eve.cert_path), "-key", str(eve.key_path),
+         "-hostcert", str(api.pki.voms.cert_path), "-hostkey", str(api.pki.voms.key_path),
+         "-voms", "belle", "-uri", "voms.belle.test:15020", "-fqan", "/belle/Role=calibration",
+         "-rfc", "-bits", "2048", "-out", str(proxy)],
+        capture_output=True, text=True, timeout=120,
+        env={"X509_CERT_DIR": str(certdir), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    target = api.calruns["SlowT0"]
+    client_env = {"X509_USER_PROXY": str(proxy), "X509_CERT_DIR": str(certdir), "B2CAL_HOME": api.env["B2CAL_HOME"]}  # noqa: E501  # fmt: skip
+    whoami = b2cal("api", "whoami", api.url, env=client_env)
+    assert whoami.returncode == 0, whoami.stderr
+    assert dn(eve) in whoami.stdout and "/belle/Role=calibration" in whoami.stdout
+    done = b2cal("signoff", str(target), "approve", "--comment", "ok", "--upload", "no",
+                 "--api", api.url, env=client_env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"approved by {dn(eve)}" in done.stdout.replace("\n", "")
+    assert api.db.calibration_run(target).state is S.APPROVED
+    again = b2cal("signoff", str(target), "reject", "--comment", "no", "--upload", "no",
+                  "--api", api.url, env=client_env)  # fmt: skip
+    assert again.returncode == 1
+    assert again.stderr.startswith("error: ") and len(again.stderr.strip().splitlines()) == 1
+    assert "approved by" in again.stderr or "APPROVED" in again.stderr
+    no_proxy = b2cal(
+        "signoff", str(target), "approve", "--api", api.url,
+        env={**client_env, "X509_USER_PROXY": str(tmp_path / "missing")},
+    )  # fmt: skip
+    assert no_proxy.returncode == 1 and "X509_USER_PROXY names" in no_proxy.stderr
+
+
+def test_an_action_the_roles_do_not_allow_is_refused_and_logged(api: Served) -> None:
+    vic, ada = api.people["vic"], api.people["ada"]
+    target = api.calruns["Alignment"]
+    path = f"/calibration-runs/{target}/signoff"
+    status, doc = call(api, vic, "POST", path, {"decision": "approve", "upload": "no"})
+    assert status == 403 and "may not sign off" in doc["error"], doc
+    assert latest_refusal(api, dn(vic))["target"] == f"calibration run {target}"
+    # An expert of other calibrations neither; nor may an expert promote or skip.
+    status, doc = call(api, ada, "POST", path, {"decision": "approve", "upload": "no"})
+    assert status == 403 and "expert of Alignment" in doc["error"]
+    status, doc = call(api, ada, "POST", "/tags/running/promote", {"staging": "staging-prompt-1", "start": [1, 1]})  # noqa: E501  # fmt: skip
+    assert status == 403 and "coordinator" in doc["error"]
+    status, doc = call(api, ada, "POST", f"/calibration-runs/{api.calruns['ChannelT0']}/skip", {"comment": "x"})  # noqa: E501  # fmt: skip
+    assert status == 403
+    status, doc = call(api, api.people["eve"], "GET", "/status")  # in no registry, no proxy
+    assert status == 403 and "no role" in doc["error"]
+    assert api.db.calibration_run(target).state is S.AWAITING_SIGNOFF
+
+
+def test_of_two_people_signing_off_at_once_one_wins_and_the_other_is_told(api: Served) -> None:
+    target = api.calruns["ChannelGain"]
+    path = f"/calibration-runs/{target}/signoff"
+    ada, cora = api.people["ada"], api.people["cora"]
+    start = threading.Barrier(2)
+    answers: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    def decide(name: str, who: Issued, decision: str) -> None:
+        start.wait()
+        answers[name] = call(api, who, "POST", path, {"decision": decision, "comment": name, "upload": "no"})  # noqa: E501  # fmt: skip
+
+    threads = [
+        threading.Thread(target=decide, args=("ada", ada, "approve")),
+        threading.Thread(target=decide, args=("cora", cora, "reject")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(status for status, _ in answers.values()) == [200, 409], answers
+    winner = next(name for name, (status, _) in answers.items() if status == 200)
+    loser_doc = next(doc for status, doc in answers.values() if status == 409)
+    assert f"{dn(api.people[winner])} chose" in loser_doc["error"]  # who decided first
+    assert len(api.db.signoffs(target)) == 1
+    assert api.db.signoffs(target)[0].actor == dn(api.people[winner])
+
+
+def test_stale_pages_and_invalid_forms_change_nothing(api: Served) -> None:
+    cora = api.people["cora"]
+    target = api.calruns["ChannelT0"]
+    path = f"/calibration-runs/{target}/signoff"
+    status, doc = call(api, cora, "POST", path, {"decision": "approve", "attempt": 2, "upload": "no"})  # noqa: E501  # fmt: skip
+    assert status == 409 and "attempt 1" in doc["error"], doc
+    assert latest_refusal(api, dn(cora))["target"] == f"calibration run {target}"
+    status, doc = call(api, cora, "POST", path, {"decision": "perhaps", "upload": "no"})
+    assert status == 400 and "decision" in doc["error"]
+    status, doc = call(api, cora, "POST", path, {"decision": "approve", "colour": "red"})
+    assert status == 400 and "colour" in doc["error"]
+    status, doc = call(api, cora, "POST", path, {"decision": "reject", "upload": "no"})
+    assert status == 400 and "needs a comment" in doc["error"]
+    status, doc = call(api, cora, "POST", "/requests", {"exp": 1, "runs": [4, 2], "calibrations": ["ChannelT0"], "dry_run": True})  # noqa: E501  # fmt: skip
+    assert status == 400, doc
+    status, doc = call(api, cora, "POST", "/calibration-runs/999/signoff", {"decision": "approve"})
+    assert status == 404 and "999" in doc["error"]
+    status, doc = call(api, cora, "GET", "/calibration-runs/1/frobnicate")
+    assert status == 404
+    status, doc = call(api, cora, "GET", f"/calibration-runs/{target}/signoff")
+    assert status == 405 and "POST" in doc["error"]
+    assert api.db.calibration_run(target).state is S.AWAITING_SIGNOFF
+    assert api.db.signoffs(target) == []
+
+
+def test_a_body_that_is_not_json_is_refused_in_one_line(api: Served) -> None:
+    cora = api.people["cora"]
+    context = client_context(cora.cert_path, cora.key_path, api.pki.ca_file)
+    with httpx.Client(base_url=api.url + "/api/v1", verify=context) as client:
+        answer = client.post(f"/calibration-runs/{api.calruns['ChannelT0']}/signoff", content=b"{")
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("the body is not JSON")
+
+
+def test_the_serve_command_runs_until_sigterm_and_refuses_a_missing_certificate(
+    api: Served, tmp_path: Path
+) -> None:
+    env = {**api.env, "B2CAL_HOME": str(tmp_path / "home")}
+    missing = b2cal("api", "serve", "--port", "0", env={**env, "B2CAL_API_KEY": "/nonexistent"})
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("error: cannot load the API's certificate")
+    # Its own state database (a fresh home): the site's must exist first.
+    no_db = b2cal("api", "serve", "--host", "127.0.0.1", "--port", "0", env=env)
+    assert no_db.returncode == 1 and "does not exist" in no_db.stderr, no_db.stderr
+    served = start_b2cal("api", "serve", "--host", "127.0.0.1", "--port", "0", env=api.env)
+    try:
+        line = served.stdout.readline() if served.stdout else ""
+        assert "serving the API of site local on https://127.0.0.1:" in line, line
+        url = line.split(" on ", 1)[1].split("/api/v1", 1)[0]
+        other = Served(api.pki, api.server, url, api.env, api.people, api.calruns)
+        status, doc = call(other, api.people["ada"], "GET", "/whoami")
+        assert status == 200 and doc["dn"] == dn(api.people["ada"])
+    finally:
+        served.send_signal(signal.SIGTERM)
+        out, err = served.communicate(timeout=30)
+    assert served.returncode == 0, err
+    assert "stopping the API" in out
+    log = (Path(api.env["B2CAL_HOME"]) / "logs" / "api.log").read_text()
+    assert f"connected as {dn(api.people['ada'])}" in log
