@@ -69,6 +69,22 @@ class Settings(BaseSettings):
     #: The HTTPS API's host certificate and key.
     api_cert: Path = Path("/etc/grid-security/hostcert.pem")
     api_key: Path = Path("/etc/grid-security/hostkey.pem")
+    #: Addresses (or networks) of the TLS fronts whose identity headers the dashboard
+    #: believes; from anyone else such headers are refused.
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    #: How far a constant may move from one bucket to the next before the dashboard flags
+    #: drift: ``"Calibration.field"`` (or ``"Calibration"`` for all its fields) -> the largest
+    #: change of the field's mean, in its own unit.
+    drift_tolerance: dict[str, float] = Field(
+        default_factory=lambda: {
+            "ChannelT0.t0": 0.5,
+            "ChannelGain.gain": 0.05,
+            "ModuleAlignment.du": 5.0,
+            "BeamSpot.x": 0.005,
+            "BeamSpot.y": 0.005,
+            "BeamSpot.z": 0.05,
+        }
+    )
     #: The HTTPS API that acting commands use with ``--api`` (e.g. ``https://b2cal.example:8443``).
     api_url: str | None = None
 

@@ -225,6 +225,23 @@ class PKI:
         crl = builder.sign(self.ca.key, hashes.SHA256())
         self.crl_file.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
 
+    def cast(self) -> dict[str, Issued]:
+        """The people the access tests tell apart: valid users (registered or not), and one
+        certificate of each kind that must be refused (revoked, expired, not yet valid,
+        issued by a CA nobody trusts)."""
+        people = {
+            "ada": self.user("Ada Expert"),
+            "vic": self.user("Vic Viewer"),
+            "cora": self.user("Cora Coordinator"),
+            "eve": self.user("Eve Unknown"),
+            "rex": self.user("Rex Revoked"),
+            "old": self.user("Old Expired", not_before=NOW - 400 * DAY, not_after=NOW - DAY),
+            "early": self.user("Early Bird", not_before=NOW + DAY),
+            "mallory": self.user("Mallory Rogue", rogue=True),
+        }
+        self.revoke(people["rex"])
+        return people
+
     # --- proxies and VOMS ---------------------------------------------------------------
     def proxy(
         self,

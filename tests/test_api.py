@@ -66,17 +66,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("api")
     pki = PKI(folder / "pki")
     host = pki.host("localhost")
-    people = {
-        "ada": pki.user("Ada Expert"),
-        "vic": pki.user("Vic Viewer"),
-        "cora": pki.user("Cora Coordinator"),
-        "eve": pki.user("Eve Unknown"),
-        "rex": pki.user("Rex Revoked"),
-        "old": pki.user("Old Expired", not_before=NOW - 400 * DAY, not_after=NOW - DAY),
-        "early": pki.user("Early Bird", not_before=NOW + DAY),
-        "mallory": pki.user("Mallory Rogue", rogue=True),
-    }
-    pki.revoke(people["rex"])
+    people = pki.cast()
     env = {
         "B2CAL_HOME": str(folder / "home"),
         "B2CAL_CA_PATH": str(pki.ca_file),

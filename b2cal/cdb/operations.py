@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from b2cal.cdb.model import Payload, PayloadIoV, TagState
-from b2cal.cdb.rules import IoVChange
+from b2cal.cdb.rules import IoVChange, plan_promotion
 from b2cal.cdb.store import ConditionsStore, NewPayloadIoV
 from b2cal.core.files import atomic_write_bytes
 from b2cal.core.iov import ExpRun, IoV
@@ -138,6 +138,16 @@ def promote(store: ConditionsStore, staging: str, running: str, start: ExpRun) -
     (:func:`b2cal.cdb.rules.plan_promotion`, called by the store inside its write).
     """
     return store.promote(staging, running, start)
+
+
+def preview_promotion(
+    store: ConditionsStore, staging: str, running: str, start: ExpRun
+) -> IoVChange:
+    """What :func:`promote` would change, or why it would be refused, changing nothing: the
+    diff a coordinator looks at before promoting."""
+    return plan_promotion(
+        store.tag(staging), store.iovs(staging), store.tag(running), store.iovs(running), start
+    )
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from b2cal.cli.arguments import (
 )
 from b2cal.cli.caf import caf_app, calibrations_app
 from b2cal.cli.cdb import cdb_app
+from b2cal.cli.dashboard import dashboard
 from b2cal.cli.discovery import bucket_app, discover
 from b2cal.cli.jobs import jobs_app
 from b2cal.cli.requests import request_app
@@ -62,6 +63,7 @@ app.command("signoff")(signoff)
 app.add_typer(server_app, name="server")
 app.add_typer(users_app, name="users")
 app.add_typer(api_app, name="api")
+app.command("dashboard")(dashboard)
 
 
 @app.callback(invoke_without_command=True)

@@ -133,3 +133,37 @@ def no_worker(site: Site) -> str | None:
     if pool.status is WorkPoolStatus.READY:
         return None
     return f"waiting for a worker: work pool {site.work_pool} has none online"
+
+
+def flow_runs_tagged(tags: list[str], limit: int = 200) -> list[dict[str, Any]]:
+    """The flow runs carrying every one of ``tags``, newest first, in one call (the API pages
+    at 200): what the dashboard's detail pages show beside b2cal's own records."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with prefect_client() as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=tags)),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=min(limit, 200),
+        )
+    return [
+        {
+            "id": str(run.id),
+            "name": run.name,
+            "state": run.state.name if run.state else "",
+            "type": run.state.type.value if run.state else "",
+            "start": run.start_time,
+            "end": run.end_time,
+            "seconds": run.total_run_time.total_seconds(),
+        }
+        for run in runs
+    ]
+
+
+def ui_url() -> str | None:
+    """The Prefect UI beside the API (the local stack serves both), if one is configured."""
+    try:
+        return api_url().rstrip("/").removesuffix("/api")
+    except OrchestratorUnreachable:
+        return None
