@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := build/demo
 
-.PHONY: install demo demo-down test test-fast lint bench bench-prompt bench-slurm clean
+.PHONY: install demo demo-down test test-fast lint bench bench-prompt bench-slurm bench-dashboard clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,12 @@ bench-prompt: install
 # 1000 short jobs on a loopback Slurm (started and stopped by scripts/slurm.sh, as root).
 bench-slurm: install
 	$(BIN)/python bench/slurm_submit.py 1000 1
+
+# The overview's cost at 50 buckets x 20 calibrations, 20 sessions through nginx, 200
+# requests/s on the proxy-certificate API (60 s each; nginx from scripts/tools.sh; ~5 minutes).
+bench-dashboard: install
+	bash scripts/tools.sh
+	$(BIN)/python bench/dashboard.py 60
 
 clean:
 	rm -rf build $(VENV) *.egg-info

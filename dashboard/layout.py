@@ -3,7 +3,9 @@ state colours, tables, links, the answer to an action."""
 
 from __future__ import annotations
 
+import asyncio
 import html
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +16,7 @@ from b2cal.errors import B2CalError
 from b2cal.orchestration.actions import Person
 
 S = CalRunState
+log = logging.getLogger("b2cal.dashboard")
 #: Background colours of calibration-run states (the overview's cells, the badges).
 COLOURS = {
     S.PLANNED: "#e8e8e8",
@@ -94,15 +97,28 @@ def answer_box() -> pn.pane.Alert:
 
 
 def acting(box: pn.pane.Alert, work: Callable[[], str], after: Callable[[], None]) -> None:
-    """Run an action; its outcome (or the one-line refusal) in ``box``, then refresh."""
-    try:
-        said = work()
-    except B2CalError as exc:
-        box.object, box.alert_type = str(exc), "danger"
-    else:
-        box.object, box.alert_type = said, "success"
-    box.visible = True
-    after()
+    """Run an action; its outcome (or the one-line refusal) in ``box``, then refresh.
+
+    The work runs in a thread of its own: b2cal's calls are synchronous (Prefect's client
+    among them, which cannot be used from inside the page's event loop), and a slow action
+    must not freeze the other sessions' pages meanwhile.
+    """
+
+    async def run() -> None:
+        try:
+            said = await asyncio.to_thread(work)
+        except B2CalError as exc:
+            box.object, box.alert_type = str(exc), "danger"
+        except Exception as exc:
+            log.exception("an action failed")
+            box.object = f"internal error: {type(exc).__name__}: {exc} (the dashboard's log has it)"
+            box.alert_type = "danger"
+        else:
+            box.object, box.alert_type = said, "success"
+        box.visible = True
+        after()
+
+    pn.state.execute(run)
 
 
 def refused_page(message: str) -> pn.Column:

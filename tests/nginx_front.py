@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -12,8 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from prefect_stack import free_port
+from unavailable import unavailable
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deployments" / "nginx" / "b2cal-dashboard.conf"
 #: The address nginx connects to the dashboard from: the one address the dashboard trusts.
@@ -25,9 +24,7 @@ def nginx_binary() -> str:
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
     if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("nginx is not installed (scripts/tools.sh installs it)")
-        pytest.skip("needs nginx (scripts/tools.sh installs it)")
+        unavailable("needs nginx (scripts/tools.sh installs it)")
     return found
 
 

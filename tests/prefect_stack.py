@@ -248,12 +248,12 @@ def wait_until(check: Callable[[], T | None], timeout: float, what: str) -> T:
 def running_stack(home: Path) -> Iterator[Stack]:
     """The stack the orchestration tests share, with toy data of several experiments."""
     toy = home / "toy"
-    # exp 1: the demo's data set (closure); exp 2, 6, 8: four runs for the reference
+    # exp 1: the demo's data set (closure); exp 2, 6, 8, 9: four runs for the reference
     # calibrations; exp 3-5, 7: one slow calibration each
     generate_toy(
         toy / "1", 1, range(1, 9), t0_jumps=[5], beamspot_changes=[4], low_stat={6: 60}, seed=2026
     )
-    for exp in (2, 6, 8):
+    for exp in (2, 6, 8, 9):  # 9: signed off in a browser (test_dashboard_signoff.py)
         generate_toy(toy / str(exp), exp, range(1, 5), seed=exp)
     for exp in (3, 4, 5, 7):
         generate_toy(toy / str(exp), exp, range(1, 5), files_per_run=6, events=200, seed=exp)

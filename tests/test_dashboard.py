@@ -6,7 +6,6 @@ and acting — allowed and refused. Screenshots are kept in the test's folder.""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from browser import pages_for
 from dashboard_server import served_dashboard
 from nginx_front import PROXY_ADDRESS, nginx_front
 from pki import PKI, Issued
@@ -122,36 +122,11 @@ def test_identity_headers_count_only_from_the_front(front: Front) -> None:
     assert "refused 127.0.0.1 /overview" in front.log.log()
 
 
-def chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not installed (scripts/tools.sh installs it)")
-        pytest.skip("needs Debian's chromium (scripts/tools.sh installs it)")
-    return found
-
-
 @pytest.fixture
 def browser_as(front: Front) -> Iterator[Any]:
     """A Chromium page presenting a person's certificate to nginx."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-
-        def page_of(who: Issued) -> Any:
-            certificate = {"origin": front.url, "certPath": str(who.cert_path),
-                           "keyPath": str(who.key_path)}  # fmt: skip
-            context = browser.new_context(
-                ignore_https_errors=True, client_certificates=[certificate],
-                viewport={"width": 1400, "height": 1000},
-            )  # fmt: skip
-            return context.new_page()
-
-        try:
-            yield page_of
-        finally:
-            browser.close()
+    with pages_for(front.url) as page_of:
+        yield page_of
 
 
 def test_a_browser_reads_the_overview_and_a_calibration_run(

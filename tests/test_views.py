@@ -15,7 +15,7 @@ from b2cal.db.database import StateDatabase
 from b2cal.db.overview import Overview, calibration_history, overview
 from b2cal.db.states import CalRunState
 from b2cal.errors import NotAuthenticated
-from b2cal.processing.trends import trend
+from b2cal.processing.trends import tolerance_of, trend
 from b2cal.sites import RequestKind
 
 S = CalRunState
@@ -101,6 +101,8 @@ def test_a_constant_moving_beyond_its_tolerance_is_flagged(db: StateDatabase) ->
     assert [v.drift for v in values] == [False, False, True, False]
     assert values[2].step == pytest.approx(1.8)
     assert not any(v.drift for v in trend("ChannelT0", points, {}))  # no tolerance: no flag
+    assert tolerance_of("ChannelT0", "ChannelT0.t0", {"ChannelT0.t0": 0.5}) == 0.5  # as named
+    assert tolerance_of("BeamSpot", "x", {"BeamSpot": 0.1}) == 0.1  # by calibration
 
 
 PROXIES = ["127.0.0.2", "10.0.0.0/8"]

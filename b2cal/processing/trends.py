@@ -28,8 +28,10 @@ class TrendValue:
 
 
 def tolerance_of(calibration: str, field: str, tolerances: Mapping[str, float]) -> float | None:
-    """``Calibration.field`` if configured, else ``Calibration``; None: never flagged."""
-    return tolerances.get(f"{calibration}.{field}", tolerances.get(calibration))
+    """``Calibration.field`` if configured, else ``Calibration``; None: never flagged.
+    Validation names fields after their payload (``ChannelT0.t0``) or bare (``t0``)."""
+    qualified = field if field.startswith(f"{calibration}.") else f"{calibration}.{field}"
+    return tolerances.get(qualified, tolerances.get(calibration))
 
 
 def _means(summary: Mapping[str, object] | None) -> dict[str, float]:

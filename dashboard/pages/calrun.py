@@ -100,11 +100,12 @@ def _actions(calrun: CalibrationRun, who: Person, box: pn.pane.Alert, reload: An
     def done() -> None:
         app.forget()
         reload()
+        show_for(app.db.calibration_run(calrun.id).state, approve, reject, retry, resubmit, skip)
 
     def decide(decision: SignoffDecision) -> None:
         def work() -> str:
             signed, followup = actions.sign_off(
-                app.db, who, calrun.id, decision, comment.value, attempt=shown
+                app.db, who, calrun.id, decision, _typed(comment), attempt=shown
             )
             return f"{decision.value}d by {signed.actor}. {followup}"
 
@@ -120,9 +121,9 @@ def _actions(calrun: CalibrationRun, who: Person, box: pn.pane.Alert, reload: An
 
     def do_skip(_: object) -> None:
         def work() -> str:
-            if not comment.value.strip():
+            if not _typed(comment).strip():
                 raise B2CalError("skipping needs a comment saying why")
-            actions.skip(app.db, who, calrun.id, comment.value, attempt=shown)
+            actions.skip(app.db, who, calrun.id, _typed(comment), attempt=shown)
             return f"{calrun.calibration} skipped: its dependants use the input tags"
 
         acting(box, work, done)
@@ -139,17 +140,17 @@ def _actions(calrun: CalibrationRun, who: Person, box: pn.pane.Alert, reload: An
     retry.on_click(do_retry)
     skip.on_click(do_skip)
     resubmit.on_click(do_resubmit)
-    buttons: list[Any] = []
-    if calrun.state is S.AWAITING_SIGNOFF:
-        buttons += [approve, reject]
-    if calrun.state in RETRYABLE:
-        buttons.append(retry)
-        buttons.append(resubmit)
-    if calrun.state in SKIPPABLE:
-        buttons.append(skip)
-    if not buttons:
-        return pn.Column()
-    return pn.Column(pn.pane.Markdown("### Act"), comment, pn.Row(*buttons))
+    every = [approve, reject, retry, resubmit, skip]
+    show_for(calrun.state, approve, reject, retry, resubmit, skip)
+    return pn.Column(pn.pane.Markdown("### Act"), comment, pn.Row(*every))
+
+
+def show_for(state: CalRunState, *buttons: pn.widgets.Button) -> None:
+    """Only the actions that make sense in ``state`` are offered (the policy still decides)."""
+    approve, reject, retry, resubmit, skip = buttons
+    approve.visible = reject.visible = state is S.AWAITING_SIGNOFF
+    retry.visible = resubmit.visible = state in RETRYABLE
+    skip.visible = state in SKIPPABLE
 
 
 def _validation(calrun: CalibrationRun) -> list[Any]:
@@ -317,3 +318,9 @@ def _flow_runs(calrun: CalibrationRun, request: Request) -> str:
     if not rows:
         return "<p>no flow runs carry its tags</p>"
     return table(["flow run", "state", "started", "seconds"], rows, raw=True)
+
+
+def _typed(box: pn.widgets.TextInput) -> str:
+    """What is in the box now: ``value_input`` follows each keystroke, ``value`` only Enter
+    or leaving the box, and a click on a button may come first."""
+    return str(box.value_input or box.value or "")

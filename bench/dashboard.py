@@ -1,0 +1,294 @@
+"""The dashboard and the HTTPS API under load, each against a baseline measured in the same run.
+
+1. The overview of 50 buckets x 20 calibrations: server time of b2cal's four-query view (and
+   the matrix it renders) against the obvious page that asks for each request's calibration
+   runs in turn; queries of each (goal: a constant, not growing with the matrix; time < 1 s).
+2. 20 concurrent dashboard sessions through nginx (mutual TLS with a test PKI), each opening
+   the overview page every 2 s for SECONDS: p95 latency (goal < 1 s) and errors (goal 0),
+   against the same clients fetching a plain page of the dashboard (its refusal page: the
+   front's and Tornado's own cost); then the same sessions flat out, for the ceiling. A page
+   load is what a session costs the server (Panel builds the page's document then); the
+   live updates after it are one shared, cached overview every 5 s.
+3. 200 requests/s on the proxy-certificate API (VOMS proxies, kept-alive connections) for
+   SECONDS: p95 latency (goal < 1 s) and errors (goal 0), ``GET /status`` (the database)
+   against ``GET /whoami`` (TLS and the identity only).
+
+Usage: python bench/dashboard.py [SECONDS]   (default 60). Needs nginx (scripts/tools.sh).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import event
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent)]
+
+import httpx  # noqa: E402
+from dashboard_server import served_dashboard  # noqa: E402
+from nginx_front import PROXY_ADDRESS, nginx_front  # noqa: E402
+from pki import PKI  # noqa: E402
+
+from b2cal.api.server import open_server  # noqa: E402
+from b2cal.auth.names import grid_dn  # noqa: E402
+from b2cal.auth.tls import client_context  # noqa: E402
+from b2cal.db import users  # noqa: E402
+from b2cal.db.database import StateDatabase  # noqa: E402
+from b2cal.db.overview import overview  # noqa: E402
+from b2cal.db.schema import BucketRow, now  # noqa: E402
+from b2cal.db.states import CalRunState  # noqa: E402
+from b2cal.sites import RequestKind, load_site  # noqa: E402
+from dashboard.pages.overview import matrix  # noqa: E402
+
+BUCKETS, CALIBRATIONS = 50, 20
+SESSIONS = 20
+#: Seconds between two page loads of one session.
+THINK = 2.0
+RATE = 200
+
+
+def fill(db: StateDatabase) -> None:
+    names = tuple(f"Cal{i:02d}" for i in range(CALIBRATIONS))
+    for number in range(1, BUCKETS + 1):
+
+        def bucket(session, number=number):  # type: ignore[no-untyped-def]
+            row = BucketRow(
+                site="local",
+                exp=1,
+                number=number,
+                first_run=number,
+                last_run=number,
+                state="CLOSED",
+                opened=now(),
+                late_files=0,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+        request = db.create_request(
+            kind=RequestKind.PROMPT,
+            site="local",
+            exp=1,
+            run_low=number,
+            run_high=number,
+            calibrations=names,
+            input_tags=["base"],
+            actor="bench",
+            bucket_id=db.write(bucket),
+        )
+        for i, calrun in enumerate(db.start_request(request.id)):
+            for state in (CalRunState.COLLECTING, CalRunState.ALGORITHM)[: i % 3]:
+                db.move(calrun.id, state)
+
+
+def per_request_page(db: StateDatabase) -> int:
+    """The baseline page: the requests, then each one's calibration runs."""
+    cells = 0
+    for request in db.requests(limit=BUCKETS):
+        cells += len(db.calibration_runs(request.id))
+    return cells
+
+
+def counted(db: StateDatabase, work: Callable[[], object]) -> int:
+    count = [0]
+
+    def one(*_: object) -> None:
+        count[0] += 1
+
+    event.listen(db.engine, "before_cursor_execute", one)
+    try:
+        work()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", one)
+    return count[0]
+
+
+def timed(work: Callable[[], object], repeats: int = 15) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def load(
+    make_client: Callable[[], httpx.Client],
+    url: str,
+    clients: int,
+    seconds: float,
+    rate: float | None = None,
+) -> tuple[list[float], int]:
+    """``clients`` threads asking ``url`` for ``seconds`` (each paced to ``rate``/clients per
+    second if given, else as fast as answered): latencies and errors."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def client() -> None:
+        interval = clients / rate if rate else 0.0
+        with make_client() as http:
+            # paced clients start at random moments of their interval, as people do
+            due = time.monotonic() + random.uniform(0.0, interval)
+            time.sleep(max(0.0, due - time.monotonic()))
+            while time.monotonic() < end:
+                start = time.perf_counter()
+                try:
+                    ok = http.get(url).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                took = time.perf_counter() - start
+                with lock:
+                    latencies.append(took)
+                    errors[0] += 0 if ok else 1
+                if interval:
+                    due += interval
+                    time.sleep(max(0.0, due - time.monotonic()))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, errors[0]
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else float("nan")
+
+
+def main() -> int:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 60.0
+    console = Console()
+    folder = Path(tempfile.mkdtemp(prefix="b2cal-bench-dashboard-"))
+    os.environ["B2CAL_HOME"] = str(folder / "home")
+    site = load_site("local")
+    pki = PKI(folder / "pki")
+    host = pki.host("localhost")
+    expert = pki.user("Bench Expert")
+    db = StateDatabase(site.state_database_url)
+    with console.status("filling 50 buckets x 20 calibrations"):
+        fill(db)
+    grant = [{"role": "expert", "calibrations": []}]
+    users.sync(db, [users.Member(grid_dn(expert.cert.subject), grants=grant)], "bench")
+
+    table = Table(title=f"Dashboard and API under load ({seconds:.0f} s each)")
+    for column in ("measure", "b2cal", "baseline", "ratio", "goal"):
+        table.add_column(column)
+    view = timed(lambda: matrix(overview(db)))
+    naive = timed(lambda: per_request_page(db))
+    queries = counted(db, lambda: overview(db))
+    naive_queries = counted(db, lambda: per_request_page(db))
+    table.add_row(
+        "overview 50x20: server time",
+        f"{view * 1000:.1f} ms",
+        f"{naive * 1000:.1f} ms (per-request queries)",
+        f"{view / naive:.2f}",
+        "< 1 s",
+    )
+    table.add_row(
+        "overview 50x20: queries",
+        str(queries),
+        str(naive_queries),
+        f"{queries / naive_queries:.2f}",
+        "constant",
+    )
+
+    env = {**os.environ, "B2CAL_TRUSTED_PROXIES": f'["{PROXY_ADDRESS}"]'}
+    context = client_context(expert.cert_path, expert.key_path, pki.ca_file)
+    with (
+        served_dashboard(env, "--site", "local") as app,
+        nginx_front(
+            folder, host.cert_path, host.key_path, pki.ca_file, pki.crl_file, app.port
+        ) as port,
+    ):
+        base = f"https://127.0.0.1:{port}"
+
+        def browser() -> httpx.Client:
+            return httpx.Client(verify=context, timeout=30)
+
+        with console.status(f"{SESSIONS} sessions on the overview through nginx"):
+            # each session opens the overview every THINK seconds (a person reading it)...
+            pace = SESSIONS / THINK
+            pages, page_errors = load(browser, base + "/overview", SESSIONS, seconds, pace)
+            fronts, front_errors = load(browser, base + "/denied", SESSIONS, seconds, pace)
+            # ...and, to find the ceiling, as fast as the server answers
+            flat, flat_errors = load(browser, base + "/overview", SESSIONS, seconds)
+        table.add_row(
+            f"{SESSIONS} sessions via nginx, a page each {THINK:.0f} s: p95",
+            f"{p95(pages) * 1000:.0f} ms",
+            f"{p95(fronts) * 1000:.0f} ms (a plain page)",
+            f"{p95(pages) / p95(fronts):.1f}",
+            "< 1 s",
+        )
+        table.add_row(
+            "  pages, errors", f"{len(pages)}, {page_errors}", f"{len(fronts)}, {front_errors}",
+            "", "0 errors",
+        )  # fmt: skip
+        table.add_row(
+            f"{SESSIONS} sessions flat out: pages/s, p95",
+            f"{len(flat) / seconds:.0f}/s, {p95(flat) * 1000:.0f} ms",
+            f"errors {flat_errors}", "", "",
+        )  # fmt: skip
+
+    os.environ.update(
+        {
+            "B2CAL_CA_PATH": str(pki.ca_file),
+            "B2CAL_CRL_PATH": str(pki.crl_file),
+            "B2CAL_VOMS_DIR": str(pki.vomsdir),
+            "B2CAL_API_CERT": str(host.cert_path),
+            "B2CAL_API_KEY": str(host.key_path),
+        }
+    )
+    acs = pki.voms_acs(expert, ["/belle/Role=calibration"])
+    proxy = pki.proxy(expert, acs=acs, label="bench-proxy")
+    server = open_server(site, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = f"https://127.0.0.1:{server.server_port}/api/v1"
+    proxy_context = client_context(proxy.cert_path, proxy.key_path, pki.ca_file)
+
+    def script() -> httpx.Client:
+        return httpx.Client(verify=proxy_context, timeout=30)
+
+    clients = 16
+    try:
+        with console.status(f"{RATE} requests/s on the API"):
+            status, status_errors = load(script, api + "/status", clients, seconds, RATE)
+            whoami, whoami_errors = load(script, api + "/whoami", clients, seconds, RATE)
+    finally:
+        server.shutdown()
+        server.server_close()
+    table.add_row(
+        f"API {RATE}/s, VOMS proxies: p95",
+        f"{p95(status) * 1000:.1f} ms (/status)",
+        f"{p95(whoami) * 1000:.1f} ms (/whoami)",
+        f"{p95(status) / p95(whoami):.2f}",
+        "< 1 s",
+    )
+    table.add_row(
+        f"API {RATE}/s: rate reached, errors",
+        f"{len(status) / seconds:.0f}/s, {status_errors}",
+        f"{len(whoami) / seconds:.0f}/s, {whoami_errors}",
+        "",
+        "0 errors",
+    )
+    console.print(table)
+    db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
