@@ -77,7 +77,7 @@ def serve(argv: list[str]) -> int:
         )
     settings = Settings()
     site = load_site(options.site)
-    db = StateDatabase(site.state_database_url, create=False)
+    db = StateDatabase(site.state_database_url)  # a service: it writes the action log
     gate = Gate(settings.trusted_proxies, options.user)
     context.install(context.Dashboard(site, db, gate, settings))
     port = options.port or free_port(options.host)

@@ -349,9 +349,11 @@ def test_the_serve_command_runs_until_sigterm_and_refuses_a_missing_certificate(
     missing = b2cal("api", "serve", "--port", "0", env={**env, "B2CAL_API_KEY": "/nonexistent"})
     assert missing.returncode == 1
     assert missing.stderr.startswith("error: cannot load the API's certificate")
-    # Its own state database (a fresh home): the site's must exist first.
-    no_db = b2cal("api", "serve", "--host", "127.0.0.1", "--port", "0", env=env)
-    assert no_db.returncode == 1 and "does not exist" in no_db.stderr, no_db.stderr
+    # A state database that cannot be reached: said in one line, nothing listens.
+    unreachable = {**env, "B2CAL_STATE_URL": "postgresql+psycopg://nobody@127.0.0.1:9/none"}
+    no_db = b2cal("api", "serve", "--host", "127.0.0.1", "--port", "0", env=unreachable)
+    assert no_db.returncode == 1 and "state database" in no_db.stderr, no_db.stderr
+    assert len(no_db.stderr.strip().splitlines()) == 1
     served = start_b2cal("api", "serve", "--host", "127.0.0.1", "--port", "0", env=api.env)
     try:
         line = served.stdout.readline() if served.stdout else ""
@@ -367,3 +369,64 @@ def test_the_serve_command_runs_until_sigterm_and_refuses_a_missing_certificate(
     assert "stopping the API" in out
     log = (Path(api.env["B2CAL_HOME"]) / "logs" / "api.log").read_text()
     assert f"connected as {dn(api.people['ada'])}" in log
+
+
+def _tags_to_promote(staging: str) -> None:
+    """A RUNNING tag with a payload from run 1 on, and a VALIDATED staging tag replacing it
+    from run 3 on, in the site's conditions database."""
+    from b2cal.cdb.connect import open_store
+    from b2cal.cdb.model import TagState
+    from b2cal.cdb.store import NewPayloadIoV
+    from b2cal.core.iov import IoV
+
+    with open_store(load_site("local").cdb_database_url) as store:
+        store.create_tag("running")
+        old = NewPayloadIoV("ChannelT0", b'{"t0": [1.0]}', IoV(1, 1, -1, -1))
+        store.write_iovs("running", [old], state=TagState.OPEN)
+        store.set_state("running", TagState.RUNNING)
+        store.create_tag(staging)
+        new = NewPayloadIoV("ChannelT0", b'{"t0": [2.0]}', IoV(1, 3, -1, -1))
+        store.write_iovs(staging, [new], state=TagState.OPEN)
+        store.set_state(staging, TagState.TESTING)
+        store.set_state(staging, TagState.VALIDATED)
+
+
+def test_the_coordinator_promotes_and_requests_are_planned_from_the_command_line(
+    api: Served, tmp_path: Path
+) -> None:
+    """``b2cal cdb promote --api`` and ``b2cal request create --api --dry-run`` with proxies:
+    the coordinator's promotion goes through and is logged; an expert's is refused."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in api.env.items():
+            patch.setenv(key, value)
+        _tags_to_promote("staging-recalibration-9")
+
+    def proxy_env(who: Issued, fqans: list[str]) -> dict[str, str]:
+        proxy = api.pki.proxy(
+            who, acs=api.pki.voms_acs(who, fqans), label=f"cli-{fqans[0].rsplit('=', 1)[-1]}"
+        )
+        combined = tmp_path / f"{proxy.cert_path.stem}.pem"
+        combined.write_bytes(proxy.cert_path.read_bytes() + proxy.key_path.read_bytes())
+        return {"X509_USER_PROXY": str(combined), "X509_CERT_DIR": str(api.pki.ca_file),
+                "B2CAL_HOME": str(tmp_path / "client-home")}  # fmt: skip
+
+    promote = ["cdb", "promote", "staging-recalibration-9", "running", "--from", "1", "3",
+               "--api", api.url]  # fmt: skip
+    expert = b2cal(*promote, env=proxy_env(api.people["eve"], ["/belle/Role=calibration"]))
+    assert expert.returncode == 1 and "may not promote tag running" in expert.stderr
+    coordinator = proxy_env(api.people["eve"], ["/belle/Role=coordinator"])
+    done = b2cal(*promote, env=coordinator)
+    assert done.returncode == 0, done.stderr
+    assert "1 payload IoVs added, 1 closed" in done.stdout
+    (action,) = [a for a in api.db.actions(target="tag running") if a.outcome == "ok"]
+    assert (action.actor, action.action) == (dn(api.people["eve"]), "promote")
+
+    plan = b2cal("request", "create", "--exp", "1", "--runs", "1-4", "--calibrations",
+                 "ChannelGain", "--input-tag", "running", "--dry-run", "--api", api.url,
+                 env=coordinator)  # fmt: skip
+    assert plan.returncode == 0, plan.stderr
+    assert "ChannelT0, ChannelGain" in plan.stdout  # its dependency added
+    assert "nothing was created" in plan.stdout
+    bad = b2cal("request", "create", "--exp", "1", "--runs", "1-4", "--calibrations", "Nope",
+                "--dry-run", "--api", api.url, env=coordinator)  # fmt: skip
+    assert bad.returncode == 1 and "Nope" in bad.stderr

@@ -20,6 +20,7 @@ from pki import PKI, Issued
 
 from b2cal.auth.names import grid_dn
 from b2cal.auth.tls import client_context
+from b2cal.cdb.connect import open_store
 from b2cal.db import users
 from b2cal.db.database import StateDatabase
 from b2cal.db.states import CalRunState
@@ -86,6 +87,8 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
         url = load_site("local").state_database_url
         with StateDatabase(url) as db:
             calruns = _populate(db, people)
+        with open_store(load_site("local").cdb_database_url) as store:
+            store.create_tag("staging-prompt-1")  # what starting the request makes
     with served_dashboard(env, "--site", "local") as app:
         app_port = app.port
         with nginx_front(folder, host.cert_path, host.key_path, pki.ca_file, pki.crl_file, app_port) as port:  # noqa: E501  # fmt: skip
@@ -161,3 +164,31 @@ def test_an_action_the_roles_do_not_allow_is_refused_in_the_page_and_logged(
         assert db.calibration_run(target).state is S.AWAITING_SIGNOFF
         refused = [a for a in db.actions() if a.actor == dn(front.people["ada"])]
         assert refused and refused[0].outcome == "refused"
+
+
+def test_a_stale_page_cannot_approve_what_it_did_not_show(
+    front: Front, browser_as: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ada's page shows attempt 1 waiting; meanwhile it is rejected and rerun (attempt 2):
+    her Approve is refused, nothing changes."""
+    from b2cal.db.states import SignoffDecision
+    from b2cal.orchestration.requests import rerun_calibration
+
+    monkeypatch.setenv("B2CAL_HOME", str(front.folder / "home"))  # the site the rerun is at
+    target = front.calruns["ChannelT0"]
+    page = browser_as(front.people["ada"])
+    page.goto(front.url + f"/calrun?id={target}")
+    page.get_by_role("button", name="Approve").wait_for()
+    with front.db() as db:
+        db.signoff(target, SignoffDecision.REJECT, "/DC=org/CN=Someone Else", "t0 jumps")
+        rerun_calibration(db, target, "/DC=org/CN=Someone Else", start=False)
+    page.get_by_role("button", name="Approve").click()
+    refusal = page.get_by_text("look at it again")
+    try:
+        refusal.wait_for()
+    finally:
+        page.screenshot(path=str(tmp_path / "stale.png"), full_page=True)
+    with front.db() as db:
+        now = db.calibration_run(target)
+        assert (now.state, now.attempt) == (S.PLANNED, 2)
+        assert [s.decision.value for s in db.signoffs(target)] == ["reject"]

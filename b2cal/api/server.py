@@ -233,7 +233,7 @@ def open_server(site: Site, host: str, port: int, settings: Settings | None = No
     trust = TrustFiles(chosen)
     trust.store()  # unreadable CAs, CRLs or VOMS certificates: an error now
     context = server_context(chosen.api_cert, chosen.api_key, chosen.ca_path)
-    db = StateDatabase(site.state_database_url, create=False)
+    db = StateDatabase(site.state_database_url)  # a service: it writes the action log
     crash_log = chosen.home / "logs" / "api-crash.log"
     try:
         return ApiServer((host, port), context, Api(site, db), trust, chosen, crash_log)

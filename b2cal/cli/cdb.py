@@ -22,6 +22,7 @@ from rich.table import Table
 from b2cal.cdb.model import GlobalTag, Payload, PayloadIoV, parse_state
 from b2cal.cdb.rules import IoVChange
 from b2cal.cdb.store import ConditionsStore
+from b2cal.cli.api import ApiOption
 from b2cal.core.iov import ExpRun
 from b2cal.errors import B2CalError
 
@@ -237,10 +238,22 @@ def promote(
         tuple[int, int],
         typer.Option("--from", metavar="EXP RUN", help="First experiment and run to take over."),
     ],
+    api: ApiOption = None,
 ) -> None:
-    """Merge a VALIDATED staging tag into a RUNNING tag from (EXP, RUN) on."""
+    """Merge a VALIDATED staging tag into a RUNNING tag from (EXP, RUN) on (here, or with
+    --api through a site's HTTPS API as your grid proxy: the coordinator's)."""
     from b2cal.cdb.operations import promote as promote_tag
 
+    if api is not None:
+        from b2cal.api.client import ApiClient
+
+        with ApiClient(api) as client:
+            done = client.post(f"/tags/{running}/promote", {"staging": staging, "start": start})
+        _console_print(
+            f"promoted {staging} into {running} at {api}: {len(done['added'])} payload IoVs "
+            f"added, {len(done['closed'])} closed"
+        )
+        return
     with _store() as store:
         change = promote_tag(store, staging, running, ExpRun(*start))
     _console_print(f"promoted {staging} into {running}: {_change_summary(change)}")

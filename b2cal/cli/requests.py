@@ -7,10 +7,11 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from b2cal.cli.api import ApiOption
 from b2cal.cli.arguments import parse_placement, parse_runs
 from b2cal.cli.sites import Json, SiteOption, actor, open_site, state_db
 from b2cal.cli.views import age, calrun_table, constants_table, request_doc
@@ -90,8 +91,10 @@ def request_create(
         bool,
         typer.Option("--start/--no-start", help="Start its process-request run on the site."),
     ] = True,
+    api: ApiOption = None,
 ) -> None:
-    """Create a processing request and start it on the site's work pool."""
+    """Create a processing request and start it on the site's work pool (here, or with
+    --api through a site's HTTPS API as your grid proxy)."""
     from b2cal.caf.config import read_config
     from b2cal.caf.registry import available
     from b2cal.cli.console import console
@@ -118,6 +121,17 @@ def request_create(
     overrides = read_config(config, available()) if config is not None else {}
     placement = parse_placement(place)
     open_ended = open_ended or request_kind is RequestKind.PROMPT  # as Belle II prompt does
+    if api is not None:
+        if bucket is not None or not start:
+            raise B2CalError("--api takes a run range (--runs), and always starts the request")
+        assert runs is not None
+        body = {
+            "exp": exp, "runs": list(parse_runs(runs)), "calibrations": names,
+            "kind": request_kind.value, "input_tags": input_tag, "reference_tag": reference_tag,
+            "config": overrides, "open_ended": open_ended, "place": placement, "dry_run": dry_run,
+        }  # fmt: skip
+        _create_through(api, body)
+        return
     here = open_site(site)
     with state_db(here, create=not dry_run) as db:
         bucket_id = None
@@ -157,6 +171,26 @@ def request_create(
         if start:
             flow_run = start_request(db, request, here)
             console.print(f"started process-request/{here.name}: flow run {flow_run}")
+
+
+def _create_through(url: str, body: dict[str, Any]) -> None:
+    from b2cal.api.client import ApiClient
+    from b2cal.cli.console import console
+
+    with ApiClient(url) as client:
+        done = client.post("/requests", body)
+    made = done["request"]
+    if done.get("dry_run"):
+        console.print(
+            f"plan at site {made['site']}: {', '.join(made['calibrations'])} on e{made['exp']} "
+            f"runs {made['runs'][0]}-{made['runs'][1]}, input tags "
+            f"{', '.join(made['input_tags']) or 'none'}"
+        )
+        console.print("dry run: nothing was created or started")
+        return
+    console.print(f"created request {made['id']} at {url}, staging tag {made['staging_tag']}")
+    if done.get("flow_run"):
+        console.print(f"started process-request/{made['site']}: flow run {done['flow_run']}")
 
 
 def _print_request_plan(db: StateDatabase, request: Request) -> None:

@@ -112,6 +112,16 @@ def sign_off(
     permit(db, who, Action.SIGNOFF, target, [calrun.calibration])
     if decision is SignoffDecision.REJECT and not comment.strip():
         raise B2CalError("a rejection needs a comment saying why (the expert reruns from it)")
+    try:  # a stale page is told so first, whatever else would stop the sign-off
+        _current(
+            db,
+            calrun_id,
+            attempt,
+            "APPROVED" if decision is SignoffDecision.APPROVE else "REJECTED",
+        )
+    except StateConflict as exc:
+        _refused(db, who, f"signoff {decision.value}", target, exc)
+        raise
     return requests.act_on_signoff(
         db, calrun_id, decision, who.dn, comment, upload, attempt=attempt
     )
