@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     #: Addresses (or networks) of the TLS fronts whose identity headers the dashboard
     #: believes; from anyone else such headers are refused.
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    #: A secret the front (nginx) sends with its identity headers; when set, headers without
+    #: it are refused even from a trusted address (any local program can use that address).
+    front_secret: SecretStr | None = None
     #: How far a constant may move from one bucket to the next before the dashboard flags
     #: drift: ``"Calibration.field"`` (or ``"Calibration"`` for all its fields) -> the largest
     #: change of the field's mean, in its own unit.

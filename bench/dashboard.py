@@ -37,7 +37,7 @@ sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent)]
 
 import httpx  # noqa: E402
 from dashboard_server import served_dashboard  # noqa: E402
-from nginx_front import PROXY_ADDRESS, nginx_front  # noqa: E402
+from nginx_front import FRONT_SECRET, PROXY_ADDRESS, nginx_front  # noqa: E402
 from pki import PKI  # noqa: E402
 
 from b2cal.api.server import open_server  # noqa: E402
@@ -207,7 +207,11 @@ def main() -> int:
         "constant",
     )
 
-    env = {**os.environ, "B2CAL_TRUSTED_PROXIES": f'["{PROXY_ADDRESS}"]'}
+    env = {
+        **os.environ,
+        "B2CAL_TRUSTED_PROXIES": f'["{PROXY_ADDRESS}"]',
+        "B2CAL_FRONT_SECRET": FRONT_SECRET,
+    }
     context = client_context(expert.cert_path, expert.key_path, pki.ca_file)
     with (
         served_dashboard(env, "--site", "local") as app,

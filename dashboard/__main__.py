@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import secrets
 import signal
 import socket
 import sys
@@ -24,17 +25,16 @@ from b2cal.settings import Settings
 from b2cal.sites import load_site
 from dashboard import context
 from dashboard.auth import CertificateAuth, Gate
+from dashboard.layout import guarded
 from dashboard.pages import calrun, cdb, log, overview, request, submit, users
 
 ROUTES = {
-    "overview": overview.view,
-    "calrun": calrun.view,
-    "request": request.view,
-    "cdb": cdb.view,
-    "log": log.view,
-    "users": users.view,
-    "submit": submit.view,
-}
+    name: guarded(page.view)
+    for name, page in [
+        ("overview", overview), ("calrun", calrun), ("request", request), ("cdb", cdb),
+        ("log", log), ("users", users), ("submit", submit),
+    ]
+}  # fmt: skip
 
 
 def loopback(host: str) -> bool:
@@ -78,7 +78,8 @@ def serve(argv: list[str]) -> int:
     settings = Settings()
     site = load_site(options.site)
     db = StateDatabase(site.state_database_url)  # a service: it writes the action log
-    gate = Gate(settings.trusted_proxies, options.user)
+    secret = settings.front_secret.get_secret_value() if settings.front_secret else None
+    gate = Gate(settings.trusted_proxies, options.user, secret)
     context.install(context.Dashboard(site, db, gate, settings))
     port = options.port or free_port(options.host)
     # Websockets (every click) are taken only from pages served under these hosts.
@@ -92,6 +93,10 @@ def serve(argv: list[str]) -> int:
         websocket_origin=origins,
         title="b2cal",
         auth_provider=CertificateAuth(gate),
+        # Sessions are signed: a client cannot bring a session token of its own making (with
+        # somebody else's identity headers inside it).
+        sign_sessions=True,
+        secret_key=secrets.token_urlsafe(32),
         verbose=False,
     )
     server.start()

@@ -22,13 +22,16 @@ DENIED = "/denied"
 class Gate:
     """Decides who a request is (shared by the auth provider and the pages)."""
 
-    def __init__(self, trusted_proxies: list[str], local_user: str | None) -> None:
+    def __init__(
+        self, trusted_proxies: list[str], local_user: str | None, secret: str | None = None
+    ) -> None:
         self.trusted_proxies = trusted_proxies
         self.local_user = local_user
+        self.secret = secret
 
     def identity(self, headers: Any, peer: str) -> Identity:
         flat = {k: v if isinstance(v, str) else ",".join(v) for k, v in dict(headers).items()}
-        return identity_from_front(flat, peer, self.trusted_proxies, self.local_user)
+        return identity_from_front(flat, peer, self.trusted_proxies, self.local_user, self.secret)
 
 
 class CertificateAuth(AuthProvider):  # type: ignore[misc]

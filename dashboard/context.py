@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 
 import panel as pn
 
+from b2cal.auth.policy import Action
 from b2cal.db.database import StateDatabase
-from b2cal.orchestration.actions import Person, person
+from b2cal.orchestration.actions import Person, permit, person
 from b2cal.settings import Settings
 from b2cal.sites import Site
 from dashboard.auth import Gate
@@ -62,12 +63,23 @@ def app() -> Dashboard:
 def who() -> Person:
     """The person of the current session (the gate let its requests through)."""
     current = app()
-    request = pn.state.curdoc.session_context.request if pn.state.curdoc else None
-    headers = request.headers if request is not None else {}
-    tornado_request = getattr(request, "_request", None)
-    peer = getattr(tornado_request, "remote_ip", None) or "unknown"
+    proxy = pn.state.curdoc.session_context.request if pn.state.curdoc else None
+    # The HTTP request that made the session, as Tornado received it: not the headers Bokeh
+    # keeps in the session token, which a client could have written itself.
+    real = getattr(proxy, "_request", None)
+    headers = real.headers if real is not None else {}
+    peer = getattr(real, "remote_ip", None) or "unknown"
     identity = current.gate.identity(headers, peer)
     return person(current.db, identity, current.settings)
+
+
+def viewer() -> Person:
+    """The person of the session, once the policy lets them see the site (NotAllowed, logged,
+    otherwise: a certificate nginx accepts is not yet a role)."""
+    current = app()
+    who_ = who()
+    permit(current.db, who_, Action.VIEW, f"the dashboard of site {current.site.name}")
+    return who_
 
 
 def argument(name: str) -> str | None:

@@ -108,13 +108,13 @@ def acting(box: pn.pane.Alert, work: Callable[[], str], after: Callable[[], None
         try:
             said = await asyncio.to_thread(work)
         except B2CalError as exc:
-            box.object, box.alert_type = str(exc), "danger"
+            box.object, box.alert_type = esc(exc), "danger"
         except Exception as exc:
             log.exception("an action failed")
-            box.object = f"internal error: {type(exc).__name__}: {exc} (the dashboard's log has it)"
-            box.alert_type = "danger"
+            said = f"internal error: {type(exc).__name__}: {exc} (the dashboard's log has it)"
+            box.object, box.alert_type = esc(said), "danger"
         else:
-            box.object, box.alert_type = said, "success"
+            box.object, box.alert_type = esc(said), "success"
         box.visible = True
         after()
 
@@ -122,7 +122,19 @@ def acting(box: pn.pane.Alert, work: Callable[[], str], after: Callable[[], None
 
 
 def refused_page(message: str) -> pn.Column:
-    return pn.Column(pn.pane.Alert(message, alert_type="danger"))
+    return pn.Column(pn.pane.HTML(f"<p class='drift' id='refusal'>{esc(message)}</p>"))
+
+
+def guarded(view: Callable[[], pn.Column]) -> Callable[[], pn.Column]:
+    """A page that shows a refusal (who may not see it, an unknown item) in one line."""
+
+    def page_or_refusal() -> pn.Column:
+        try:
+            return view()
+        except B2CalError as exc:
+            return refused_page(str(exc))
+
+    return page_or_refusal
 
 
 pn.config.raw_css = [*pn.config.raw_css, CSS]

@@ -17,6 +17,8 @@ from unavailable import unavailable
 TEMPLATE = Path(__file__).resolve().parents[1] / "deployments" / "nginx" / "b2cal-dashboard.conf"
 #: The address nginx connects to the dashboard from: the one address the dashboard trusts.
 PROXY_ADDRESS = "127.0.0.2"
+#: The secret nginx sends with its identity headers (the dashboard's B2CAL_FRONT_SECRET).
+FRONT_SECRET = "test-front-secret-0123456789"
 
 
 def nginx_binary() -> str:
@@ -41,6 +43,7 @@ def nginx_front(
         "run": str(run), "listen": f"127.0.0.1:{port}", "host_cert": str(host_cert),
         "host_key": str(host_key), "cas": str(cas), "crls": str(crls),
         "proxy_address": PROXY_ADDRESS, "upstream": f"127.0.0.1:{upstream}",
+        "front_secret": FRONT_SECRET,
     }  # fmt: skip
     text = TEMPLATE.read_text()
     for key, value in values.items():

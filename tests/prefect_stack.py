@@ -15,6 +15,7 @@ uses its own experiment's data, so the tests do not depend on each other's order
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -258,15 +259,13 @@ def running_stack(home: Path) -> Iterator[Stack]:
     for exp in (3, 4, 5, 7):
         generate_toy(toy / str(exp), exp, range(1, 5), files_per_run=6, events=200, seed=exp)
     env = stack_environment(home)
-    with (
-        database_url("postgresql", home) as prefect_db,
-        webhook_receiver() as receiver,
-        environment(
-            {**env, "B2CAL_PREFECT_DATABASE_URL": prefect_server_url(prefect_db)},
-            drop=("PREFECT_API_URL", "PREFECT_PROFILE"),
-        ),
-    ):
-        local = LocalStack()
+    with database_url("postgresql", home) as prefect_db, webhook_receiver() as receiver:
+        # The stack's environment only while it starts and stops: the tests that use it get
+        # it per test (``in_stack``), and the other tests of the session never see it.
+        starting = {**env, "B2CAL_PREFECT_DATABASE_URL": prefect_server_url(prefect_db)}
+        own = functools.partial(environment, starting, drop=("PREFECT_API_URL", "PREFECT_PROFILE"))
+        with own():
+            local = LocalStack()  # it reads its settings (B2CAL_HOME) now
         options = StackOptions(
             port=free_port(),
             sites=("local", "bnl"),
@@ -276,10 +275,12 @@ def running_stack(home: Path) -> Iterator[Stack]:
             heartbeat_timeout=45,
         )
         try:
-            state = local.up(options)
+            with own():
+                state = local.up(options)
             yield Stack(home, env, state["api_url"], receiver, local, toy, options)
         finally:
-            local.down()
+            with own():
+                local.down()
 
 
 @contextmanager

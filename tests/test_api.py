@@ -337,7 +337,10 @@ def test_a_body_that_is_not_json_is_refused_in_one_line(api: Served) -> None:
     cora = api.people["cora"]
     context = client_context(cora.cert_path, cora.key_path, api.pki.ca_file)
     with httpx.Client(base_url=api.url + "/api/v1", verify=context) as client:
-        answer = client.post(f"/calibration-runs/{api.calruns['ChannelT0']}/signoff", content=b"{")
+        answer = client.post(
+            f"/calibration-runs/{api.calruns['ChannelT0']}/signoff", content=b"{",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
     assert answer.status_code == 400
     assert answer.json()["error"].startswith("the body is not JSON")
 
@@ -430,3 +433,39 @@ def test_the_coordinator_promotes_and_requests_are_planned_from_the_command_line
     bad = b2cal("request", "create", "--exp", "1", "--runs", "1-4", "--calibrations", "Nope",
                 "--dry-run", "--api", api.url, env=coordinator)  # fmt: skip
     assert bad.returncode == 1 and "Nope" in bad.stderr
+
+
+def test_only_json_acts_and_every_answer_is_json(api: Served) -> None:
+    """A page elsewhere can make a browser post a form or text/plain with the user's
+    certificate, never application/json: those bodies are refused before anything happens."""
+    cora = api.people["cora"]
+    context = client_context(cora.cert_path, cora.key_path, api.pki.ca_file)
+    target = api.calruns["ChannelT0"]
+    with httpx.Client(base_url=api.url + "/api/v1", verify=context) as client:
+        form = client.post(f"/calibration-runs/{target}/signoff", data={"decision": "approve"})
+        assert form.status_code == 415 and "application/json" in form.json()["error"]
+        text = client.post(
+            f"/calibration-runs/{target}/signoff", content=b'{"decision": "approve"}',
+            headers={"Content-Type": "text/plain"},
+        )  # fmt: skip
+        assert text.status_code == 415
+        put = client.put(f"/calibration-runs/{target}/signoff", json={})
+        assert put.status_code == 405 and put.json()["error"].endswith("takes POST")
+        huge = client.get("/calibration-runs/123456789012345678901234567890")
+        assert huge.status_code == 404
+    assert api.db.calibration_run(target).state is S.AWAITING_SIGNOFF
+    status, _ = call(api, api.people["rex"], "GET", "/no/such/url")  # revoked: 401 first
+    assert status == 401
+
+
+def test_grants_count_as_they_are_now_on_a_kept_alive_connection(api: Served) -> None:
+    vic = api.people["vic"]
+    context = client_context(vic.cert_path, vic.key_path, api.pki.ca_file)
+    with httpx.Client(base_url=api.url + "/api/v1", verify=context) as client:
+        assert client.get("/status").status_code == 200
+        users.grant(api.db, dn(vic), [], "test")  # unchanged VO grants: still a viewer
+        keep = [users.Member(u.dn, u.name, u.email, u.vo_grants)
+                for u in users.users(api.db) if u.in_vo and u.dn != dn(vic)]  # fmt: skip
+        users.sync(api.db, keep, "test")  # the VO no longer lists Vic
+        gone = client.get("/status")
+        assert gone.status_code == 403 and "no role" in gone.json()["error"]

@@ -14,7 +14,14 @@ import httpx
 import pytest
 from cli import B2CAL
 from pki import PKI, Issued
-from prefect_stack import Stack, calruns, flow_run_state, request_state, wait_until
+from prefect_stack import (
+    Stack,
+    calruns,
+    flow_run_message,
+    flow_run_state,
+    request_state,
+    wait_until,
+)
 
 from b2cal.auth.names import grid_dn
 from b2cal.auth.tls import client_context
@@ -81,7 +88,11 @@ def test_a_request_is_started_and_cancelled_through_the_api(
         calrun = calruns(stack, request).get("SlowT0")
         return calrun is not None and calrun.state is S.COLLECTING
 
-    wait_until(collecting, 120, "its collection to start")
+    try:
+        wait_until(collecting, 120, "its collection to start")
+    except AssertionError as exc:  # say what the flow run said
+        said = f"{flow_run_state(flow_run)} {flow_run_message(flow_run)}"
+        raise AssertionError(f"{exc}: {said}") from None
 
     status, cancelled = post(f"/requests/{request}/cancel", {})
     assert status == 200, cancelled

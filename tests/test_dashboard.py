@@ -15,7 +15,7 @@ import httpx
 import pytest
 from browser import pages_for
 from dashboard_server import served_dashboard
-from nginx_front import PROXY_ADDRESS, nginx_front
+from nginx_front import FRONT_SECRET, PROXY_ADDRESS, nginx_front
 from pki import PKI, Issued
 
 from b2cal.auth.names import grid_dn
@@ -81,6 +81,7 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
         **os.environ,
         "B2CAL_HOME": str(folder / "home"),
         "B2CAL_TRUSTED_PROXIES": f'["{PROXY_ADDRESS}"]',
+        "B2CAL_FRONT_SECRET": FRONT_SECRET,
     }
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("B2CAL_HOME", env["B2CAL_HOME"])
@@ -122,6 +123,16 @@ def test_identity_headers_count_only_from_the_front(front: Front) -> None:
     assert "which is not a trusted proxy" in direct.text
     bare = httpx.get(front.app_url + "/overview", follow_redirects=True)
     assert bare.status_code == 401 and "no certificate identity" in bare.text
+    # From the front's own address, but without the secret only nginx knows.
+    as_front = httpx.HTTPTransport(local_address=PROXY_ADDRESS)
+    with httpx.Client(transport=as_front, follow_redirects=True) as client:
+        spoofed = client.get(front.app_url + "/overview", headers=forged)
+        assert spoofed.status_code == 401
+        assert "without the front&#x27;s shared secret" in spoofed.text
+        signed = client.get(
+            front.app_url + "/denied", headers={**forged, "X-B2CAL-Front": FRONT_SECRET}
+        )
+        assert "you are /DC=org/CN=Cora" in signed.text  # the secret and the address: believed
     assert "refused 127.0.0.1 /overview" in front.log.log()
 
 
@@ -192,3 +203,17 @@ def test_a_stale_page_cannot_approve_what_it_did_not_show(
         now = db.calibration_run(target)
         assert (now.state, now.attempt) == (S.PLANNED, 2)
         assert [s.decision.value for s in db.signoffs(target)] == ["reject"]
+
+
+def test_a_valid_certificate_without_a_role_sees_nothing(front: Front, browser_as: Any) -> None:
+    page = browser_as(front.people["eve"])  # nginx lets her in; the registry knows her not
+    page.goto(front.url + "/log")
+    refusal = page.locator("#refusal")
+    refusal.wait_for()
+    assert "may not view" in (refusal.text_content() or "")
+    unknown = browser_as(front.people["vic"])
+    unknown.goto(front.url + "/calrun?id=<img src=x onerror=alert(1)>")
+    shown = unknown.locator("#refusal")
+    shown.wait_for()
+    assert "<img" in (shown.text_content() or "")  # shown as text, not made an element
+    assert unknown.locator("#refusal img").count() == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from browser import pages_for
 from dashboard_server import served_dashboard
-from nginx_front import PROXY_ADDRESS, nginx_front
+from nginx_front import FRONT_SECRET, PROXY_ADDRESS, nginx_front
 from pki import PKI
 from prefect_stack import Stack, calruns, request_state, wait_until
 
@@ -42,7 +42,8 @@ def test_an_expert_signs_off_in_the_browser_and_the_upload_follows(
     target = calruns(stack, request)["ChannelT0"]
     assert target.state is S.AWAITING_SIGNOFF
 
-    env = {**stack.process_env(), "B2CAL_TRUSTED_PROXIES": f'["{PROXY_ADDRESS}"]'}
+    env = {**stack.process_env(), "B2CAL_TRUSTED_PROXIES": f'["{PROXY_ADDRESS}"]',
+           "B2CAL_FRONT_SECRET": FRONT_SECRET}  # fmt: skip
     front = (tmp_path, host.cert_path, host.key_path, pki.ca_file, pki.crl_file)
     with served_dashboard(env, "--site", "bnl") as app, nginx_front(*front, app.port) as port:
         url = f"https://127.0.0.1:{port}"
@@ -55,6 +56,10 @@ def test_an_expert_signs_off_in_the_browser_and_the_upload_follows(
             page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
             cell.locator("a").click()
             page.get_by_text(f"ChannelT0 · calibration run {target.id}").wait_for()
+            log = page.locator("#flow-run-log")  # from the Prefect API: its flow run's log
+            log.wait_for()
+            assert "cannot be read" not in (log.text_content() or "")
+            assert (log.text_content() or "").strip() != "(nothing logged)"
             page.get_by_placeholder("why (needed to reject or skip)").fill("pulls look fine")
             page.get_by_role("button", name="Approve").click()
             done = page.get_by_text("approved by")

@@ -55,6 +55,7 @@ class SkipBody(_Body):
 
 class ResubmitBody(_Body):
     jobs: list[int] | None = None
+    attempt: int | None = Field(default=None, ge=1)
 
 
 class RequestBody(_Body):
@@ -199,7 +200,7 @@ def _skip(api: Api, who: Person, ids: dict[str, str], body: dict[str, Any]) -> d
 
 def _resubmit(api: Api, who: Person, ids: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
     asked = ResubmitBody.model_validate(body)
-    chosen = actions.resubmit(api.db, who, int(ids["id"]), asked.jobs)
+    chosen = actions.resubmit(api.db, who, int(ids["id"]), asked.jobs, attempt=asked.attempt)
     return {"calibration_run": int(ids["id"]), "jobs": chosen}
 
 
@@ -257,7 +258,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/tags/{tag}/promote", _promote),
 ]
 
-_PARTS = {"id": r"(?P<id>\d+)", "tag": r"(?P<tag>[A-Za-z0-9_.+-]+)"}
+_PARTS = {"id": r"(?P<id>\d{1,18})", "tag": r"(?P<tag>[A-Za-z0-9_.+-]{1,80})"}
 _COMPILED = [
     (method, re.compile(API + re.sub(r"\{(\w+)\}", lambda m: _PARTS[m[1]], path) + "$"), handler)
     for method, path, handler in ROUTES

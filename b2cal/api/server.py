@@ -8,7 +8,8 @@ sent); its requests then act as that person through the policy. Answers:
 * 200 with the resource's JSON; 400 a body or value that is wrong (what is wrong is said);
 * 401 a certificate that proves nobody (expired, revoked, forged VOMS attributes, another
   VO...), 403 an action the person's roles do not allow, 404 no such item or URL,
-  409 the item has moved on (someone acted first, or the page was stale);
+  405 a method the URL does not take, 409 the item has moved on (someone acted first, or the
+  page was stale), 415 a body that is not ``application/json``;
 * 500 an unexpected failure: one line, the traceback in the server's crash log.
 
 Every refusal of a person is in the action log (the policy's and the state database's); every
@@ -17,6 +18,7 @@ refused connection is in the server's log with the reason.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import socket
@@ -31,7 +33,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from b2cal.api.routes import Api, MethodNotAllowed, route
-from b2cal.auth.identity import authenticate
+from b2cal.auth.identity import Identity, authenticate
 from b2cal.auth.tls import peer_chain, server_context
 from b2cal.auth.trust import TrustStore
 from b2cal.db.database import StateDatabase
@@ -52,6 +54,10 @@ MAX_BODY = 1 << 20
 #: Seconds between checks whether the CAs, CRLs or VOMS certificates changed on disk
 #: (fetch-crl replaces CRLs while the server runs).
 TRUST_RELOAD_SECONDS = 60.0
+
+
+class UnsupportedBody(B2CalError):
+    """A body that is not JSON by its Content-Type."""
 
 
 class TrustFiles:
@@ -139,7 +145,8 @@ class _Connection(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: ApiServer
-    who: Person | None = None
+    identity: Identity | None = None
+    valid_until: dt.datetime
     refusal: str = ""
 
     def setup(self) -> None:
@@ -155,15 +162,27 @@ class _Connection(BaseHTTPRequestHandler):
             log.warning("refused a TLS connection from %s: %s", host, reason or exc)
             return
         try:
-            identity = authenticate(
-                peer_chain(self.request), self.server.trust.store(), self.server.settings.vo
-            )
-            self.who = person(self.server.api.db, identity, self.server.settings)
-            log.info("%s connected as %s (%s)", host, identity.dn, identity.via)
+            chain = peer_chain(self.request)
+            self.identity = authenticate(chain, self.server.trust.store(), self.server.settings.vo)
+            # A kept-alive connection must not outlive its proxy (or VOMS attributes: they
+            # were checked valid now, and a proxy is never valid longer than they are meant).
+            self.valid_until = min(c.not_valid_after_utc for c in chain)
+            log.info("%s connected as %s (%s)", host, self.identity.dn, self.identity.via)
         except NotAuthenticated as exc:
             self.refusal = exc.reason
             log.warning("refused %s: %s", host, exc.reason)
         super().handle()
+
+    def _person(self) -> Person | None:
+        """Who asks now: the grants are read again for every request (a grant taken away, a
+        member removed from the VO, counts at once), the credential's expiry checked."""
+        if self.identity is None:
+            return None
+        if dt.datetime.now(dt.UTC) > self.valid_until:
+            self.refusal = f"the certificate expired at {self.valid_until:%Y-%m-%d %H:%M} UTC"
+            self.identity = None
+            return None
+        return person(self.server.api.db, self.identity, self.server.settings)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.client_address[0], format % args)
@@ -173,6 +192,15 @@ class _Connection(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._answer("POST")
+
+    def do_PUT(self) -> None:
+        self._answer("PUT")
+
+    def do_DELETE(self) -> None:
+        self._answer("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._answer("PATCH")
 
     def _answer(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
@@ -185,10 +213,19 @@ class _Connection(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            raise B2CalError(f"the body is larger than {MAX_BODY} bytes")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY:
+            self.close_connection = True  # what follows cannot be told from the next request
+            raise B2CalError(f"the body must have a Content-Length of 0 to {MAX_BODY} bytes")
         raw = self.rfile.read(length) if length else b""
+        kind = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if raw.strip() and kind != "application/json":
+            # A browser page elsewhere may send forms and text/plain with the user's
+            # certificate, never application/json without asking (CORS): so only JSON acts.
+            raise UnsupportedBody(f"the body must be application/json, not {kind or 'untyped'}")
         if not raw.strip():
             return {}
         try:
@@ -201,11 +238,14 @@ class _Connection(BaseHTTPRequestHandler):
 
     def _outcome(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
         try:
-            body = self._body() if method == "POST" else {}
-            handler, ids = route(method, path)
-            if self.who is None:
+            body = self._body()  # read whatever the method: a kept-alive connection goes on
+            who = self._person()
+            if who is None:
                 return 401, {"error": f"not authenticated: {self.refusal}"}
-            return 200, handler(self.server.api, self.who, ids, body)
+            handler, ids = route(method, path)
+            return 200, handler(self.server.api, who, ids, body)
+        except UnsupportedBody as exc:
+            return 415, {"error": str(exc)}
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()

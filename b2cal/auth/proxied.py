@@ -10,6 +10,7 @@ header a client could write) and the list of trusted proxy addresses.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections.abc import Mapping, Sequence
 
@@ -22,6 +23,9 @@ from b2cal.errors import NotAuthenticated
 VERIFY_HEADER = "X-SSL-Client-Verify"
 DN_HEADER = "X-SSL-Client-S-DN"
 IDENTITY_HEADERS = (VERIFY_HEADER, DN_HEADER)
+#: The secret the front adds when one is configured: an address alone cannot tell nginx from
+#: another program of the same machine, which could connect from that address too.
+SECRET_HEADER = "X-B2CAL-Front"
 
 
 def _trusted(peer: str, proxies: Sequence[str]) -> bool:
@@ -51,18 +55,26 @@ def identity_from_front(
     peer: str,
     trusted_proxies: Sequence[str],
     local_user: str | None = None,
+    secret: str | None = None,
 ) -> Identity:
     """The identity of a dashboard request, or NotAuthenticated saying why not.
 
     ``local_user``: the development server's named user (``b2cal dashboard --user``), which
     only ever listens on loopback; it is who every request is, unless a trusted front says
-    otherwise.
+    otherwise. ``secret``: the front's shared secret (``B2CAL_FRONT_SECRET``), if configured,
+    which identity headers must come with.
     """
     sent = [h for h in IDENTITY_HEADERS if _header(headers, h) is not None]
     if sent and not _trusted(peer, trusted_proxies):
         raise NotAuthenticated(
             f"identity headers ({', '.join(sent)}) from {peer}, which is not a trusted proxy"
         )
+    if sent and secret is not None:
+        given = _header(headers, SECRET_HEADER) or ""
+        if not hmac.compare_digest(given.encode(), secret.encode()):
+            raise NotAuthenticated(
+                f"identity headers from {peer} without the front's shared secret"
+            )
     if not sent:
         if local_user is not None:
             return Identity(normalise_dn(local_user), (), "local")

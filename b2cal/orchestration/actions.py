@@ -25,7 +25,7 @@ from b2cal.cdb.store import ConditionsStore
 from b2cal.core.iov import ExpRun
 from b2cal.db.database import StateDatabase
 from b2cal.db.model import CalibrationRun, Request, Signoff
-from b2cal.db.states import SignoffDecision
+from b2cal.db.states import CalRunState, SignoffDecision
 from b2cal.errors import B2CalError, NotAllowed, StateConflict
 from b2cal.orchestration import requests
 from b2cal.processing.users import grants_for
@@ -181,17 +181,37 @@ def cancel(db: StateDatabase, who: Person, request_id: int) -> list[CalibrationR
         raise
 
 
+#: Calibration runs whose collection has stopped, so its jobs may be reset.
+STOPPED = frozenset({CalRunState.FAILED, CalRunState.CANCELLED, CalRunState.NOT_ENOUGH_DATA})
+
+
 def resubmit(
-    db: StateDatabase, who: Person, calrun_id: int, jobs: Collection[int] | None = None
+    db: StateDatabase,
+    who: Person,
+    calrun_id: int,
+    jobs: Collection[int] | None = None,
+    *,
+    attempt: int | None = None,
 ) -> list[int]:
     """Make failed (or chosen) collector jobs of a stopped collection start afresh at the
-    next run of the calibration."""
+    next run of the calibration (a running one is refused: its jobs are in use)."""
     from b2cal.caf.jobcontrol import resubmit as resubmit_jobs
     from b2cal.caf.workspace import Workspace
 
     target = f"calibration run {calrun_id}"
     calrun = db.calibration_run(calrun_id)
     permit(db, who, Action.RESUBMIT, target, [calrun.calibration])
+    try:
+        _current(db, calrun_id, attempt, "resubmitted")
+        if calrun.state not in STOPPED:
+            stopped = ", ".join(sorted(s.value for s in STOPPED))
+            raise StateConflict(
+                calrun.label, calrun.state.value, "resubmitted",
+                f"only the jobs of a stopped calibration run ({stopped}) are resubmitted",
+            )  # fmt: skip
+    except StateConflict as exc:
+        _refused(db, who, "resubmit", target, exc)
+        raise
     request = db.request(calrun.request_id)
     where = load_site(request.site_of(calrun.calibration))
     folder = where.request_folder(request.id) / "output"

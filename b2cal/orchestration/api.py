@@ -167,3 +167,19 @@ def ui_url() -> str | None:
         return api_url().rstrip("/").removesuffix("/api")
     except OrchestratorUnreachable:
         return None
+
+
+def flow_run_log_tail(flow_run_id: str, lines: int = 20) -> list[str]:
+    """The last ``lines`` log lines of a flow run (its tasks' included), oldest first."""
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    with prefect_client() as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])),
+            limit=lines,
+            sort=LogSort.TIMESTAMP_DESC,
+        )
+    return [f"{log.timestamp:%H:%M:%S} {log.message}" for log in reversed(logs)]

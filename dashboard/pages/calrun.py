@@ -32,7 +32,7 @@ LOG_LINES = 5
 
 def view() -> pn.Column:
     app = context.app()
-    who = context.who()
+    who = context.viewer()
     try:
         calrun_id = int(context.argument("id") or "")
         calrun = app.db.calibration_run(calrun_id)
@@ -130,7 +130,7 @@ def _actions(calrun: CalibrationRun, who: Person, box: pn.pane.Alert, reload: An
 
     def do_resubmit(_: object) -> None:
         def work() -> str:
-            chosen = actions.resubmit(app.db, who, calrun.id)
+            chosen = actions.resubmit(app.db, who, calrun.id, attempt=shown)
             return f"collector jobs {', '.join(map(str, chosen))} start afresh at the next run"
 
         acting(box, work, done)
@@ -295,7 +295,7 @@ def _trend(calrun: CalibrationRun, request: Request) -> list[Any]:
 
 
 def _flow_runs(calrun: CalibrationRun, request: Request) -> str:
-    from b2cal.orchestration.api import flow_runs_tagged, ui_url
+    from b2cal.orchestration.api import flow_run_log_tail, flow_runs_tagged, ui_url
 
     app = context.app()
     tags = [f"request:{request.id}", f"calib:{calrun.calibration}"]
@@ -317,7 +317,14 @@ def _flow_runs(calrun: CalibrationRun, request: Request) -> str:
     ]
     if not rows:
         return "<p>no flow runs carry its tags</p>"
-    return table(["flow run", "state", "started", "seconds"], rows, raw=True)
+    newest = runs[0]["id"]
+    try:
+        tail = app.cached(("flow-run-log", newest), lambda: flow_run_log_tail(newest), 5.0)
+    except B2CalError as exc:
+        tail = [f"its log cannot be read: {exc}"]
+    log = "<p>log of the newest (last lines):</p><pre id='flow-run-log'>"
+    log += esc("\n".join(tail) or "(nothing logged)") + "</pre>"
+    return table(["flow run", "state", "started", "seconds"], rows, raw=True) + log
 
 
 def _typed(box: pn.widgets.TextInput) -> str:

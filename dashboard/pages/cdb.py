@@ -12,10 +12,12 @@ import panel as pn
 
 from b2cal.cdb.connect import open_store
 from b2cal.cdb.operations import diff_tags, preview_promotion
+from b2cal.cdb.rules import IoVChange
 from b2cal.cdb.store import ConditionsStore
 from b2cal.core.iov import ExpRun
 from b2cal.errors import B2CalError
 from b2cal.orchestration import actions
+from b2cal.orchestration.actions import Person
 from dashboard import context
 from dashboard.layout import acting, answer_box, esc, page, table
 
@@ -28,7 +30,7 @@ def store() -> Iterator[ConditionsStore]:
 
 def view() -> pn.Column:
     app = context.app()
-    who = context.who()
+    who = context.viewer()
     with store() as cdb:
         tags = cdb.tags()
     names = [t.name for t in tags]
@@ -102,13 +104,12 @@ def view() -> pn.Column:
         pn.pane.Markdown("### Diff of two tags"),
         pn.Row(a, b, compare),
         diff,
-        _promotion(names, app.site.running_tag),
+        _promotion(names, app.site.running_tag, who),
     )
 
 
-def _promotion(names: list[str], running: str) -> pn.Column:
+def _promotion(names: list[str], running: str, who: Person) -> pn.Column:
     app = context.app()
-    who = context.who()
     staging = pn.widgets.Select(
         name="staging tag", options=[n for n in names if n.startswith("staging-")]
     )
@@ -121,7 +122,7 @@ def _promotion(names: list[str], running: str) -> pn.Column:
     box = answer_box()
     preview = pn.widgets.Button(name="Show the change")
     promote = pn.widgets.Button(name="Promote", button_type="danger", disabled=True)
-    previewed: list[tuple[object, ...]] = []
+    previewed: list[tuple[tuple[object, ...], list[tuple[str, str, str]]]] = []
 
     def values() -> tuple[object, ...]:
         return (staging.value, target.value, exp.value, run.value)
@@ -136,16 +137,19 @@ def _promotion(names: list[str], running: str) -> pn.Column:
             plan.object = f"<p class='drift'>{esc(exc)}</p>"
             promote.disabled = True
             return
-        rows = [("add", p.name, str(iov)) for p, iov in change.add]
-        rows += [("close", old.payload.name, str(iov)) for old, iov in change.close]
-        plan.object = table(["change", "payload", "IoV"], rows)
-        previewed[:] = [values()]
+        plan.object = table(["change", "payload", "IoV"], _rows(change))
+        previewed[:] = [(values(), _rows(change))]
         promote.disabled = False
 
     def do_promote(_: object) -> None:
         def work() -> str:
-            if previewed != [values()]:
+            if not previewed or previewed[0][0] != values():
                 raise B2CalError("the values changed since the change was shown: show it again")
+            start = ExpRun(exp.value, run.value)
+            with store() as cdb:
+                again = preview_promotion(cdb, str(staging.value), str(target.value), start)
+            if _rows(again) != previewed[0][1]:
+                raise B2CalError("the tags changed since the change was shown: show it again")
             with store() as cdb:
                 change = actions.promote(
                     app.db,
@@ -168,3 +172,9 @@ def _promotion(names: list[str], running: str) -> pn.Column:
         plan,
         box,
     )
+
+
+def _rows(change: IoVChange) -> list[tuple[str, str, str]]:
+    """A promotion's change as the page shows it (and compares it before doing it)."""
+    rows = [("add", p.name, str(iov)) for p, iov in change.add]
+    return rows + [("close", old.payload.name, str(iov)) for old, iov in change.close]

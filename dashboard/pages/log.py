@@ -15,7 +15,7 @@ SHOWN = 200
 
 def view() -> pn.Column:
     app = context.app()
-    who = context.who()
+    who = context.viewer()
     rows = [
         (when(a.at), a.actor, a.action, a.target, a.outcome, json.dumps(a.detail)[:200])
         for a in app.db.actions(limit=SHOWN)

@@ -50,7 +50,7 @@ def matrix(data: Overview) -> str:
 
 def view() -> pn.Column:
     app = context.app()
-    who = context.who()
+    who = context.viewer()
     exp = pn.widgets.IntInput(name="experiment (0: all)", value=0, start=0, width=140)
     sites = pn.widgets.Select(name="site", options=["all", *site_names()], value="all", width=140)
     kinds = ["all", *(k.value for k in RequestKind)]

@@ -26,7 +26,7 @@ OVER = {RequestState.DONE, RequestState.FAILED, RequestState.CANCELLED}
 
 def view() -> pn.Column:
     app = context.app()
-    who = context.who()
+    who = context.viewer()
     try:
         request_id = int(context.argument("id") or "")
         request = app.db.request(request_id)

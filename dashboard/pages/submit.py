@@ -15,7 +15,7 @@ from dashboard.layout import acting, answer_box, esc, link, page, table
 
 def view() -> pn.Column:
     app = context.app()
-    who = context.who()
+    who = context.viewer()
     kind = pn.widgets.Select(
         name="kind",
         options=[k.value for k in RequestKind if k is not RequestKind.PROMPT],

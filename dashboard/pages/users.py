@@ -11,7 +11,7 @@ from dashboard.layout import page, table
 
 def view() -> pn.Column:
     app = context.app()
-    who = context.who()
+    who = context.viewer()
     rows = [
         (
             u.dn,
