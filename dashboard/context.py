@@ -82,6 +82,13 @@ def viewer() -> Person:
     return who_
 
 
+def now(who_: Person) -> Person:
+    """The same person with their grants as they are now: a page may have been open for hours
+    (a grant taken away, or a member the VO no longer lists, counts at the next click)."""
+    current = app()
+    return person(current.db, who_.identity, current.settings)
+
+
 def argument(name: str) -> str | None:
     raw = pn.state.session_args.get(name) if pn.state.session_args else None
     return raw[0].decode() if raw else None

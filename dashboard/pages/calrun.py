@@ -105,7 +105,7 @@ def _actions(calrun: CalibrationRun, who: Person, box: pn.pane.Alert, reload: An
     def decide(decision: SignoffDecision) -> None:
         def work() -> str:
             signed, followup = actions.sign_off(
-                app.db, who, calrun.id, decision, _typed(comment), attempt=shown
+                app.db, context.now(who), calrun.id, decision, _typed(comment), attempt=shown
             )
             return f"{decision.value}d by {signed.actor}. {followup}"
 
@@ -113,7 +113,7 @@ def _actions(calrun: CalibrationRun, who: Person, box: pn.pane.Alert, reload: An
 
     def do_retry(_: object) -> None:
         def work() -> str:
-            again, flow_run = actions.retry(app.db, who, calrun.id, attempt=shown)
+            again, flow_run = actions.retry(app.db, context.now(who), calrun.id, attempt=shown)
             names = ", ".join(f"{c.calibration} (attempt {c.attempt})" for c in again)
             return f"rerunning {names}" + (f": flow run {flow_run}" if flow_run else "")
 
@@ -123,14 +123,14 @@ def _actions(calrun: CalibrationRun, who: Person, box: pn.pane.Alert, reload: An
         def work() -> str:
             if not _typed(comment).strip():
                 raise B2CalError("skipping needs a comment saying why")
-            actions.skip(app.db, who, calrun.id, _typed(comment), attempt=shown)
+            actions.skip(app.db, context.now(who), calrun.id, _typed(comment), attempt=shown)
             return f"{calrun.calibration} skipped: its dependants use the input tags"
 
         acting(box, work, done)
 
     def do_resubmit(_: object) -> None:
         def work() -> str:
-            chosen = actions.resubmit(app.db, who, calrun.id, attempt=shown)
+            chosen = actions.resubmit(app.db, context.now(who), calrun.id, attempt=shown)
             return f"collector jobs {', '.join(map(str, chosen))} start afresh at the next run"
 
         acting(box, work, done)

@@ -153,7 +153,7 @@ def _promotion(names: list[str], running: str, who: Person) -> pn.Column:
             with store() as cdb:
                 change = actions.promote(
                     app.db,
-                    who,
+                    context.now(who),
                     cdb,
                     str(staging.value),
                     str(target.value),

@@ -72,7 +72,7 @@ def view() -> pn.Column:
 
         def do_cancel(_: object) -> None:
             def work() -> str:
-                cancelled = actions.cancel(app.db, who, request_id)
+                cancelled = actions.cancel(app.db, context.now(who), request_id)
                 return f"cancelled {len(cancelled)} calibration runs and their collector jobs"
 
             acting(box, work, lambda: (app.forget(), reload()))

@@ -78,7 +78,7 @@ def view() -> pn.Column:
         def work() -> str:
             if planned != [values()]:
                 raise B2CalError("the form changed since the plan was shown: show it again")
-            made, flow_run = actions.submit_request(app.db, who, app.site, draft())
+            made, flow_run = actions.submit_request(app.db, context.now(who), app.site, draft())
             app.forget()
             return f"request {made.id} created" + (f"; flow run {flow_run}" if flow_run else "")
 
