@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from browser import pages_for
+from cli import b2cal
 from dashboard_server import served_dashboard
 from nginx_front import FRONT_SECRET, PROXY_ADDRESS, nginx_front
 from pki import PKI, Issued
@@ -217,3 +218,11 @@ def test_a_valid_certificate_without_a_role_sees_nothing(front: Front, browser_a
     shown.wait_for()
     assert "<img" in (shown.text_content() or "")  # shown as text, not made an element
     assert unknown.locator("#refusal img").count() == 0
+
+
+def test_the_development_user_is_refused_off_loopback() -> None:
+    refused = b2cal("dashboard", "--host", "0.0.0.0", "--user", "/DC=org/CN=Dev")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "error: --user is for development and needs a loopback address, not 0.0.0.0"
+    )
