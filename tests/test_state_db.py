@@ -189,6 +189,27 @@ def test_a_rerun_needs_a_new_signoff(state_db: StateDatabase) -> None:
     assert [s.attempt for s in state_db.signoffs(calrun.id)] == [1, 2]
 
 
+def test_an_action_on_an_attempt_that_was_rerun_since_is_refused_under_the_lock(
+    state_db: StateDatabase,
+) -> None:
+    (calrun,) = state_db.start_request(make_request(state_db))
+    walk_to(state_db, calrun.id, S.VALIDATING, S.AWAITING_SIGNOFF)
+    state_db.signoff(calrun.id, REJECT, "/CN=Bob", "t0 off", attempt=1)
+    state_db.rerun([calrun.id], "/CN=Bob", attempt=1)  # now attempt 2, PLANNED
+    stale = "shown at attempt 1 and is now attempt 2: look at it again"
+    with pytest.raises(StateConflict, match=stale):
+        state_db.skip(calrun.id, "/CN=Coord", "from an old page", [], attempt=1)
+    walk_to(state_db, calrun.id, S.VALIDATING, S.AWAITING_SIGNOFF)
+    with pytest.raises(StateConflict, match=stale):
+        state_db.signoff(calrun.id, APPROVE, "/CN=Bob", "from an old page", attempt=1)
+    state_db.signoff(calrun.id, REJECT, "/CN=Bob", "still off", attempt=2)
+    with pytest.raises(StateConflict, match=stale):
+        state_db.rerun([calrun.id], "/CN=Bob", attempt=1)
+    after = state_db.calibration_run(calrun.id)
+    assert (after.state, after.attempt) == (S.REJECTED, 2)  # nothing changed
+    assert [s.attempt for s in state_db.signoffs(calrun.id)] == [1, 2]
+
+
 def test_cancelling_a_request_cancels_what_is_unfinished(state_db: StateDatabase) -> None:
     request = make_request(state_db, ("ChannelT0", "ModuleAlignment"))
     t0, alignment = state_db.start_request(request)

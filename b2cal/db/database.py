@@ -54,6 +54,7 @@ from b2cal.db.states import (
     CalRunState,
     RequestState,
     SignoffDecision,
+    check_attempt,
     check_move,
 )
 from b2cal.errors import StateConflict, UnknownRecord
@@ -376,12 +377,20 @@ class StateDatabase:
 
         return self.write(work)
 
-    def rerun(self, calrun_ids: Sequence[int], actor: str) -> list[CalibrationRun]:
+    def rerun(
+        self, calrun_ids: Sequence[int], actor: str, attempt: int | None = None
+    ) -> list[CalibrationRun]:
         """Start stopped calibration runs of one request again (PLANNED, next attempt: a new
-        attempt needs a new sign-off), all or none."""
+        attempt needs a new sign-off), all or none. ``attempt``: the attempt of the first
+        one that the caller saw (checked under the lock, so a rerun in between is seen)."""
 
         def work(session: Session) -> list[CalibrationRun]:
             rows = [calrun_row(session, calrun_id, lock=True) for calrun_id in calrun_ids]
+            if rows:
+                first = rows[0]
+                check_attempt(
+                    calrun_label(first), first.state, CalRunState.PLANNED, first.attempt, attempt
+                )
             for row in rows:
                 current = CalRunState(row.state)
                 if current not in RERUNNABLE:
@@ -406,7 +415,12 @@ class StateDatabase:
         return self.write(work)
 
     def skip(
-        self, calrun_id: int, actor: str, comment: str, dependants: Collection[str] = ()
+        self,
+        calrun_id: int,
+        actor: str,
+        comment: str,
+        dependants: Collection[str] = (),
+        attempt: int | None = None,
     ) -> list[CalibrationRun]:
         """Skip a calibration run: its dependants in the request use the request's input tags.
 
@@ -414,12 +428,13 @@ class StateDatabase:
         uploaded. ``dependants`` (every calibration of the request downstream of it) that
         have stopped get a new attempt, computed without it; one still running refuses the
         skip. All or nothing; refusals are logged. Returns the skipped run, then the rerun
-        ones.
+        ones. ``attempt``: the attempt the caller saw, as for :meth:`rerun`.
         """
         target = f"calibration run {calrun_id}"
 
         def work(session: Session) -> list[CalibrationRun]:
             row = calrun_row(session, calrun_id, lock=True)
+            check_attempt(calrun_label(row), row.state, CalRunState.SKIPPED, row.attempt, attempt)
             request = request_row(session, row.request_id, lock=True)
             if request.state in (RequestState.CANCELLED, RequestState.DONE):
                 raise StateConflict(f"request {request.id}", request.state, "skip")
@@ -554,6 +569,7 @@ class StateDatabase:
 
         def work(session: Session) -> Signoff:
             row = calrun_row(session, calrun_id, lock=True)
+            check_attempt(calrun_label(row), row.state, decided(decision), row.attempt, attempt)
             if row.state != CalRunState.AWAITING_SIGNOFF:
                 earlier = session.scalar(
                     select(SignoffRow).where(
@@ -566,9 +582,6 @@ class StateDatabase:
                     if earlier is not None
                     else "it does not await a sign-off"
                 )
-                raise StateConflict(calrun_label(row), row.state, decided(decision), note)
-            if attempt is not None and row.attempt != attempt:
-                note = f"it is attempt {row.attempt}, the decision was about attempt {attempt}"
                 raise StateConflict(calrun_label(row), row.state, decided(decision), note)
             action = add_action(
                 session,

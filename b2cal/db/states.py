@@ -123,6 +123,15 @@ def check_move(what: str, current: CalRunState, new: CalRunState) -> None:
         raise StateConflict(what, current.value, new.value)
 
 
+def check_attempt(what: str, current: str, wanted: str, attempt: int, shown: int | None) -> None:
+    """Raise StateConflict if the caller acted on attempt ``shown`` of a calibration run that is
+    now at ``attempt`` (a page from before a rerun); ``shown`` None: the caller did not say.
+    The state database checks it under the row's lock, so a rerun in between is seen too."""
+    if shown is not None and attempt != shown:
+        note = f"it was shown at attempt {shown} and is now attempt {attempt}: look at it again"
+        raise StateConflict(what, current, wanted, note)
+
+
 class RequestState(StrEnum):
     """Where a processing request is, derived from its calibration runs."""
 

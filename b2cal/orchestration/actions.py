@@ -25,7 +25,7 @@ from b2cal.cdb.store import ConditionsStore
 from b2cal.core.iov import ExpRun
 from b2cal.db.database import StateDatabase
 from b2cal.db.model import CalibrationRun, Request, Signoff
-from b2cal.db.states import CalRunState, SignoffDecision
+from b2cal.db.states import CalRunState, SignoffDecision, check_attempt
 from b2cal.errors import B2CalError, NotAllowed, StateConflict
 from b2cal.orchestration import requests
 from b2cal.processing.users import grants_for
@@ -80,14 +80,7 @@ def permit(
 def _current(db: StateDatabase, calrun_id: int, attempt: int | None, wanted: str) -> CalibrationRun:
     """The calibration run, refused if the caller saw another attempt of it (a stale page)."""
     calrun = db.calibration_run(calrun_id)
-    if attempt is not None and calrun.attempt != attempt:
-        raise StateConflict(
-            f"calibration run {calrun_id} ({calrun.calibration})",
-            calrun.state.value,
-            wanted,
-            f"it was shown at attempt {attempt} and is now attempt {calrun.attempt}: "
-            "look at it again",
-        )
+    check_attempt(calrun.label, calrun.state.value, wanted, calrun.attempt, attempt)
     return calrun
 
 
@@ -141,7 +134,7 @@ def retry(
     permit(db, who, Action.RETRY, target, [calrun.calibration])
     try:
         _current(db, calrun_id, attempt, "rerun")
-        return requests.rerun_calibration(db, calrun_id, who.dn, start=start)
+        return requests.rerun_calibration(db, calrun_id, who.dn, start=start, attempt=attempt)
     except StateConflict as exc:
         _refused(db, who, "rerun", target, exc)
         raise
@@ -165,7 +158,7 @@ def skip(
     except StateConflict as exc:
         _refused(db, who, "skip", target, exc)
         raise
-    return requests.skip_calibration(db, calrun_id, who.dn, comment, start=start)
+    return requests.skip_calibration(db, calrun_id, who.dn, comment, start=start, attempt=attempt)
 
 
 def cancel(db: StateDatabase, who: Person, request_id: int) -> list[CalibrationRun]:

@@ -294,14 +294,14 @@ def start_upload(site: Site, calrun_id: int) -> str:
 
 
 def rerun_calibration(
-    db: StateDatabase, calrun_id: int, actor: str, start: bool = True
+    db: StateDatabase, calrun_id: int, actor: str, start: bool = True, attempt: int | None = None
 ) -> tuple[list[CalibrationRun], str | None]:
     """Compute a stopped calibration again, with its stopped dependants in the request: a new
     attempt of each (needing a new sign-off), the staging tag OPEN again; then the request's
     ``process-request`` run. Each site plans its new attempts again when it comes to them
     (their results forgotten; unchanged collector jobs reused), and the earlier payloads
-    leave the staging tag when the new ones are uploaded. Returns the calibration runs and
-    the flow-run id."""
+    leave the staging tag when the new ones are uploaded. ``attempt``: the attempt the caller
+    saw (a newer one is refused). Returns the calibration runs and the flow-run id."""
     calrun = db.calibration_run(calrun_id)
     request = db.request(calrun.request_id)
     if start:
@@ -311,13 +311,18 @@ def rerun_calibration(
     chosen = [runs[calrun.calibration].id] + [
         runs[n].id for n in names if n in runs and runs[n].state in RERUNNABLE
     ]
-    again = db.rerun(chosen, actor)
+    again = db.rerun(chosen, actor, attempt)
     _reopen_staging(request)
     return again, _restart(db, request, start)
 
 
 def skip_calibration(
-    db: StateDatabase, calrun_id: int, actor: str, comment: str, start: bool = True
+    db: StateDatabase,
+    calrun_id: int,
+    actor: str,
+    comment: str,
+    start: bool = True,
+    attempt: int | None = None,
 ) -> tuple[list[CalibrationRun], str | None]:
     """Skip a calibration run: its dependants use the request's input tags instead of its
     payloads; those that had stopped are computed again (new attempts). Then the request's
@@ -330,7 +335,8 @@ def skip_calibration(
         check_reachable()
     if not comment.strip():
         raise B2CalError("a skip needs --comment saying why (kept in the action log)")
-    changed = db.skip(calrun_id, actor, comment, _downstream(request, calrun.calibration))
+    downstream = _downstream(request, calrun.calibration)
+    changed = db.skip(calrun_id, actor, comment, downstream, attempt)
     if len(changed) > 1:
         _reopen_staging(request)
     flow_run = _restart(db, request, start)
