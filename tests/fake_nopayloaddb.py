@@ -1,10 +1,10 @@
 """A fake nopayloaddb REST server, so the tests of b2cal's nopayloaddb client run anywhere.
 
 Why a fake: nopayloaddb is not a package (it is a Django project run from its repository) and
-code fetched from elsewhere may not be committed to this project, so CI cannot run the real
-server. This module is b2cal's own model of the server's behaviour, written from the notes in
-``shared/NOTES.md`` and from what a real server (nopayloaddb snapshot of 2026-07, Django 4.2,
-PostgreSQL 15, ``CDB_IOV_MODE=continuous``) was seen to do on loopback, bugs included:
+this project ships only its own code, so CI cannot run the real server. This module is b2cal's
+own model of the server's behaviour, written from what a real server (nopayloaddb snapshot of
+2026-07, Django 4.2, PostgreSQL 15, ``CDB_IOV_MODE=continuous``) was seen to do on loopback, bugs
+included:
 
 * paths are exact: ``payloadiovs/`` needs its trailing slash (without it a GET is redirected,
   HTTP 301), every other path must not have one (HTML 404);

@@ -1,6 +1,6 @@
 """Fresh SQL databases for tests: SQLite files, and real PostgreSQL and MariaDB servers.
 
-The servers run on loopback (NOTES.md: PostgreSQL with trust authentication, MariaDB root with
+The servers run on loopback (PostgreSQL with trust authentication, MariaDB root with
 an empty password). Each test gets a database of its own with a unique name, dropped afterwards
 whatever happened, so tests never see each other's data. A server that is not running makes the
 test skip and say which server and why, rather than fail on a laptop without it; under

@@ -1,11 +1,12 @@
 """Roles, and who may do what.
 
 Roles: a *viewer* sees; an *expert* acts on the calibrations named in the grant (or on all,
-for a grant without names): signs them off, retries, skips or cancels their runs, resubmits
-their jobs, submits requests; the *coordinator* does all of that for every calibration and
-alone promotes a staging tag into RUNNING; an *admin* manages users (and sees). Grants come
-from the user registry (DN → grants, kept in step with the VO) and from the FQANs of a VOMS
-proxy, mapped by the site (``/belle/Role=calibration`` → expert of every calibration).
+for a grant without names): signs them off, retries or cancels their runs, resubmits their jobs,
+submits requests; the *coordinator* does all of that for every calibration, alone skips a
+calibration run and alone promotes a staging tag into RUNNING; an *admin* manages users (and
+sees). Grants come from the user registry (DN → grants, kept in step with the VO) and from the
+FQANs of a VOMS proxy, mapped by the site (``/belle/Role=calibration`` → expert of every
+calibration).
 """
 
 from __future__ import annotations

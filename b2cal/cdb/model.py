@@ -18,7 +18,8 @@ from b2cal.errors import CdbError
 
 
 class TagState(enum.StrEnum):
-    """Global tag states (DESIGN.md §2). What a tag in each state accepts is in ``rules``."""
+    """Global tag states (docs/conditions-database.md); what a tag in each state accepts is in
+    ``rules``."""
 
     OPEN = "OPEN"
     TESTING = "TESTING"

@@ -1,7 +1,8 @@
 """What a global tag accepts, as pure functions over its current IoVs.
 
 Every store (embedded SQL, nopayloaddb REST) asks these functions what a write means before it
-touches anything, so the rules of DESIGN.md §2 hold whatever the backend can enforce itself:
+touches anything, so the rules of docs/conditions-database.md hold whatever the backend can
+enforce itself:
 
 * OPEN: IoVs may be added and removed; IoVs of one payload name never overlap.
 * RUNNING: append-only. A new IoV starts after the last one of its payload name; an open-ended
