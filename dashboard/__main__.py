@@ -1,9 +1,11 @@
 """Serve the dashboard: ``python -m dashboard --site SITE --port PORT`` (``b2cal dashboard``
-starts it for development; behind nginx at a site, a service unit does).
+starts it for development; behind nginx at a site, the site's service manager runs it).
 
 Without ``--user`` every request must come through a trusted TLS front (nginx) carrying the
-identity it verified; with ``--user DN`` (development) it must listen on loopback, and every
-request is that person unless a trusted front says otherwise.
+identity it verified and the shared secret ``B2CAL_FRONT_SECRET`` (it does not start without
+one: any program on the machine can connect from the front's address); with ``--user DN``
+(development) it must listen on loopback, and every request is that person unless a trusted
+front says otherwise.
 """
 
 from __future__ import annotations
@@ -76,9 +78,15 @@ def serve(argv: list[str]) -> int:
             f"--user is for development and needs a loopback address, not {options.host}"
         )
     settings = Settings()
+    secret = settings.front_secret.get_secret_value() if settings.front_secret else None
+    if options.user is None and not secret:
+        raise B2CalError(
+            "B2CAL_FRONT_SECRET is not set: behind its nginx front the dashboard believes "
+            "identity headers only with the secret nginx sends (X-B2CAL-Front), so give both "
+            "the same value (or use --user DN on loopback for development)"
+        )
     site = load_site(options.site)
     db = StateDatabase(site.state_database_url)  # a service: it writes the action log
-    secret = settings.front_secret.get_secret_value() if settings.front_secret else None
     gate = Gate(settings.trusted_proxies, options.user, secret)
     context.install(context.Dashboard(site, db, gate, settings))
     port = options.port or free_port(options.host)

@@ -226,3 +226,9 @@ def test_the_development_user_is_refused_off_loopback() -> None:
     assert refused.stderr.strip() == (
         "error: --user is for development and needs a loopback address, not 0.0.0.0"
     )
+
+
+def test_behind_a_front_the_dashboard_needs_its_shared_secret() -> None:
+    refused = b2cal("dashboard", "--port", "0", env={"B2CAL_FRONT_SECRET": ""})
+    assert refused.returncode == 1
+    assert refused.stderr.strip().startswith("error: B2CAL_FRONT_SECRET is not set")
