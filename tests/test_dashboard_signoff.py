@@ -60,6 +60,9 @@ def test_an_expert_signs_off_in_the_browser_and_the_upload_follows(
             log.wait_for()
             assert "cannot be read" not in (log.text_content() or "")
             assert (log.text_content() or "").strip() != "(nothing logged)"
+            made = page.locator("#artifacts")  # the validation artifacts its flow run made
+            made.wait_for()
+            assert f"validation-{request}-channelt0" in (made.text_content() or "")
             page.get_by_placeholder("why (needed to reject or skip)").fill("pulls look fine")
             page.get_by_role("button", name="Approve").click()
             done = page.get_by_text("approved by")

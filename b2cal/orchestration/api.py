@@ -183,3 +183,34 @@ def flow_run_log_tail(flow_run_id: str, lines: int = 20) -> list[str]:
             sort=LogSort.TIMESTAMP_DESC,
         )
     return [f"{log.timestamp:%H:%M:%S} {log.message}" for log in reversed(logs)]
+
+
+def flow_run_artifacts(flow_run_ids: list[str], limit: int = 200) -> list[dict[str, Any]]:
+    """The artifacts the given flow runs made (the validation summary and constants table of a
+    ``calibrate`` run), newest first, in one call: every version of a keyed artifact is its
+    own record, tied to the run that made it."""
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    if not flow_run_ids:
+        return []
+    wanted = ArtifactFilterFlowRunId(any_=[UUID(i) for i in flow_run_ids])
+    with prefect_client() as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=wanted),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=min(limit, 200),
+        )
+    return [
+        {
+            "id": str(a.id),
+            "key": a.key or "",
+            "type": a.type or "",
+            "description": a.description or "",
+            "flow_run_id": str(a.flow_run_id) if a.flow_run_id else "",
+            "created": a.created,
+        }
+        for a in artifacts
+    ]

@@ -295,7 +295,12 @@ def _trend(calrun: CalibrationRun, request: Request) -> list[Any]:
 
 
 def _flow_runs(calrun: CalibrationRun, request: Request) -> str:
-    from b2cal.orchestration.api import flow_run_log_tail, flow_runs_tagged, ui_url
+    from b2cal.orchestration.api import (
+        flow_run_artifacts,
+        flow_run_log_tail,
+        flow_runs_tagged,
+        ui_url,
+    )
 
     app = context.app()
     tags = [f"request:{request.id}", f"calib:{calrun.calibration}"]
@@ -324,7 +329,32 @@ def _flow_runs(calrun: CalibrationRun, request: Request) -> str:
         tail = [f"its log cannot be read: {exc}"]
     log = "<p>log of the newest (last lines):</p><pre id='flow-run-log'>"
     log += esc("\n".join(tail) or "(nothing logged)") + "</pre>"
-    return table(["flow run", "state", "started", "seconds"], rows, raw=True) + log
+    shown = table(["flow run", "state", "started", "seconds"], rows, raw=True) + log
+    ids = [r["id"] for r in runs]
+    try:
+        made = app.cached(("artifacts", *ids), lambda: flow_run_artifacts(ids), seconds=5.0)
+    except B2CalError as exc:
+        return shown + f"<p>their artifacts cannot be read: {esc(exc)}</p>"
+    names = {r["id"]: r["name"] for r in runs}
+    found = [
+        (
+            f"<a href='{esc(ui)}/artifacts/artifact/{esc(a['id'])}'>{esc(a['key'])}</a>"
+            if ui
+            else esc(a["key"]),
+            esc(a["type"]),
+            esc(names.get(a["flow_run_id"], a["flow_run_id"])),
+            esc(when(a["created"])),
+        )
+        for a in made
+    ]
+    if not found:
+        return shown + "<p>their artifacts: none</p>"
+    return (
+        shown
+        + "<div id='artifacts'><p>their artifacts (Prefect):</p>"
+        + table(["artifact", "type", "flow run", "made"], found, raw=True)
+        + "</div>"
+    )
 
 
 def _typed(box: pn.widgets.TextInput) -> str:
