@@ -9,9 +9,9 @@
    front's and Tornado's own cost); then the same sessions flat out, for the ceiling. A page
    load is what a session costs the server (Panel builds the page's document then); the
    live updates after it are one shared, cached overview every 5 s.
-3. 200 requests/s on the proxy-certificate API (VOMS proxies, kept-alive connections) for
-   SECONDS: p95 latency (goal < 1 s) and errors (goal 0), ``GET /status`` (the database)
-   against ``GET /whoami`` (TLS and the identity only).
+3. 200 requests/s on the proxy-certificate API (``b2cal api serve`` in its own process; VOMS
+   proxies, kept-alive connections) for SECONDS: p95 latency (goal < 1 s) and errors (goal 0),
+   ``GET /status`` (the database) against ``GET /whoami`` (TLS and the identity only).
 
 Usage: python bench/dashboard.py [SECONDS]   (default 60). Needs nginx (scripts/tools.sh).
 """
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,7 +42,6 @@ from dashboard_server import served_dashboard  # noqa: E402
 from nginx_front import FRONT_SECRET, PROXY_ADDRESS, nginx_front  # noqa: E402
 from pki import PKI  # noqa: E402
 
-from b2cal.api.server import open_server  # noqa: E402
 from b2cal.auth.names import grid_dn  # noqa: E402
 from b2cal.auth.tls import client_context  # noqa: E402
 from b2cal.db import users  # noqa: E402
@@ -248,20 +249,29 @@ def main() -> int:
             f"errors {flat_errors}", "", "",
         )  # fmt: skip
 
-    os.environ.update(
-        {
-            "B2CAL_CA_PATH": str(pki.ca_file),
-            "B2CAL_CRL_PATH": str(pki.crl_file),
-            "B2CAL_VOMS_DIR": str(pki.vomsdir),
-            "B2CAL_API_CERT": str(host.cert_path),
-            "B2CAL_API_KEY": str(host.key_path),
-        }
-    )
+    api_env = {
+        **os.environ,
+        "B2CAL_CA_PATH": str(pki.ca_file),
+        "B2CAL_CRL_PATH": str(pki.crl_file),
+        "B2CAL_VOMS_DIR": str(pki.vomsdir),
+        "B2CAL_API_CERT": str(host.cert_path),
+        "B2CAL_API_KEY": str(host.key_path),
+    }
     acs = pki.voms_acs(expert, ["/belle/Role=calibration"])
     proxy = pki.proxy(expert, acs=acs, label="bench-proxy")
-    server = open_server(site, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    api = f"https://127.0.0.1:{server.server_port}/api/v1"
+    # The API in its own process, as a site runs it (b2cal api serve), not sharing this
+    # process's interpreter with the clients.
+    served = subprocess.Popen(
+        [str(Path(sys.executable).parent / "b2cal"), "api", "serve", "--site", "local",
+         "--host", "127.0.0.1", "--port", "0"],
+        env={**api_env, "COLUMNS": "300"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    line = served.stdout.readline() if served.stdout else ""
+    if " on https://" not in line:
+        served.kill()
+        raise SystemExit(f"the API did not start: {line}{served.communicate()[1]}")
+    api = line.split(" on ", 1)[1].split(" ", 1)[0]
     proxy_context = client_context(proxy.cert_path, proxy.key_path, pki.ca_file)
 
     def script() -> httpx.Client:
@@ -273,8 +283,8 @@ def main() -> int:
             status, status_errors = load(script, api + "/status", clients, seconds, RATE)
             whoami, whoami_errors = load(script, api + "/whoami", clients, seconds, RATE)
     finally:
-        server.shutdown()
-        server.server_close()
+        served.send_signal(signal.SIGTERM)
+        served.communicate(timeout=30)
     table.add_row(
         f"API {RATE}/s, VOMS proxies: p95",
         f"{p95(status) * 1000:.1f} ms (/status)",

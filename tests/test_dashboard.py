@@ -232,3 +232,18 @@ def test_behind_a_front_the_dashboard_needs_its_shared_secret() -> None:
     refused = b2cal("dashboard", "--port", "0", env={"B2CAL_FRONT_SECRET": ""})
     assert refused.returncode == 1
     assert refused.stderr.strip().startswith("error: B2CAL_FRONT_SECRET is not set")
+
+
+def test_the_overview_follows_the_state_database_live(front: Front, browser_as: Any) -> None:
+    page = browser_as(front.people["vic"])
+    page.goto(front.url + "/overview")
+    page.wait_for_selector("#matrix", timeout=30000)
+    with front.db() as db:  # a request made elsewhere after the page was shown
+        request = db.create_request(
+            kind=RequestKind.PROMPT, site="local", exp=2, run_low=1, run_high=2,
+            calibrations=("BeamSpot",), input_tags=["base"], actor="test",
+        )  # fmt: skip
+        (calrun,) = db.start_request(request.id)
+    # the page refreshes itself every 5 s from data at most 2 s old
+    page.locator(f"#calrun-{calrun.id}").wait_for(timeout=20000)
+    assert "PLANNED" in page.locator(f"#calrun-{calrun.id}").inner_text()

@@ -119,7 +119,20 @@ class ApiServer(ThreadingHTTPServer):
         self.trust = trust
         self.settings = settings
         self.crash_log = crash_log
+        self._encoded: tuple[object, bytes] | None = None
+        self._encoding = threading.Lock()
         super().__init__(address, _Connection)
+
+    def encoded(self, doc: object) -> bytes:
+        """The JSON of an answer. The status document is one object for its cache period,
+        shared by every script polling it: encoded once for all of them."""
+        with self._encoding:
+            if self._encoded is not None and self._encoded[0] is doc:
+                return self._encoded[1]
+        body = (json.dumps(doc, indent=1, default=str) + "\n").encode()
+        with self._encoding:
+            self._encoded = (doc, body)  # holds ``doc``: its identity is not reused meanwhile
+        return body
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = self.socket.accept()
@@ -205,7 +218,7 @@ class _Connection(BaseHTTPRequestHandler):
     def _answer(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         status, doc = self._outcome(method, path)
-        body = (json.dumps(doc, indent=1, default=str) + "\n").encode()
+        body = self.server.encoded(doc)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

@@ -65,12 +65,15 @@ def view() -> pn.Column:
             None if sites.value == "all" else sites.value,
             None if kind.value == "all" else kind.value,
         )
-        data = app.cached(
-            ("overview", *filters),
-            lambda: overview(app.db, exp=filters[0], site=filters[1], kind=filters[2]),
-        )
-        body.object = matrix(data) if data.rows else "<p>no requests yet</p>"
-        waiting.object = (
+        # Rendered once per cache period for every session with these filters.
+        shown = app.cached(("overview", *filters), lambda: rendered(*filters))
+        for pane, html in zip((body, waiting, buckets), shown, strict=True):
+            if pane.object != html:  # a session is sent only what changed
+                pane.object = html
+
+    def rendered(exp: int | None, site: str | None, kind: str | None) -> tuple[str, str, str]:
+        data = overview(app.db, exp=exp, site=site, kind=kind)
+        waiting = (
             "<p><b>awaiting sign-off:</b> "
             + ", ".join(
                 link("calrun", f"{c.calibration} (calibration run {c.calrun_id})", id=c.calrun_id)
@@ -80,7 +83,7 @@ def view() -> pn.Column:
             if data.waiting
             else ""
         )
-        buckets.object = (
+        buckets = (
             table(
                 ["open bucket", "site", "runs so far", "run range"],
                 [
@@ -91,11 +94,14 @@ def view() -> pn.Column:
             if data.open_buckets
             else ""
         )
+        return (matrix(data) if data.rows else "<p>no requests yet</p>", waiting, buckets)
 
     for widget in (exp, sites, kind):
         widget.param.watch(refresh, "value")
     refresh()
-    pn.state.add_periodic_callback(refresh, period=REFRESH_MS)
+    # Live updates once a browser has connected: a page fetched and never shown (or a session
+    # whose browser is gone) costs the server nothing more.
+    pn.state.onload(lambda: pn.state.add_periodic_callback(refresh, period=REFRESH_MS))
     return page(
         f"Calibrations at a glance (site {app.site.name})",
         who,
