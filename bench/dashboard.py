@@ -22,7 +22,6 @@ import os
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent)]
 
 import httpx  # noqa: E402
+from cli import start_b2cal  # noqa: E402
 from dashboard_server import served_dashboard  # noqa: E402
 from nginx_front import FRONT_SECRET, PROXY_ADDRESS, nginx_front  # noqa: E402
 from pki import PKI  # noqa: E402
@@ -250,7 +250,6 @@ def main() -> int:
         )  # fmt: skip
 
     api_env = {
-        **os.environ,
         "B2CAL_CA_PATH": str(pki.ca_file),
         "B2CAL_CRL_PATH": str(pki.crl_file),
         "B2CAL_VOMS_DIR": str(pki.vomsdir),
@@ -259,14 +258,11 @@ def main() -> int:
     }
     acs = pki.voms_acs(expert, ["/belle/Role=calibration"])
     proxy = pki.proxy(expert, acs=acs, label="bench-proxy")
-    # The API in its own process, as a site runs it (b2cal api serve), not sharing this
-    # process's interpreter with the clients.
-    served = subprocess.Popen(
-        [str(Path(sys.executable).parent / "b2cal"), "api", "serve", "--site", "local",
-         "--host", "127.0.0.1", "--port", "0"],
-        env={**api_env, "COLUMNS": "300"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    # The API in its own process, as a site runs it, not sharing this process's interpreter
+    # with the clients.
+    served = start_b2cal(
+        "api", "serve", "--site", "local", "--host", "127.0.0.1", "--port", "0", env=api_env
+    )
     line = served.stdout.readline() if served.stdout else ""
     if " on https://" not in line:
         served.kill()

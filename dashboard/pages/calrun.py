@@ -294,13 +294,13 @@ def _trend(calrun: CalibrationRun, request: Request) -> list[Any]:
     return parts
 
 
+def _in_prefect_ui(ui: str | None, path: str, text: str) -> str:
+    """``text`` linked to a page of the Prefect UI, when one is known (escaped either way)."""
+    return f"<a href='{esc(ui)}/{esc(path)}'>{esc(text)}</a>" if ui else esc(text)
+
+
 def _flow_runs(calrun: CalibrationRun, request: Request) -> str:
-    from b2cal.orchestration.api import (
-        flow_run_artifacts,
-        flow_run_log_tail,
-        flow_runs_tagged,
-        ui_url,
-    )
+    from b2cal.orchestration.api import flow_run_log_tail, flow_runs_tagged, ui_url
 
     app = context.app()
     tags = [f"request:{request.id}", f"calib:{calrun.calibration}"]
@@ -311,9 +311,7 @@ def _flow_runs(calrun: CalibrationRun, request: Request) -> str:
     ui = ui_url()
     rows = [
         (
-            f"<a href='{esc(ui)}/runs/flow-run/{esc(r['id'])}'>{esc(r['name'])}</a>"
-            if ui
-            else esc(r["name"]),
+            _in_prefect_ui(ui, f"runs/flow-run/{r['id']}", r["name"]),
             esc(r["state"]),
             esc(when(r["start"])),
             f"{r['seconds']:.0f}",
@@ -329,32 +327,34 @@ def _flow_runs(calrun: CalibrationRun, request: Request) -> str:
         tail = [f"its log cannot be read: {exc}"]
     log = "<p>log of the newest (last lines):</p><pre id='flow-run-log'>"
     log += esc("\n".join(tail) or "(nothing logged)") + "</pre>"
-    shown = table(["flow run", "state", "started", "seconds"], rows, raw=True) + log
+    shown = table(["flow run", "state", "started", "seconds"], rows, raw=True)
+    return shown + log + _artifacts(runs, ui)
+
+
+def _artifacts(runs: list[dict[str, Any]], ui: str | None) -> str:
+    """What the flow runs left in Prefect (a calibrate run's validation summary and constants
+    table), in one call for all of them."""
+    from b2cal.orchestration.api import flow_run_artifacts
+
     ids = [r["id"] for r in runs]
     try:
-        made = app.cached(("artifacts", *ids), lambda: flow_run_artifacts(ids), seconds=5.0)
+        made = context.app().cached(("artifacts", *ids), lambda: flow_run_artifacts(ids), 5.0)
     except B2CalError as exc:
-        return shown + f"<p>their artifacts cannot be read: {esc(exc)}</p>"
+        return f"<p>their artifacts cannot be read: {esc(exc)}</p>"
+    if not made:
+        return "<p>their artifacts: none</p>"
     names = {r["id"]: r["name"] for r in runs}
-    found = [
+    rows = [
         (
-            f"<a href='{esc(ui)}/artifacts/artifact/{esc(a['id'])}'>{esc(a['key'])}</a>"
-            if ui
-            else esc(a["key"]),
+            _in_prefect_ui(ui, f"artifacts/artifact/{a['id']}", a["key"]),
             esc(a["type"]),
             esc(names.get(a["flow_run_id"], a["flow_run_id"])),
             esc(when(a["created"])),
         )
         for a in made
     ]
-    if not found:
-        return shown + "<p>their artifacts: none</p>"
-    return (
-        shown
-        + "<div id='artifacts'><p>their artifacts (Prefect):</p>"
-        + table(["artifact", "type", "flow run", "made"], found, raw=True)
-        + "</div>"
-    )
+    found = table(["artifact", "type", "flow run", "made"], rows, raw=True)
+    return f"<div id='artifacts'><p>their artifacts (Prefect):</p>{found}</div>"
 
 
 def _typed(box: pn.widgets.TextInput) -> str:
