@@ -75,6 +75,17 @@ class Settings(BaseSettings):
     #: A secret the front (nginx) sends with its identity headers; when set, headers without
     #: it are refused even from a trusted address (any local program can use that address).
     front_secret: SecretStr | None = None
+    #: Seconds between looks at the CA, CRL and VOMS files (fetch-crl replaces CRLs while the
+    #: API and the dashboard run): a revocation counts within this period, also for a
+    #: connection or a dashboard session already open.
+    trust_reload_seconds: float = Field(default=60.0, gt=0)
+    #: The HTTPS API's bounds on a client: seconds for a TLS handshake and for a whole request
+    #: once its first byte came (a client that drips bytes is cut off), seconds a kept-alive
+    #: connection may wait idle for its next request, and connections open at once from one
+    #: address (more are closed at once).
+    api_request_seconds: float = Field(default=20.0, gt=0)
+    api_idle_seconds: float = Field(default=30.0, gt=0)
+    api_connections_per_address: int = Field(default=32, ge=1)
     #: How far a constant may move from one bucket to the next before the dashboard flags
     #: drift: ``"Calibration.field"`` (or ``"Calibration"`` for all its fields) -> the largest
     #: change of the field's mean, in its own unit.

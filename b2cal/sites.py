@@ -12,6 +12,7 @@ over the file's ``state_url`` and ``cdb_url``. In paths, ``{home}`` is b2cal's h
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from enum import StrEnum
@@ -199,6 +200,18 @@ class Site(BaseSettings):
         return self.work_root / "requests" / str(request_id)
 
 
+#: What a site's name may be: it names a file, so never a path.
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_site_name(name: str) -> str:
+    """``name`` if it can be a site's name; SiteError (without any path) otherwise."""
+    if not SITE_NAME.fullmatch(name):
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise SiteError(shown, "not a site name (letters, digits, '-' and '_', at most 64)")
+    return name
+
+
 def sites_dir() -> Path:
     """Where site files are: ``B2CAL_SITES_DIR``, else the checkout's ``deployments/sites``."""
     configured = Settings().sites_dir
@@ -224,7 +237,7 @@ def _expand(value: Any, home: Path) -> Any:
 def load_site(name: str | None = None) -> Site:
     """The named site (default: ``B2CAL_SITE``, else ``local``), checked; SiteError if not."""
     settings = Settings()
-    name = name or settings.site
+    name = check_site_name(name or settings.site)
     path = sites_dir() / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(site_names()) or "none"

@@ -83,7 +83,7 @@ def duration(seconds: float | None) -> str:
 
 def page(title: str, who: Person, *objects: Any) -> pn.Column:
     nav = " · ".join(link(name, text) for name, text in PAGES)
-    grants = ", ".join(g.describe() for g in who.grants) or "no role"
+    grants = who.roles()
     header = pn.pane.HTML(
         f"<div style='font-size:14px'><b>b2cal</b> · {nav}<br>"
         f"<span id='who'>signed in as {esc(who.dn)} ({esc(grants)})</span></div>",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
-from b2cal.auth.oids import PROXY_CERT_INFO, VOMS_ACS, VOMS_ATTRIBUTE
+from b2cal.auth.certificates import ProxyCertInfo
+from b2cal.auth.oids import POLICY_INHERIT_ALL, PROXY_CERT_INFO, VOMS_ACS, VOMS_ATTRIBUTE
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 HOUR = dt.timedelta(hours=1)
@@ -179,13 +182,16 @@ class PKI:
         not_before: dt.datetime = NOW - DAY,
         not_after: dt.datetime = NOW + 365 * DAY,
         rogue: bool = False,
+        subject: x509.Name | None = None,
+        label: str | None = None,
     ) -> Issued:
-        """A grid user certificate (no SubjectAltName, as grid CAs issue them)."""
+        """A grid user certificate (no SubjectAltName, as grid CAs issue them); ``subject``
+        instead of ``/DC=org/DC=b2cal-test/CN=Users/CN=<cn>`` if given."""
         issuer = self.rogue if rogue else self.ca
-        label = cn.lower().replace(" ", "-")
+        label = label or cn.lower().replace(" ", "-")
         return self._issue(
             label,
-            grid_name("Users", cn),
+            subject or grid_name("Users", cn),
             issuer=issuer,
             not_before=not_before,
             not_after=not_after,
@@ -225,6 +231,28 @@ class PKI:
         crl = builder.sign(self.ca.key, hashes.SHA256())
         self.crl_file.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
 
+    def grid_folder(self, folder: Path) -> Path:
+        """A certificates folder as grid machines keep it (``/etc/grid-security/
+        certificates``): the CA by name and by hash (``openssl rehash``), its CRL as
+        ``<hash>.r0`` (fetch-crl's name), and the IGTF bundle's files that are neither."""
+        folder.mkdir(parents=True)
+        (folder / "b2cal-test-ca.pem").write_bytes(self.ca_file.read_bytes())
+        (folder / "b2cal-test-ca.info").write_text("alias = b2cal-test-ca\n")
+        (folder / "b2cal-test-ca.signing_policy").write_text("access_id_CA X509 '/DC=org'\n")
+        (folder / "b2cal-test-ca.namespaces").write_text("TO Issuer ...\n")
+        subprocess.run(["openssl", "rehash", str(folder)], check=True, capture_output=True)
+        self.fetch_crl(folder)
+        return folder
+
+    def fetch_crl(self, folder: Path) -> Path:
+        """What fetch-crl does: the CA's current CRL into ``<hash>.r0`` of ``folder``."""
+        (hashed,) = [p for p in folder.iterdir() if re.fullmatch(r"[0-9a-f]{8}\.0", p.name)]
+        target = folder / hashed.name.replace(".0", ".r0")
+        temporary = target.with_suffix(".tmp")
+        temporary.write_bytes(self.crl_file.read_bytes())
+        temporary.replace(target)
+        return target
+
     def cast(self) -> dict[str, Issued]:
         """The people the access tests tell apart: valid users (registered or not), and one
         certificate of each kind that must be refused (revoked, expired, not yet valid,
@@ -252,9 +280,11 @@ class PKI:
         acs: bytes | None = None,
         label: str = "proxy",
         subject_cn: str | None = None,
+        policy: str = POLICY_INHERIT_ALL,
     ) -> Issued:
         """An RFC 3820 proxy of ``of`` (a user certificate or another proxy), carrying the
-        VOMS attribute certificates ``acs`` (:meth:`voms_acs`) if given."""
+        VOMS attribute certificates ``acs`` (:meth:`voms_acs`) if given, with the policy
+        language ``policy`` (inheritAll, independent, Globus's limited, or any OID)."""
         key = new_key()
         serial = x509.random_serial_number()
         subject = x509.Name(
@@ -277,7 +307,7 @@ class PKI:
             )
             .add_extension(
                 x509.UnrecognizedExtension(
-                    ObjectIdentifier(PROXY_CERT_INFO), proxy_cert_info_inherit_all()
+                    ObjectIdentifier(PROXY_CERT_INFO), proxy_cert_info(policy)
                 ),
                 critical=True,
             )
@@ -359,23 +389,9 @@ class _ACSeqs(core.SequenceOf):  # type: ignore[misc]
     _child_spec = _ACSeq
 
 
-class _ProxyPolicy(core.Sequence):  # type: ignore[misc]
-    _fields = [  # noqa: RUF012 - asn1crypto's way of declaring a SEQUENCE
-        ("policy_language", core.ObjectIdentifier),
-        ("policy", core.OctetString, {"optional": True}),
-    ]
-
-
-class _ProxyCertInfo(core.Sequence):  # type: ignore[misc]
-    _fields = [  # noqa: RUF012 - asn1crypto's way of declaring a SEQUENCE
-        ("path_len_constraint", core.Integer, {"optional": True}),
-        ("proxy_policy", _ProxyPolicy),
-    ]
-
-
-def proxy_cert_info_inherit_all() -> bytes:
-    """ProxyCertInfo with the id-ppl-inheritAll policy language (RFC 3820)."""
-    return _ProxyCertInfo({"proxy_policy": {"policy_language": "1.3.6.1.5.5.7.21.1"}}).dump()
+def proxy_cert_info(policy: str = POLICY_INHERIT_ALL) -> bytes:
+    """ProxyCertInfo (RFC 3820) with the policy language ``policy`` (an OID)."""
+    return ProxyCertInfo({"proxy_policy": {"policy_language": policy}}).dump()
 
 
 def voms_attribute(vo: str, uri: str, fqans: list[str]) -> cms.AttCertAttribute:

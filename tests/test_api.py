@@ -4,14 +4,19 @@ stale pages are refused — each refusal said, logged, and nothing changed."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import select
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,17 +24,22 @@ from typing import Any
 import httpx
 import pytest
 from cli import b2cal, start_b2cal
-from pki import DAY, NOW, PKI, Issued
+from cryptography.x509.oid import NameOID
+from pki import DAY, NOW, PKI, Issued, name
 
 from b2cal.api.server import ApiServer, open_server
 from b2cal.auth.names import grid_dn
+from b2cal.auth.oids import POLICY_INDEPENDENT, POLICY_LIMITED
 from b2cal.auth.tls import client_context
 from b2cal.db import users
 from b2cal.db.database import StateDatabase
 from b2cal.db.states import CalRunState
-from b2cal.sites import RequestKind, load_site
+from b2cal.settings import Settings
+from b2cal.sites import RequestKind, load_site, sites_dir
 
 S = CalRunState
+#: The trust files' re-read period in these tests (a site's default is a minute).
+RELOAD = 0.5
 CALIBRATIONS = ("ChannelT0", "ChannelGain", "BeamSpot", "Alignment", "SlowT0", "SleepyT0")
 
 
@@ -74,6 +84,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "B2CAL_VOMS_DIR": str(pki.vomsdir),
         "B2CAL_API_CERT": str(host.cert_path),
         "B2CAL_API_KEY": str(host.key_path),
+        # CRLs are looked at again this often (a revocation counts on open connections then)
+        "B2CAL_TRUST_RELOAD_SECONDS": str(RELOAD),
     }
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
@@ -144,6 +156,7 @@ def test_a_user_certificate_proves_its_dn_and_the_registry_gives_the_roles(api: 
         "via": "certificate",
         "fqans": [],
         "grants": ["expert of ChannelGain, ChannelT0"],
+        "registry": "in the registry and the VO",
     }
     status, doc = call(api, api.people["vic"], "GET", "/status")
     assert status == 200 and doc["site"] == "local"
@@ -469,3 +482,247 @@ def test_grants_count_as_they_are_now_on_a_kept_alive_connection(api: Served) ->
         users.sync(api.db, keep, "test")  # the VO no longer lists Vic
         gone = client.get("/status")
         assert gone.status_code == 403 and "no role" in gone.json()["error"]
+
+
+# --- the holes an attacker found, each closed -------------------------------------------------
+
+
+def register(api: Served, who: Issued, role: str) -> None:
+    """Add someone to the registry as the VO would list them, keeping everyone else."""
+    keep = [users.Member(u.dn, u.name, u.email, u.vo_grants)
+            for u in users.users(api.db) if u.in_vo and u.dn != dn(who)]  # fmt: skip
+    users.sync(api.db, [*keep, users.Member(dn(who), grants=[{"role": role, "calibrations": []}])], "test")  # noqa: E501  # fmt: skip
+
+
+@contextmanager
+def another_server(api: Served, **settings: Any) -> Iterator[str]:
+    """A second API on the same site and database, with settings of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in api.env.items():
+            patch.setenv(key, value)
+        server = open_server(load_site("local"), "127.0.0.1", 0, Settings(**settings))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.api.db.close()
+
+
+def kept_alive(api: Served, who: Issued, url: str | None = None) -> httpx.Client:
+    context = client_context(who.cert_path, who.key_path, api.pki.ca_file)
+    return httpx.Client(base_url=(url or api.url) + "/api/v1", verify=context, timeout=30)
+
+
+def test_place_names_a_site_and_permission_comes_before_it_is_read(
+    api: Served, tmp_path: Path
+) -> None:
+    """A site name in ``place`` was joined into a path and read before the permission check:
+    a role-less user learnt which TOML files exist and saw server paths."""
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text('name = "elsewhere"\n')
+    traversal = os.path.relpath(elsewhere.with_suffix(""), sites_dir())
+    body = {"exp": 1, "runs": [1, 4], "calibrations": ["ChannelT0"],
+            "place": {"ChannelT0": traversal}, "dry_run": True}  # fmt: skip
+    status, doc = call(api, api.people["eve"], "POST", "/requests", body)  # no role at all
+    assert status == 403 and "not in the registry" in doc["error"], doc
+    status, doc = call(api, api.people["cora"], "POST", "/requests", body)  # a coordinator
+    assert status == 400 and "not a site name" in doc["error"], doc
+    status, doc = call(api, api.people["cora"], "POST", "/requests",
+                       {**body, "place": {"ChannelT0": "nowhere"}})  # fmt: skip
+    assert status == 400 and "'nowhere', which is not a known site" in doc["error"], doc
+    for answer in (doc["error"],):
+        assert (
+            str(sites_dir()) not in answer and ".toml" not in answer and str(tmp_path) not in answer
+        )
+    # an expert of other calibrations is refused before the draft reads anything either
+    status, doc = call(api, api.people["ada"], "POST", "/requests",
+                       {**body, "calibrations": ["BeamSpot"]})  # fmt: skip
+    assert status == 403 and "expert of BeamSpot" in doc["error"], doc
+
+
+def test_identity_comes_before_the_body_and_bodies_are_bounded(api: Served) -> None:
+    nested = b"[" * 100_000
+    target = f"/calibration-runs/{api.calruns['ChannelT0']}/signoff"
+    for who, expected, says in (("rex", 401, "revoked"), ("cora", 400, "deeper than 32")):
+        with kept_alive(api, api.people[who]) as client:
+            answer = client.post(target, content=nested, headers={"Content-Type": "application/json"})  # noqa: E501  # fmt: skip
+            assert answer.status_code == expected, answer.text
+            assert says in answer.json()["error"]
+            # the connection goes on: the body was read whole
+            assert client.get("/whoami").status_code == (401 if who == "rex" else 200)
+    deep = b'{"decision": "approve", "comment": ' + b"[" * 40 + b"]" * 40 + b"}"
+    with kept_alive(api, api.people["cora"]) as client:
+        answer = client.post(target, content=deep, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400 and "deeper than 32" in answer.json()["error"]
+    assert api.db.calibration_run(api.calruns["ChannelT0"]).state is S.AWAITING_SIGNOFF
+    assert not (Path(api.env["B2CAL_HOME"]) / "logs" / "api-crash.log").exists()
+
+
+def test_a_revocation_counts_on_a_connection_opened_before_it(api: Served) -> None:
+    ray = api.pki.user("Ray Revoked Later")
+    register(api, ray, "viewer")
+    with kept_alive(api, ray) as client:
+        assert client.get("/status").status_code == 200
+        api.pki.revoke(ray)  # the CA's new CRL lands where the API reads it
+        time.sleep(RELOAD + 0.2)
+        gone = client.get("/status")
+        assert gone.status_code == 401 and "Ray Revoked Later was revoked" in gone.json()["error"]
+        assert client.get("/whoami").status_code == 401
+
+
+def test_voms_roles_end_with_their_attribute_certificate_on_an_open_connection(
+    api: Served,
+) -> None:
+    eve = api.people["eve"]  # not in the registry: her role is the AC's alone
+    ends = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=3)
+    acs = api.pki.voms_acs(eve, ["/belle/Role=calibration"], not_after=ends)
+    proxy = api.pki.proxy(eve, acs=acs, label="eve-short-ac")
+    with kept_alive(api, proxy) as client:
+        doc = client.get("/whoami").json()
+        assert doc["grants"] == ["expert"], doc
+        time.sleep(max(0.0, (ends - dt.datetime.now(dt.UTC)).total_seconds()) + 0.3)
+        after = client.get("/whoami")
+        assert after.status_code == 401, after.text
+        assert "the VOMS attributes expired" in after.json()["error"]
+
+
+def test_a_certificate_whose_name_reads_as_someone_elses_dn_is_refused(
+    api: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = api.pki.user("Alice Calib")
+    register(api, alice, "coordinator")
+    twin_name = name((NameOID.DOMAIN_COMPONENT, "org"), (NameOID.DOMAIN_COMPONENT, "b2cal-test"),
+                     (NameOID.COMMON_NAME, "Users/CN=Alice Calib"))  # fmt: skip
+    twin = api.pki.user("twin", subject=twin_name, label="alice-twin")
+    assert grid_dn(twin.cert.subject) == dn(alice)  # the slash form cannot tell them apart
+    with caplog.at_level(logging.INFO, logger="b2cal.api"):
+        status, doc = call(api, twin, "GET", "/whoami")
+    assert status == 401 and "reads as more than one attribute" in doc["error"], doc
+    assert any(
+        "refused" in r.message and "Users/CN=Alice Calib" in r.message for r in caplog.records
+    )
+    status, doc = call(api, alice, "GET", "/whoami")
+    assert status == 200 and doc["grants"] == ["coordinator"]
+
+
+def test_limited_proxies_only_read_and_independent_ones_prove_nobody(api: Served) -> None:
+    cora = api.people["cora"]  # a coordinator
+    target = api.calruns["SleepyT0"]
+    limited = api.pki.proxy(cora, policy=POLICY_LIMITED, label="cora-limited")
+    status, doc = call(api, limited, "GET", f"/calibration-runs/{target}")
+    assert status == 200 and doc["state"] == "AWAITING_SIGNOFF"
+    status, doc = call(api, limited, "POST", f"/calibration-runs/{target}/signoff",
+                       {"decision": "approve", "upload": "no"})  # fmt: skip
+    assert status == 403 and "limited proxy" in doc["error"], doc
+    assert api.db.calibration_run(target).state is S.AWAITING_SIGNOFF
+    for label, policy, says in (("independent", POLICY_INDEPENDENT, "independent"),
+                                ("odd", "1.3.6.1.4.1.99999.1", "does not know")):  # fmt: skip
+        proxy = api.pki.proxy(cora, policy=policy, label=f"cora-{label}")
+        status, doc = call(api, proxy, "GET", "/status")
+        assert status == 401 and says in doc["error"], (label, doc)
+
+
+def test_the_api_reads_the_grid_certificates_folder_as_fetch_crl_leaves_it(
+    api: Served, tmp_path: Path
+) -> None:
+    folder = api.pki.grid_folder(tmp_path / "certificates")
+    with another_server(api, ca_path=folder, crl_path=None) as url:
+        with kept_alive(api, api.people["ada"], url) as client:
+            assert client.get("/whoami").json()["dn"] == dn(api.people["ada"])
+        with kept_alive(api, api.people["rex"], url) as client:
+            refused = client.get("/whoami")
+            assert refused.status_code == 401 and "revoked" in refused.json()["error"]
+
+
+def test_the_registry_says_whom_the_vo_dropped(api: Served) -> None:
+    gone = api.pki.user("Gwen Gone")
+    register(api, gone, "viewer")
+    keep = [users.Member(u.dn, u.name, u.email, u.vo_grants)
+            for u in users.users(api.db) if u.in_vo and u.dn != dn(gone)]  # fmt: skip
+    users.sync(api.db, keep, "test")
+    status, doc = call(api, gone, "GET", "/whoami")
+    assert doc["registry"] == "in the registry, but the VO no longer lists them"
+    status, doc = call(api, gone, "GET", "/status")
+    assert status == 403 and "no longer lists them" in doc["error"], doc
+    status, doc = call(api, api.people["eve"], "GET", "/whoami")
+    assert doc["registry"] == "not in the registry"
+
+
+def _tls(url: str, who: Issued, ca: Path, source: str = "127.0.0.1") -> ssl.SSLSocket:
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    context = client_context(who.cert_path, who.key_path, ca)
+    raw = socket.create_connection((host, int(port)), timeout=10, source_address=(source, 0))
+    return context.wrap_socket(raw, server_hostname=host)
+
+
+def _closed_by_server(sock: ssl.SSLSocket, wait: float) -> bool:
+    """Whether the server closed the connection (readable at end of file). TLS 1.3 sends
+    session tickets after the handshake, which make a socket readable with no data for
+    the application: those do not count."""
+    readable, _, _ = select.select([sock], [], [], wait)
+    if not readable:
+        return False
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except ssl.SSLWantReadError:
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def test_slow_and_greedy_clients_are_cut_off_while_others_are_served(
+    api: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that drips its request a byte at a time is cut off once the request has
+    taken api_request_seconds; one address holds at most api_connections_per_address
+    connections; meanwhile everyone else is answered."""
+    ada, ca = api.people["ada"], api.pki.ca_file
+    with (
+        caplog.at_level(logging.INFO, logger="b2cal.api"),
+        another_server(api, api_request_seconds=1.0, api_connections_per_address=4) as url,
+    ):
+        drip = _tls(url, ada, ca)
+        request = b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 200
+        sent, cut = 0, False
+        for byte in request:  # a byte every 0.1 s: the whole would take over 20 s
+            try:
+                drip.sendall(bytes([byte]))
+            except OSError:
+                cut = True
+                break
+            sent += 1
+            if _closed_by_server(drip, 0.1):
+                cut = True
+                break
+        drip.close()
+        assert cut and sent < len(request), "a dripping client was never cut off"
+        # four idle connections from 127.0.0.1: a fifth is closed, another address is served
+        idle = [_tls(url, ada, ca) for _ in range(4)]
+        with pytest.raises((ssl.SSLError, OSError)):
+            extra = _tls(url, ada, ca)
+            extra.sendall(b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert extra.recv(1) != b""  # closed unanswered
+            raise AssertionError("a fifth connection from one address was served")
+        verify = client_context(ada.cert_path, ada.key_path, ca)
+        transport = httpx.HTTPTransport(local_address="127.0.0.2", verify=verify)
+        with httpx.Client(transport=transport, base_url=url + "/api/v1") as elsewhere:
+            assert elsewhere.get("/whoami").status_code == 200
+        idle.pop().close()
+        deadline = time.monotonic() + 10
+        while True:  # the server notices the close in its own time
+            try:
+                with kept_alive(api, ada, url) as client:
+                    assert client.get("/whoami").status_code == 200
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the freed connection was never counted"
+                time.sleep(0.1)
+        for sock in idle:
+            sock.close()
+    assert any("api_connections_per_address" in r.message for r in caplog.records)

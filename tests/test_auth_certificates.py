@@ -11,13 +11,16 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from pki import DAY, HOUR, NOW, PKI, Issued
+from cryptography.x509.oid import NameOID
+from pki import DAY, HOUR, NOW, PKI, Issued, name
 
 from b2cal.auth.certificates import load_chain, verify_chain
 from b2cal.auth.identity import Identity, authenticate
-from b2cal.auth.names import normalise_dn
-from b2cal.auth.trust import TrustStore
-from b2cal.errors import NotAuthenticated
+from b2cal.auth.names import grid_dn, normalise_dn
+from b2cal.auth.oids import POLICY_INDEPENDENT, POLICY_LIMITED
+from b2cal.auth.policy import Action, Grant, Role, check
+from b2cal.auth.trust import TrustFiles, TrustStore
+from b2cal.errors import B2CalError, NotAllowed, NotAuthenticated
 
 ADA = "/DC=org/DC=b2cal-test/CN=Users/CN=Ada Lovelace"
 CALIBRATION = "/belle/Role=calibration/Capability=NULL"
@@ -201,3 +204,80 @@ def test_proxies_made_by_voms_proxy_fake(
         trust,
         "the VOMS attributes expired on",
     )
+    limited = who(fake("limited", pki.voms, "-limited"), trust)
+    assert limited.limited and limited.fqans[0].startswith("/belle/Role=calibration")
+
+
+def test_proxy_policies_decide_what_a_proxy_may_do(
+    pki: PKI, trust: TrustStore, ada: Issued
+) -> None:
+    """inheritAll acts as its user; a limited proxy (Globus's policy) only reads; an
+    independent proxy inherits no rights and a policy b2cal does not know proves nothing."""
+    limited = pki.proxy(ada, label="limited", policy=POLICY_LIMITED)
+    reader = who(limited, trust)
+    assert (reader.dn, reader.limited) == (ADA, True)
+    check(reader, [Grant(Role.COORDINATOR)], Action.VIEW, "the site")
+    with pytest.raises(NotAllowed, match="by a limited proxy"):
+        check(reader, [Grant(Role.COORDINATOR)], Action.SIGNOFF, "calibration run 1")
+    # a full proxy made from a limited one stays limited
+    assert who(pki.proxy(limited, label="on-limited"), trust).limited
+    refused(pki.proxy(ada, label="independent", policy=POLICY_INDEPENDENT), trust, "independent")
+    refused(
+        pki.proxy(ada, label="odd-policy", policy="1.2.3.4.5"),
+        trust,
+        "policy language b2cal does not know (1.2.3.4.5)",
+    )
+    assert not who(pki.proxy(ada, label="full"), trust).limited
+
+
+def test_a_name_that_reads_as_another_dn_is_refused(
+    pki: PKI, trust: TrustStore, ada: Issued
+) -> None:
+    """The slash form does not escape '/': CN="Users/CN=Ada Lovelace" would be written as
+    Ada's DN. Such certificates, and proxies named so, prove nobody."""
+    smuggled = name(
+        (NameOID.DOMAIN_COMPONENT, "org"),
+        (NameOID.DOMAIN_COMPONENT, "b2cal-test"),
+        (NameOID.COMMON_NAME, "Users/CN=Ada Lovelace"),
+    )
+    twin = pki.user("twin", subject=smuggled, label="twin")
+    assert grid_dn(twin.cert.subject) == ADA  # what the slash form makes of it
+    refused(twin, trust, "reads as more than one attribute")
+    o_form = name(
+        (NameOID.DOMAIN_COMPONENT, "org"), (NameOID.ORGANIZATION_NAME, "Example/ CN = Bob")
+    )
+    refused(pki.user("o", subject=o_form, label="o-form"), trust, "'Example/ CN = Bob'")
+    sneaky = pki.proxy(ada, label="sneaky", subject_cn="123/CN=Bob")
+    refused(sneaky, trust, "reads as more than one attribute")
+    plain = name((NameOID.DOMAIN_COMPONENT, "org"), (NameOID.COMMON_NAME, "Ada/Lovelace 1/2"))
+    assert (
+        who(pki.user("slash", subject=plain, label="slash"), trust).dn
+        == "/DC=org/CN=Ada/Lovelace 1/2"
+    )
+
+
+def test_the_grid_certificates_folder_is_read_as_fetch_crl_leaves_it(
+    pki: PKI, ada: Issued, tmp_path: Path
+) -> None:
+    """``<hash>.0`` CAs and ``<hash>.r0`` CRLs (symlinks made by ``openssl rehash``, files by
+    fetch-crl), CA files by name, and the IGTF bundle's other files, all in one folder."""
+    folder = pki.grid_folder(tmp_path / "certificates")
+    store = TrustStore.load([folder], [folder], pki.vomsdir)
+    assert len(store.cas) == 1 and len(store.crls) == 1  # each once, though named twice
+    assert who(ada, store).dn == ADA
+    gone = pki.user("Gone Later")
+    pki.revoke(gone)
+    files = TrustFiles(folder, None, pki.vomsdir, reload_seconds=0.01)
+    first = files.store()
+    assert who(gone, first).dn.endswith("Gone Later")  # the folder's CRL is the old one
+    assert files.store() is first  # nothing changed: the same store
+    pki.fetch_crl(folder)  # fetch-crl's update
+    import time
+
+    time.sleep(0.02)
+    with pytest.raises(NotAuthenticated, match="Gone Later was revoked"):
+        who(gone, files.store())
+    crl_only = tmp_path / "crl-only.pem"
+    crl_only.write_bytes(pki.crl_file.read_bytes())
+    with pytest.raises(B2CalError, match="holds no readable certificates"):
+        TrustStore.load([crl_only])  # a bundle named as CAs that holds none: said

@@ -195,6 +195,7 @@ def test_the_users_commands(tmp_path: Path) -> None:
     assert "1 members: 1 added, 0 changed, 0 removed" in synced.stdout
     granted = b2cal("users", "grant", ADA, "expert:ChannelT0", env=env)
     assert granted.returncode == 0, granted.stderr
+    assert f"{ADA}: expert of ChannelT0" in granted.stdout.replace("\n", "")  # not just "expert"
     listed = json.loads(b2cal("users", "list", "--json", env=env).stdout)
     assert listed[0]["dn"] == ADA and listed[0]["grants"] == [
         {"role": "expert", "calibrations": []},

@@ -1,9 +1,12 @@
 """The resources of b2cal's HTTPS API: what each URL reads or does, as functions of the person
 asking and the JSON they sent (the server in :mod:`b2cal.api.server` does TLS and HTTP).
 
-Every action goes through :mod:`b2cal.orchestration.actions` (the policy, the action log,
-one of two racing people wins); bodies are checked by pydantic models, so a form with invalid
-values is refused with what is wrong before anything happens. Documented in docs/api.md.
+Each URL names the kind of action it is (:class:`Route`): the server checks that the person may
+do that kind of action at all before a body is parsed or anything is read; the handler then
+checks the precise target (an expert of *this* calibration) through
+:mod:`b2cal.orchestration.actions` (the policy, the action log, one of two racing people wins).
+Bodies are checked by pydantic models, so a form with invalid values is refused with what is
+wrong before anything happens. Documented in docs/api.md.
 """
 
 from __future__ import annotations
@@ -150,12 +153,10 @@ def _whoami(api: Api, who: Person, _: dict[str, str], __: dict[str, Any]) -> dic
 
 
 def _status(api: Api, who: Person, _: dict[str, str], __: dict[str, Any]) -> dict[str, Any]:
-    actions.permit(api.db, who, Action.VIEW, f"site {api.site.name}")
     return api.status()
 
 
 def _calrun(api: Api, who: Person, ids: dict[str, str], _: dict[str, Any]) -> dict[str, Any]:
-    actions.permit(api.db, who, Action.VIEW, f"calibration run {ids['id']}")
     calrun = api.db.calibration_run(int(ids["id"]))
     doc = calrun_doc(calrun)
     doc["signoffs"] = [
@@ -166,7 +167,6 @@ def _calrun(api: Api, who: Person, ids: dict[str, str], _: dict[str, Any]) -> di
 
 
 def _request(api: Api, who: Person, ids: dict[str, str], _: dict[str, Any]) -> dict[str, Any]:
-    actions.permit(api.db, who, Action.VIEW, f"request {ids['id']}")
     request = api.db.request(int(ids["id"]))
     return request_doc(request, api.db.calibration_runs(request.id))
 
@@ -214,6 +214,11 @@ def _create(api: Api, who: Person, _: dict[str, str], body: dict[str, Any]) -> d
     from b2cal.orchestration.requests import draft_request
 
     asked = RequestBody.model_validate(body)
+    # The calibrations asked for, before anything is read to draft them (site files, tags);
+    # those they depend on are checked once the draft names them.
+    actions.permit(
+        api.db, who, Action.SUBMIT_REQUEST, f"a {asked.kind.value} request", asked.calibrations
+    )
     draft = draft_request(
         api.site, asked.kind, asked.exp, asked.runs, asked.calibrations, asked.input_tags,
         asked.config, asked.open_ended or asked.kind is RequestKind.PROMPT, asked.reference_tag,
@@ -243,37 +248,51 @@ def _promote(api: Api, who: Person, ids: dict[str, str], body: dict[str, Any]) -
     }
 
 
-#: (method, path pattern, handler); ``{id}`` matches a number, ``{tag}`` a tag name.
-ROUTES: list[tuple[str, str, Handler]] = [
-    ("GET", "/whoami", _whoami),
-    ("GET", "/status", _status),
-    ("GET", "/requests/{id}", _request),
-    ("POST", "/requests", _create),
-    ("POST", "/requests/{id}/cancel", _cancel),
-    ("GET", "/calibration-runs/{id}", _calrun),
-    ("POST", "/calibration-runs/{id}/signoff", _signoff),
-    ("POST", "/calibration-runs/{id}/retry", _retry),
-    ("POST", "/calibration-runs/{id}/skip", _skip),
-    ("POST", "/calibration-runs/{id}/resubmit", _resubmit),
-    ("POST", "/tags/{tag}/promote", _promote),
+#: (method, path pattern, the kind of action, its target, handler); ``{id}`` matches a number,
+#: ``{tag}`` a tag name; no action: anyone authenticated.
+ROUTES: list[tuple[str, str, Action | None, str, Handler]] = [
+    ("GET", "/whoami", None, "", _whoami),
+    ("GET", "/status", Action.VIEW, "the site's status", _status),
+    ("GET", "/requests/{id}", Action.VIEW, "request {id}", _request),
+    ("POST", "/requests", Action.SUBMIT_REQUEST, "a request", _create),
+    ("POST", "/requests/{id}/cancel", Action.CANCEL, "request {id}", _cancel),
+    ("GET", "/calibration-runs/{id}", Action.VIEW, "calibration run {id}", _calrun),
+    ("POST", "/calibration-runs/{id}/signoff", Action.SIGNOFF, "calibration run {id}", _signoff),
+    ("POST", "/calibration-runs/{id}/retry", Action.RETRY, "calibration run {id}", _retry),
+    ("POST", "/calibration-runs/{id}/skip", Action.SKIP, "calibration run {id}", _skip),
+    ("POST", "/calibration-runs/{id}/resubmit", Action.RESUBMIT, "calibration run {id}", _resubmit),
+    ("POST", "/tags/{tag}/promote", Action.PROMOTE, "tag {tag}", _promote),
 ]
 
 _PARTS = {"id": r"(?P<id>\d{1,18})", "tag": r"(?P<tag>[A-Za-z0-9_.+-]{1,80})"}
 _COMPILED = [
-    (method, re.compile(API + re.sub(r"\{(\w+)\}", lambda m: _PARTS[m[1]], path) + "$"), handler)
-    for method, path, handler in ROUTES
-]
+    (method, re.compile(API + re.sub(r"\{(\w+)\}", lambda m: _PARTS[m[1]], path) + "$"), action,
+     target, handler)
+    for method, path, action, target, handler in ROUTES
+]  # fmt: skip
 
 
-def route(method: str, path: str) -> tuple[Handler, dict[str, str]]:
-    """The handler of a request and the ids in its path; UnknownRecord for an unknown URL,
-    and one that exists for another method says which."""
+@dataclass(frozen=True)
+class Route:
+    """What a request asks for: its handler, the ids in its path, and the kind of action it
+    is with its target (for the permission check that comes before anything is read)."""
+
+    handler: Handler
+    ids: dict[str, str]
+    action: Action | None
+    target: str
+
+
+def route(method: str, path: str) -> Route:
+    """The route of a request; UnknownRecord for an unknown URL, and one that exists for
+    another method says which."""
     methods = []
-    for allowed, pattern, handler in _COMPILED:
+    for allowed, pattern, action, target, handler in _COMPILED:
         matched = pattern.match(path)
         if matched:
             if allowed == method:
-                return handler, matched.groupdict()
+                ids = matched.groupdict()
+                return Route(handler, ids, action, target.format(**ids))
             methods.append(allowed)
     if methods:
         raise MethodNotAllowed(path, methods)

@@ -1,9 +1,18 @@
 """b2cal's HTTPS API server: TLS with client certificates (RFC 3820 proxies with VOMS
 attributes, or plain user certificates), JSON in and out, one thread per connection.
 
-Served by Python's ``ssl`` because nginx refuses proxy certificates. A connection proves its
-identity once, at its start (:func:`b2cal.auth.identity.authenticate` over the chain it
-sent); its requests then act as that person through the policy. Answers:
+Served by Python's ``ssl`` because nginx refuses proxy certificates. Every request is judged in
+this order, and nothing of it is parsed or acted on before its turn:
+
+1. the TLS handshake (a trusted CA, every validity period) within ``api_request_seconds``;
+2. who the connection is (:func:`b2cal.auth.identity.authenticate` over the chain it sent:
+   CRLs, proxy rules and policies, VOMS attributes), judged again whenever the trust files
+   changed and once any credential it relies on expires — a revocation or an expired AC
+   counts on a connection opened before it (``trust_reload_seconds``);
+3. the URL and whether the person's roles allow that kind of action at all;
+4. only then the body: at most ``MAX_BODY`` bytes, JSON nested at most ``MAX_DEPTH`` deep.
+
+Answers:
 
 * 200 with the resource's JSON; 400 a body or value that is wrong (what is wrong is said);
 * 401 a certificate that proves nobody (expired, revoked, forged VOMS attributes, another
@@ -12,89 +21,117 @@ sent); its requests then act as that person through the policy. Answers:
   page was stale), 415 a body that is not ``application/json``;
 * 500 an unexpected failure: one line, the traceback in the server's crash log.
 
-Every refusal of a person is in the action log (the policy's and the state database's); every
-refused connection is in the server's log with the reason.
+A client is bounded: a whole request must arrive within ``api_request_seconds`` of its first
+byte, a kept-alive connection waits ``api_idle_seconds`` for the next one, and one address
+holds at most ``api_connections_per_address`` connections (more are closed unanswered), so
+idle or dripping clients cost a sleeping thread each for a bounded time and never hold up
+the others. Every refusal of a person is in the action log (the policy's and the state
+database's); every refused connection is in the server's log with the reason.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import logging
+import re
 import socket
 import ssl
 import threading
 import time
 import traceback
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from b2cal.api.routes import Api, MethodNotAllowed, route
+from b2cal.api.routes import Api, MethodNotAllowed, Route, route
 from b2cal.auth.identity import Identity, authenticate
 from b2cal.auth.tls import peer_chain, server_context
-from b2cal.auth.trust import TrustStore
+from b2cal.auth.trust import TrustFiles, TrustStore
 from b2cal.db.database import StateDatabase
 from b2cal.errors import (
     B2CalError,
     NotAllowed,
     NotAuthenticated,
+    SiteError,
     StateConflict,
     UnknownRecord,
 )
-from b2cal.orchestration.actions import Person, person
+from b2cal.orchestration.actions import Person, permit, person
 from b2cal.settings import Settings
 from b2cal.sites import Site
 
 log = logging.getLogger("b2cal.api")
 #: Largest body accepted (a request with its settings is a few kB).
 MAX_BODY = 1 << 20
-#: Seconds between checks whether the CAs, CRLs or VOMS certificates changed on disk
-#: (fetch-crl replaces CRLs while the server runs).
-TRUST_RELOAD_SECONDS = 60.0
+#: Deepest nesting of arrays and objects in a body (a request's settings need four).
+MAX_DEPTH = 32
+_NESTING = re.compile(rb'[\[\]{}"\\]')
 
 
 class UnsupportedBody(B2CalError):
     """A body that is not JSON by its Content-Type."""
 
 
-class TrustFiles:
-    """The trust store, read again when its files change (at most once a minute)."""
+def nesting_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text (brackets inside strings do not
+    count); read before the text is parsed, so a body of ``[`` x 100000 is refused cheaply
+    instead of exhausting the parser's recursion."""
+    depth = deepest = 0
+    in_string = False
+    escaped_at = -1  # the position of the character a backslash escapes
+    for match in _NESTING.finditer(raw):
+        char, at = match.group(), match.start()
+        if in_string:
+            if at == escaped_at:
+                continue
+            if char == b"\\":
+                escaped_at = at + 1
+            elif char == b'"':
+                in_string = False
+            continue
+        if char == b'"':
+            in_string = True
+        elif char in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return deepest
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._lock = threading.Lock()
-        self._checked = 0.0
-        self._stamp: tuple[tuple[str, float], ...] = ()
-        self._store: TrustStore | None = None
 
-    def _files(self) -> list[Path]:
-        roots = [self.settings.ca_path, self.settings.crl_path, self.settings.voms_dir]
-        files: list[Path] = []
-        for root in filter(None, roots):
-            if root.is_dir():
-                files.extend(p for p in sorted(root.rglob("*")) if p.is_file())
-            elif root.exists():
-                files.append(root)
-        return files
+class _RequestClock(io.RawIOBase):
+    """The connection's reading side, with time limits: waiting for a request's first byte
+    may take ``idle`` seconds; from that byte on, the whole request must arrive within
+    ``request`` seconds, however the client spreads its bytes (``socket.settimeout`` alone
+    bounds only the gap between two of them)."""
 
-    def store(self) -> TrustStore:
-        with self._lock:
-            now = time.monotonic()
-            if self._store is not None and now - self._checked < TRUST_RELOAD_SECONDS:
-                return self._store
-            self._checked = now
-            stamp = tuple((str(p), p.stat().st_mtime) for p in self._files())
-            if self._store is None or stamp != self._stamp:
-                chosen = self.settings
-                self._store = TrustStore.load(
-                    [chosen.ca_path], [chosen.crl_path or chosen.ca_path], chosen.voms_dir
-                )
-                self._stamp = stamp
-                log.info("trusting %s", self._store.describe())
-            return self._store
+    def __init__(self, sock: socket.socket, idle: float, request: float) -> None:
+        self.sock, self.idle, self.request = sock, idle, request
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is None:
+            wait = self.idle
+        else:
+            wait = self.deadline - time.monotonic()
+            if wait <= 0:
+                raise TimeoutError("the request took too long to arrive")
+        self.sock.settimeout(wait)
+        count = self.sock.recv_into(buffer)
+        if count and self.deadline is None:
+            self.deadline = time.monotonic() + self.request
+        return count
+
+    def next_request(self) -> None:
+        self.deadline = None
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -121,7 +158,46 @@ class ApiServer(ThreadingHTTPServer):
         self.crash_log = crash_log
         self._encoded: tuple[object, bytes] | None = None
         self._encoding = threading.Lock()
+        self._open: Counter[str] = Counter()
+        self._counted: dict[int, str] = {}
+        self._refused_said: dict[str, float] = {}
+        self._counting = threading.Lock()
         super().__init__(address, _Connection)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """At most ``api_connections_per_address`` connections from one address; one more is
+        closed before its handshake (and said in the log once a minute per address)."""
+        host = str(client_address[0])
+        with self._counting:
+            if self._open[host] >= self.settings.api_connections_per_address:
+                now = time.monotonic()
+                said = now - self._refused_said.get(host, -60.0) >= 60.0
+                if said:
+                    self._refused_said[host] = now
+            else:
+                self._open[host] += 1
+                self._counted[id(request)] = host
+                return True
+        if said:
+            log.warning(
+                "refused connections from %s: it has %d open (api_connections_per_address)",
+                host,
+                self.settings.api_connections_per_address,
+            )
+        return False
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._counting:
+            host = self._counted.pop(id(request), None)
+            if host is not None:
+                self._open[host] -= 1
+                if self._open[host] <= 0:
+                    del self._open[host]
+        super().shutdown_request(request)
+
+    def open_connections(self) -> dict[str, int]:
+        with self._counting:
+            return dict(self._open)
 
     def encoded(self, doc: object) -> bytes:
         """The JSON of an answer. The status document is one object for its cache period,
@@ -158,44 +234,60 @@ class _Connection(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: ApiServer
-    identity: Identity | None = None
-    valid_until: dt.datetime
-    refusal: str = ""
+    chain: list[Any]
+    #: The last verdict on the chain, and the trust store it was reached with.
+    _verdict: tuple[TrustStore | None, Identity | NotAuthenticated]
+    _clock: _RequestClock
 
     def setup(self) -> None:
-        self.request.settimeout(30)
+        self.request.settimeout(self.server.settings.api_request_seconds)
         super().setup()
+        chosen = self.server.settings
+        self._clock = _RequestClock(
+            self.request, chosen.api_idle_seconds, chosen.api_request_seconds
+        )
+        self.rfile = io.BufferedReader(self._clock)
+        self.chain = []
+        self._verdict = (None, NotAuthenticated("no certificate was presented"))
 
     def handle(self) -> None:
         host = self.client_address[0]
         try:
-            self.request.do_handshake()
+            self.request.do_handshake()  # bounded as a whole by the socket's timeout
         except (ssl.SSLError, OSError) as exc:
             reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
             log.warning("refused a TLS connection from %s: %s", host, reason or exc)
             return
-        try:
-            chain = peer_chain(self.request)
-            self.identity = authenticate(chain, self.server.trust.store(), self.server.settings.vo)
-            # A kept-alive connection must not outlive its proxy (or VOMS attributes: they
-            # were checked valid now, and a proxy is never valid longer than they are meant).
-            self.valid_until = min(c.not_valid_after_utc for c in chain)
-            log.info("%s connected as %s (%s)", host, self.identity.dn, self.identity.via)
-        except NotAuthenticated as exc:
-            self.refusal = exc.reason
-            log.warning("refused %s: %s", host, exc.reason)
+        self.chain = peer_chain(self.request)
+        verdict = self._judged()
+        if isinstance(verdict, Identity):
+            log.info("%s connected as %s (%s)", host, verdict.dn, verdict.via)
         super().handle()
 
-    def _person(self) -> Person | None:
-        """Who asks now: the grants are read again for every request (a grant taken away, a
-        member removed from the VO, counts at once), the credential's expiry checked."""
-        if self.identity is None:
-            return None
-        if dt.datetime.now(dt.UTC) > self.valid_until:
-            self.refusal = f"the certificate expired at {self.valid_until:%Y-%m-%d %H:%M} UTC"
-            self.identity = None
-            return None
-        return person(self.server.api.db, self.identity, self.server.settings)
+    def handle_one_request(self) -> None:
+        self._clock.next_request()
+        super().handle_one_request()
+
+    def _judged(self) -> Identity | NotAuthenticated:
+        """Who the connection is now: the chain judged again when the trust files changed
+        (a CRL naming it, say) or once a credential it relies on (certificate, proxy, CRL,
+        VOMS attributes) has expired."""
+        store = self.server.trust.store()
+        judged_with, verdict = self._verdict
+        expired = (
+            isinstance(verdict, Identity)
+            and verdict.until is not None
+            and dt.datetime.now(dt.UTC) >= verdict.until
+        )
+        if judged_with is store and not expired:
+            return verdict
+        try:
+            verdict = authenticate(self.chain, store, self.server.settings.vo)
+        except NotAuthenticated as exc:
+            verdict = exc
+            log.warning("refused %s: %s", self.client_address[0], exc.reason)
+        self._verdict = (store, verdict)
+        return verdict
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.client_address[0], format % args)
@@ -225,7 +317,9 @@ class _Connection(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _body(self) -> dict[str, Any]:
+    def _raw_body(self) -> bytes:
+        """The body's bytes, unparsed: read whatever the method and whoever asks, so a
+        kept-alive connection stays in step (within the request's time limit)."""
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -233,7 +327,9 @@ class _Connection(BaseHTTPRequestHandler):
         if length < 0 or length > MAX_BODY:
             self.close_connection = True  # what follows cannot be told from the next request
             raise B2CalError(f"the body must have a Content-Length of 0 to {MAX_BODY} bytes")
-        raw = self.rfile.read(length) if length else b""
+        return self.rfile.read(length) if length else b""
+
+    def _parsed(self, raw: bytes) -> dict[str, Any]:
         kind = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
         if raw.strip() and kind != "application/json":
             # A browser page elsewhere may send forms and text/plain with the user's
@@ -241,22 +337,34 @@ class _Connection(BaseHTTPRequestHandler):
             raise UnsupportedBody(f"the body must be application/json, not {kind or 'untyped'}")
         if not raw.strip():
             return {}
+        if nesting_depth(raw) > MAX_DEPTH:
+            raise B2CalError(f"the body nests arrays and objects deeper than {MAX_DEPTH}")
         try:
             doc = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise B2CalError(f"the body is not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise B2CalError("the body must be a JSON object")
         return doc
 
+    def _person(self) -> Person | NotAuthenticated:
+        verdict = self._judged()
+        if isinstance(verdict, NotAuthenticated):
+            return verdict
+        # The grants are read again for every request: a grant taken away, or a member the
+        # VO no longer lists, counts at once.
+        return person(self.server.api.db, verdict, self.server.settings)
+
     def _outcome(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
         try:
-            body = self._body()  # read whatever the method: a kept-alive connection goes on
+            raw = self._raw_body()
             who = self._person()
-            if who is None:
-                return 401, {"error": f"not authenticated: {self.refusal}"}
-            handler, ids = route(method, path)
-            return 200, handler(self.server.api, who, ids, body)
+            if isinstance(who, NotAuthenticated):
+                return 401, {"error": str(who)}
+            found: Route = route(method, path)
+            if found.action is not None:  # allowed this kind of action at all, before reading
+                permit(self.server.api.db, who, found.action, found.target)
+            return 200, found.handler(self.server.api, who, found.ids, self._parsed(raw))
         except UnsupportedBody as exc:
             return 415, {"error": str(exc)}
         except ValidationError as exc:
@@ -272,6 +380,11 @@ class _Connection(BaseHTTPRequestHandler):
             return 409, {"error": str(exc)}
         except MethodNotAllowed as exc:
             return 405, {"error": str(exc)}
+        except SiteError as exc:
+            # A site the server knows whose file cannot be used: the server's to fix, and its
+            # paths are no business of the client's.
+            log.error("%s %s: %s", method, path, exc)
+            return 500, {"error": f"site {exc.site} cannot be used (the server's log says why)"}
         except B2CalError as exc:
             return 400, {"error": str(exc)}
         except Exception:
@@ -283,7 +396,9 @@ def open_server(site: Site, host: str, port: int, settings: Settings | None = No
     the CAs, CRLs and VOMS servers read now, so a wrong path is an error before anything
     listens."""
     chosen = settings or Settings()
-    trust = TrustFiles(chosen)
+    trust = TrustFiles(
+        chosen.ca_path, chosen.crl_path, chosen.voms_dir, chosen.trust_reload_seconds
+    )
     trust.store()  # unreadable CAs, CRLs or VOMS certificates: an error now
     context = server_context(chosen.api_cert, chosen.api_key, chosen.ca_path)
     db = StateDatabase(site.state_database_url)  # a service: it writes the action log

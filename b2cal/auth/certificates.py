@@ -5,7 +5,10 @@ The user certificate (the *end-entity certificate*) is verified against the trus
 no SubjectAltName), and against its CA's CRL. ``cryptography`` cannot verify proxy chains, so
 each proxy hop is checked by hand, as RFC 3820 says: issued and signed by the certificate
 before it, its subject that certificate's subject plus one CN, a ProxyCertInfo extension,
-valid now, and never a CA.
+valid now, and never a CA. Its policy decides what it may do: ``inheritAll`` acts with the
+user's rights, Globus's *limited* proxy only reads, and any other (``independent``, which
+inherits no rights, or a policy language b2cal does not know) is refused. Every name in the
+chain must read as itself in the grid's slash form (:func:`b2cal.auth.names.check_unambiguous`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from asn1crypto import core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID, ObjectIdentifier
@@ -25,12 +29,33 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from b2cal.auth.names import grid_dn
-from b2cal.auth.oids import PROXY_CERT_INFO
+from b2cal.auth.names import check_unambiguous, grid_dn
+from b2cal.auth.oids import (
+    POLICY_INDEPENDENT,
+    POLICY_INHERIT_ALL,
+    POLICY_LIMITED,
+    PROXY_CERT_INFO,
+)
 from b2cal.auth.trust import TrustStore
 from b2cal.errors import NotAuthenticated
 
 _PROXY = ObjectIdentifier(PROXY_CERT_INFO)
+
+
+class ProxyPolicy(core.Sequence):  # type: ignore[misc]
+    _fields = [  # noqa: RUF012 - asn1crypto's way of declaring a SEQUENCE
+        ("policy_language", core.ObjectIdentifier),
+        ("policy", core.OctetString, {"optional": True}),
+    ]
+
+
+class ProxyCertInfo(core.Sequence):  # type: ignore[misc]
+    """RFC 3820's ProxyCertInfo: a path length limit and the proxy's policy."""
+
+    _fields = [  # noqa: RUF012 - asn1crypto's way of declaring a SEQUENCE
+        ("path_len_constraint", core.Integer, {"optional": True}),
+        ("proxy_policy", ProxyPolicy),
+    ]
 
 
 @dataclass(frozen=True)
@@ -39,10 +64,43 @@ class VerifiedChain:
 
     user: x509.Certificate
     proxies: tuple[x509.Certificate, ...]
+    #: A limited proxy is in the chain: the holder may read, not act.
+    limited: bool = False
+    #: When the proof ends: the first certificate of the chain, or CRL it was checked
+    #: against, to expire (a kept-alive connection is judged again then).
+    until: dt.datetime | None = None
 
     @property
     def dn(self) -> str:
         return grid_dn(self.user.subject)
+
+
+def proxy_policy(cert: x509.Certificate) -> str:
+    """The policy language (an OID) of a proxy's ProxyCertInfo; NotAuthenticated if it cannot
+    be read."""
+    extension = cert.extensions.get_extension_for_oid(_PROXY).value
+    raw = extension.value if isinstance(extension, x509.UnrecognizedExtension) else b""
+    try:
+        info = ProxyCertInfo.load(raw)
+        return str(info["proxy_policy"]["policy_language"].dotted)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise NotAuthenticated(
+            f"the ProxyCertInfo of proxy {grid_dn(cert.subject)} cannot be read ({exc})"
+        ) from None
+
+
+def _policy_limits(proxy: x509.Certificate) -> bool:
+    """Whether the proxy is limited (True) or acts fully (False); NotAuthenticated for a
+    policy that gives it no rights or that b2cal cannot judge."""
+    language = proxy_policy(proxy)
+    if language == POLICY_INHERIT_ALL:
+        return False
+    if language == POLICY_LIMITED:
+        return True
+    who = grid_dn(proxy.subject)
+    if language == POLICY_INDEPENDENT:
+        raise NotAuthenticated(f"proxy {who} is independent: it inherits none of its user's rights")
+    raise NotAuthenticated(f"proxy {who} has a policy language b2cal does not know ({language})")
 
 
 def is_proxy(cert: x509.Certificate) -> bool:
@@ -77,11 +135,16 @@ def verify_chain(
     if index == len(chain):
         raise NotAuthenticated("a proxy without the certificate it was made from")
     user, intermediates = chain[index], list(chain[index + 1 :])
+    for cert in chain:
+        check_unambiguous(cert.subject, f"the certificate {grid_dn(cert.subject)}")
+    limited = False
     for number, proxy in enumerate(proxies):
         _check_proxy(proxy, chain[number + 1], when)
+        limited = _policy_limits(proxy) or limited
     _check_validity(user, "the user certificate", when)
-    _check_user(user, intermediates, trust, when)
-    return VerifiedChain(user, tuple(proxies))
+    crl_ends = _check_user(user, intermediates, trust, when)
+    ends = [c.not_valid_after_utc for c in (*proxies, user)] + crl_ends
+    return VerifiedChain(user, tuple(proxies), limited, min(ends))
 
 
 def _check_validity(cert: x509.Certificate, what: str, at: dt.datetime) -> None:
@@ -127,7 +190,9 @@ def _check_user(
     intermediates: list[x509.Certificate],
     trust: TrustStore,
     at: dt.datetime,
-) -> None:
+) -> list[dt.datetime]:
+    """Checks the user certificate's path to a trusted CA and its CRLs; returns when the
+    path's certificates and CRLs stop being valid."""
     who = grid_dn(user.subject)
     verifier = (
         PolicyBuilder()
@@ -146,12 +211,15 @@ def _check_user(
             f"the certificate {who} is not issued by a trusted CA ({exc})"
         ) from None
     path = list(verified.chain)  # leaf first, the trusted root last
+    ends = [c.not_valid_after_utc for c in path]
     for cert, issuer in itertools.pairwise(path):
         crl = trust.crl_for(issuer, at)
         if crl is None:
             if trust.require_crls:
                 raise NotAuthenticated(f"no CRL of {grid_dn(issuer.subject)} is at hand")
             continue
+        if crl.next_update_utc is not None:
+            ends.append(crl.next_update_utc)
         if crl.next_update_utc is not None and crl.next_update_utc < at:
             raise NotAuthenticated(
                 f"the CRL of {grid_dn(issuer.subject)} expired on "
@@ -163,3 +231,4 @@ def _check_user(
                 f"the certificate {grid_dn(cert.subject)} was revoked on "
                 f"{revoked.revocation_date_utc:%Y-%m-%d %H:%M} UTC"
             )
+    return ends

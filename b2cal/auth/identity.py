@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 
@@ -26,6 +26,11 @@ class Identity:
     #: How it was proven: ``certificate`` (a user certificate), ``proxy`` (a VOMS proxy),
     #: ``local`` (an account of the site's machine).
     via: str = "certificate"
+    #: Proven by a limited proxy: it may read, never act.
+    limited: bool = False
+    #: When the proof ends (the first of its certificates, CRLs and VOMS attributes to expire);
+    #: whoever keeps an identity past a request judges it again then.
+    until: dt.datetime | None = field(default=None, compare=False)
 
 
 def authenticate(
@@ -34,6 +39,10 @@ def authenticate(
     """The identity a client chain proves (leaf first), or NotAuthenticated saying why not."""
     verified = verify_chain(chain, trust, at)
     if not verified.proxies:
-        return Identity(verified.dn)
+        return Identity(verified.dn, until=verified.until)
     attributes = voms_attributes(verified, trust, vo, at)
-    return Identity(verified.dn, attributes.fqans if attributes else (), "proxy")
+    until = verified.until
+    if attributes is not None and until is not None:
+        until = min(until, attributes.not_after)
+    fqans = attributes.fqans if attributes else ()
+    return Identity(verified.dn, fqans, "proxy", verified.limited, until)

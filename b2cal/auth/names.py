@@ -7,8 +7,12 @@ everywhere in b2cal.
 
 from __future__ import annotations
 
+import re
+
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+
+from b2cal.errors import NotAuthenticated
 
 _SHORT = {
     NameOID.COUNTRY_NAME: "C",
@@ -33,6 +37,28 @@ def grid_dn(name: x509.Name) -> str:
             value = attribute.value if isinstance(attribute.value, str) else attribute.value.hex()
             parts.append(f"{key}={value}")
     return "/" + "/".join(parts)
+
+
+#: A value that would read as a further attribute once written in the slash form
+#: (``O=Example/CN=Alice``): ``/`` followed by a key and ``=``.
+_SMUGGLED = re.compile(r"/\s*[A-Za-z0-9.]+\s*=")
+
+
+def check_unambiguous(name: x509.Name, what: str) -> None:
+    """NotAuthenticated if the slash form of ``name`` could be read as another DN.
+
+    The slash form does not escape ``/``: a certificate naming itself ``O="Example/CN=Alice
+    Calib"`` would be written ``.../O=Example/CN=Alice Calib`` and taken for Alice, with her
+    grants. The VO's member lists use the same form, so escaping on b2cal's side alone cannot
+    keep the two apart; such names are refused outright.
+    """
+    for attribute in name:
+        value = attribute.value if isinstance(attribute.value, str) else ""
+        if _SMUGGLED.search(value):
+            raise NotAuthenticated(
+                f"{what} has a name value {value!r} that reads as more than one attribute "
+                "in the grid's slash form; such names are refused"
+            )
 
 
 def normalise_dn(text: str) -> str:

@@ -100,8 +100,18 @@ def check(
     target: str,
     calibration: str | None = None,
 ) -> None:
-    """NotAllowed unless the grants allow ``action`` on ``target`` (of ``calibration``)."""
+    """NotAllowed unless the grants allow ``action`` on ``target`` (of ``calibration``).
+
+    A limited proxy only reads, whatever the grants: that is what its holder asked for when
+    making it (a proxy handed to a service that should only look)."""
     chosen = list(grants)
+    if identity.limited and action is not Action.VIEW:
+        raise NotAllowed(
+            f"{identity.dn} (by a limited proxy)",
+            action.value,
+            target,
+            "a proxy that is not limited",
+        )
     if allowed(chosen, action, calibration):
         return
     roles = sorted(r.value for r in _ALLOWED[action])

@@ -14,22 +14,23 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from b2cal.auth.trust import load_certificates
 from b2cal.errors import B2CalError
 
 
 def _load_cas(context: ssl.SSLContext, cas: Path) -> None:
+    """The CAs of a bundle or of a folder in the grid's layout (the same reading as the
+    trust store's, :func:`b2cal.auth.trust.load_certificates`)."""
     try:
-        if cas.is_dir():
-            for file in sorted(cas.iterdir()):
-                if file.suffix in (".pem", ".crt", ".0") and b"CERTIFICATE-----" in (
-                    file.read_bytes()
-                ):
-                    context.load_verify_locations(cafile=str(file))
-        else:
-            context.load_verify_locations(cafile=str(cas))
-    except (OSError, ssl.SSLError) as exc:
+        found = load_certificates([cas])
+        for cert in found:
+            context.load_verify_locations(cadata=cert.public_bytes(Encoding.PEM).decode())
+    except ssl.SSLError as exc:
         raise B2CalError(f"cannot read the trusted CAs in {cas}: {exc}") from None
+    if not found:
+        raise B2CalError(f"no trusted CA certificate in {cas}")
 
 
 def server_context(cert: Path, key: Path, cas: Path) -> ssl.SSLContext:

@@ -2,47 +2,80 @@
 servers of the VOs whose attribute certificates it accepts.
 
 Laid out as grid sites keep them: a CA bundle or a folder of PEM files (``/etc/grid-security/
-certificates``), CRLs beside them, and a *vomsdir* with one folder per VO holding its VOMS
-servers' certificates (``vomsdir/belle/voms.belle.test.pem``). A CA without a CRL, or with
-an expired one, is refused: a revoked user must never pass because a list was not fetched.
+certificates``: ``<hash>.0`` and ``<name>.pem`` for the CAs, the ``<hash>.r0`` CRLs fetch-crl
+writes beside them, and ``.info``, ``.signing_policy``, ``.namespaces`` files that are neither),
+and a *vomsdir* with one folder per VO holding its VOMS servers' certificates
+(``vomsdir/belle/voms.belle.test.pem``). A CA without a CRL, or with an expired one, is
+refused: a revoked user must never pass because a list was not fetched.
+
+:class:`TrustFiles` is the store the services use: read again when its files change, checked
+at most once per reload period, so a CRL fetch-crl replaces counts within that period.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import re
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from b2cal.auth.names import grid_dn
 from b2cal.errors import B2CalError
 
+log = logging.getLogger("b2cal.auth")
+#: Files of a certificates folder that may hold CAs or CRLs: ``x.pem``, ``x.crt``, ``x.crl``,
+#: and OpenSSL's hashed names, ``<hash>.0`` (a CA) and ``<hash>.r0`` (its CRL).
+_TRUST_FILE = re.compile(r".*\.(pem|crt|crl|r?\d+)$")
+_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+_CRL = b"-----BEGIN X509 CRL-----"
 
-def _pem_files(path: Path) -> list[Path]:
+
+def _files(path: Path) -> list[Path]:
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in (".pem", ".crt", ".r0", ".0"))
+        return sorted(p for p in path.iterdir() if _TRUST_FILE.fullmatch(p.name) and p.is_file())
     return [path]
 
 
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise B2CalError(f"cannot read {file}: {exc.strerror or exc}") from None
+
+
 def load_certificates(paths: Iterable[Path]) -> list[x509.Certificate]:
-    found: list[x509.Certificate] = []
+    """The certificates in ``paths`` (bundles, or folders in the grid's layout), each once
+    (a folder names every CA twice, by hash and by name). A file named as a bundle that holds
+    no certificate is an error; in a folder, files of CRLs only are passed over."""
+    found: dict[bytes, x509.Certificate] = {}
     for path in paths:
-        for file in _pem_files(Path(path)):
+        folder = Path(path).is_dir()
+        for file in _files(Path(path)):
+            data = _read(file)
+            if folder and _CERTIFICATE not in data:
+                continue
             try:
-                found.extend(x509.load_pem_x509_certificates(file.read_bytes()))
-            except (OSError, ValueError) as exc:
+                certificates = x509.load_pem_x509_certificates(data)
+            except ValueError as exc:
                 raise B2CalError(f"{file} holds no readable certificates: {exc}") from None
-    return found
+            for cert in certificates:
+                found.setdefault(cert.fingerprint(hashes.SHA256()), cert)
+    return list(found.values())
 
 
 def load_crls(paths: Iterable[Path]) -> list[x509.CertificateRevocationList]:
     found = []
     for path in paths:
-        for file in _pem_files(Path(path)):
-            data = file.read_bytes()
-            if b"BEGIN X509 CRL" not in data:
+        for file in _files(Path(path)):
+            data = _read(file)
+            if _CRL not in data:
                 continue
             for block in data.split(b"-----END X509 CRL-----")[:-1]:
                 pem = (
@@ -96,3 +129,49 @@ class TrustStore:
     def describe(self) -> str:
         vos = ", ".join(sorted(self.voms_servers)) or "none"
         return f"{len(self.cas)} CAs ({', '.join(grid_dn(c.subject) for c in self.cas)}), VOs {vos}"
+
+
+class TrustFiles:
+    """A trust store read from files, read again when they change (looked at once per
+    ``reload_seconds`` at most: fetch-crl replaces CRLs while a service runs). The store
+    object changes only when the files did, so whoever judged an identity with one store
+    knows to judge it again when :meth:`store` returns another."""
+
+    def __init__(
+        self, cas: Path, crls: Path | None, vomsdir: Path | None, reload_seconds: float = 60.0
+    ) -> None:
+        self.cas, self.crls, self.vomsdir = cas, crls or cas, vomsdir
+        self.reload_seconds = reload_seconds
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        self._stamp: tuple[tuple[str, float, int], ...] = ()
+        self._store: TrustStore | None = None
+
+    def _stamp_now(self) -> tuple[tuple[str, float, int], ...]:
+        files: list[Path] = []
+        for root in filter(None, (self.cas, self.crls, self.vomsdir)):
+            if root.is_dir():
+                files.extend(p for p in sorted(root.rglob("*")) if p.is_file())
+            elif root.exists():
+                files.append(root)
+        stamp = []
+        for file in files:
+            try:
+                info = file.stat()
+            except OSError:
+                continue  # replaced while we looked: the next look sees it
+            stamp.append((str(file), info.st_mtime, info.st_size))
+        return tuple(stamp)
+
+    def store(self) -> TrustStore:
+        with self._lock:
+            now = time.monotonic()
+            if self._store is not None and now - self._checked < self.reload_seconds:
+                return self._store
+            self._checked = now
+            stamp = self._stamp_now()
+            if self._store is None or stamp != self._stamp:
+                self._store = TrustStore.load([self.cas], [self.crls], self.vomsdir)
+                self._stamp = stamp
+                log.info("trusting %s", self._store.describe())
+            return self._store

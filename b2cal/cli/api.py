@@ -88,5 +88,8 @@ def whoami(
     console.print(f"{doc['dn']} (by {doc['via']})")
     for fqan in doc["fqans"]:
         console.print(f"  VOMS: {fqan}")
-    grants = ", ".join(doc["grants"]) or "none: not in the registry, no mapped role"
+    grants = (
+        ", ".join(doc["grants"])
+        or f"none ({doc.get('registry') or 'no registry entry'}; no mapped role)"
+    )
     console.print(f"  grants: {grants}")

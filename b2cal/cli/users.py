@@ -97,7 +97,8 @@ def users_grant(
     from b2cal.cli.console import console
     from b2cal.db import users
 
-    chosen = [] if grants == ["none"] else [grant_doc(parse_grant(g)) for g in grants]
+    parsed = [] if grants == ["none"] else [parse_grant(g) for g in grants]
+    chosen = [grant_doc(g) for g in parsed]
     try:
         grid = normalise_dn(dn)
     except ValueError as exc:
@@ -105,5 +106,5 @@ def users_grant(
     with state_db(open_site(site)) as db:
         changed = users.grant(db, grid, chosen, actor())
     note = "" if changed.in_vo else " (not in the VO: they count once a sync finds them there)"
-    shown = ", ".join(str(g["role"]) for g in chosen) or "no extra grants"
+    shown = ", ".join(g.describe() for g in parsed) or "no extra grants"
     console.print(f"{grid}: {shown}{note}")

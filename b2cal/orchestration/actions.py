@@ -28,7 +28,7 @@ from b2cal.db.model import CalibrationRun, Request, Signoff
 from b2cal.db.states import CalRunState, SignoffDecision, check_attempt
 from b2cal.errors import B2CalError, NotAllowed, StateConflict
 from b2cal.orchestration import requests
-from b2cal.processing.users import grants_for
+from b2cal.processing.users import grants_for, standing
 from b2cal.settings import Settings
 from b2cal.sites import Site, load_site
 
@@ -39,6 +39,8 @@ class Person:
 
     identity: Identity
     grants: tuple[Grant, ...]
+    #: Where the registry has them (:func:`b2cal.processing.users.standing`).
+    standing: str = ""
 
     @property
     def dn(self) -> str:
@@ -50,14 +52,21 @@ class Person:
             "via": self.identity.via,
             "fqans": list(self.identity.fqans),
             "grants": [g.describe() for g in self.grants],
+            "registry": self.standing,
         }
+
+    def roles(self) -> str:
+        """The grants in words, or why there are none."""
+        described = ", ".join(g.describe() for g in self.grants)
+        return described or (f"no role: {self.standing}" if self.standing else "no role")
 
 
 def person(db: StateDatabase, identity: Identity, settings: Settings | None = None) -> Person:
     """The grants the registry and the identity's VOMS attributes give it."""
     chosen = settings or Settings()
     mapping = role_map(chosen.role_map, chosen.vo)
-    return Person(identity, tuple(grants_for(db, identity, mapping)))
+    grants = tuple(grants_for(db, identity, mapping))
+    return Person(identity, grants, standing(db, identity.dn))
 
 
 def permit(
@@ -73,8 +82,10 @@ def permit(
         for calibration in calibrations:
             check(who.identity, who.grants, action, target, calibration)
     except NotAllowed as exc:
+        if not who.grants and not who.identity.limited:  # say why there is no role
+            exc = NotAllowed(f"{who.dn} ({who.roles()})", exc.action, exc.target, exc.needs)
         db.log_action(who.dn, action.value, target, "refused", {"why": str(exc)})
-        raise
+        raise exc from None
 
 
 def _current(db: StateDatabase, calrun_id: int, attempt: int | None, wanted: str) -> CalibrationRun:

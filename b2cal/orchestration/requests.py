@@ -28,7 +28,7 @@ from b2cal.orchestration.deferred import upload_and_advance
 from b2cal.processing.placement import computed_at
 from b2cal.processing.preparation import calibrations_of, input_files
 from b2cal.processing.upload import upload_approved
-from b2cal.sites import RequestKind, Site, load_site
+from b2cal.sites import SITE_NAME, RequestKind, Site, load_site, site_names
 
 log = logging.getLogger("b2cal.orchestration")
 
@@ -73,8 +73,19 @@ def draft_request(
             f"--place names {', '.join(unknown)}, which the request does not calibrate "
             f"(it calibrates {', '.join(topological_order(configured))})"
         )
+    known = site_names()
     for where in sorted(set(placed.values())):
-        load_site(where)  # an unknown site is refused now
+        # A name, looked up among the known sites: never joined into a path.
+        if not SITE_NAME.fullmatch(where):
+            raise B2CalError(
+                "--place names something that is not a site name (letters, digits, '-' and '_')"
+            )
+        if where not in known:
+            raise B2CalError(
+                f"--place names the site {where!r}, which is not a known site "
+                f"(known: {', '.join(known) or 'none'})"
+            )
+        load_site(where)  # a known site whose file is broken is refused now
 
     tags = list(input_tags) if input_tags is not None else _default_input_tags(site)
     named = [*tags, *([reference_tag] if reference_tag else [])]

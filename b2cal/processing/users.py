@@ -41,3 +41,14 @@ def grants_for(db: StateDatabase, identity: Identity, mapping: Mapping[str, Gran
     registered = users.user(db, identity.dn)
     docs = registered.grants if registered is not None else []
     return grants_of(identity, [grant_from_doc(d) for d in docs], mapping)
+
+
+def standing(db: StateDatabase, dn: str) -> str:
+    """Where the registry has someone, in words for a refusal or ``whoami``: a person the VO
+    dropped is in the registry (with their grants, kept for their return), not unknown."""
+    registered = users.user(db, dn)
+    if registered is None:
+        return "not in the registry"
+    if not registered.in_vo:
+        return "in the registry, but the VO no longer lists them"
+    return "in the registry and the VO"
