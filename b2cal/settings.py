@@ -60,21 +60,15 @@ class Settings(BaseSettings):
         }
     )
 
-    #: What the HTTPS API and the dashboard trust: CA certificates (a folder of PEM files or a
-    #: bundle), their CRLs (unset: beside the CAs) and the VOMS servers' certificates, one
-    #: folder per VO — where grid machines keep them.
+    #: What the HTTPS API and the dashboard (behind nginx) trust: CA certificates (a folder
+    #: of PEM files or a bundle), their CRLs (unset: beside the CAs) and the VOMS servers'
+    #: certificates, one folder per VO — where grid machines keep them.
     ca_path: Path = Path("/etc/grid-security/certificates")
     crl_path: Path | None = None
     voms_dir: Path = Path("/etc/grid-security/vomsdir")
     #: The HTTPS API's host certificate and key.
     api_cert: Path = Path("/etc/grid-security/hostcert.pem")
     api_key: Path = Path("/etc/grid-security/hostkey.pem")
-    #: Addresses (or networks) of the TLS fronts whose identity headers the dashboard
-    #: believes; from anyone else such headers are refused.
-    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
-    #: A secret the front (nginx) sends with its identity headers; when set, headers without
-    #: it are refused even from a trusted address (any local program can use that address).
-    front_secret: SecretStr | None = None
     #: Seconds between looks at the CA, CRL and VOMS files (fetch-crl replaces CRLs while the
     #: API and the dashboard run): a revocation counts within this period, also for a
     #: connection or a dashboard session already open.

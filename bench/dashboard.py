@@ -12,8 +12,14 @@
 3. 200 requests/s on the proxy-certificate API (``b2cal api serve`` in its own process; VOMS
    proxies, kept-alive connections) for SECONDS: p95 latency (goal < 1 s) and errors (goal 0),
    ``GET /status`` (the database) against ``GET /whoami`` (TLS and the identity only).
+4. 200 slow clients — each from an address of its own, half holding a connection idle, half
+   dripping a TLS record a byte a second, reconnecting when cut off — beside the load of 2
+   (through nginx) and of 3 (on the API), for SECONDS/2 each: the others' p95 and errors
+   against the same load alone (goal: ratio near 1, 0 errors). And 200 from one address: how
+   many the API holds at once (goal: api_connections_per_address).
 
-Usage: python bench/dashboard.py [SECONDS]   (default 60). Needs nginx (scripts/tools.sh).
+Usage: python bench/dashboard.py [SECONDS]   (default 60). Needs nginx (scripts/tools.sh), and
+root for nginx's workers to run as www-data as at a site.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -38,8 +45,7 @@ sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent)]
 
 import httpx  # noqa: E402
 from cli import start_b2cal  # noqa: E402
-from dashboard_server import served_dashboard  # noqa: E402
-from nginx_front import FRONT_SECRET, PROXY_ADDRESS, nginx_front  # noqa: E402
+from nginx_front import dashboard_behind_nginx  # noqa: E402
 from pki import PKI  # noqa: E402
 
 from b2cal.auth.names import grid_dn  # noqa: E402
@@ -167,6 +173,73 @@ def load(
     return latencies, errors[0]
 
 
+SLOW = 200
+
+
+class SlowClients:
+    """``count`` clients of ``host:port``, client ``i`` from 127.0.1.(1 + i % 250) or all from
+    ``source``: even ones connect and wait, odd ones drip a TLS record (its header announces
+    512 bytes) a byte a second; each connects again when the server cuts it off. ``held``:
+    how many the server holds now (not closed within half a second of connecting)."""
+
+    def __init__(self, host: str, port: int, count: int, source: str | None = None) -> None:
+        self.address, self.count, self.source = (host, port), count, source
+        self.stop = threading.Event()
+        self.connected: set[int] = set()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.client, args=(i,), daemon=True)
+                        for i in range(count)]  # fmt: skip
+
+    def client(self, number: int) -> None:
+        source = self.source or f"127.0.1.{1 + number % 250}"
+        record = b"\x16\x03\x01\x02\x00" + bytes(512)
+        while not self.stop.is_set():
+            try:
+                with socket.create_connection(self.address, 5, (source, 0)) as sock:
+                    sock.settimeout(0.5)  # held, or closed at once by the server?
+                    try:
+                        if sock.recv(1) == b"":
+                            self.stop.wait(0.5)
+                            continue
+                    except TimeoutError:
+                        pass
+                    with self.lock:
+                        self.connected.add(number)
+                    for byte in record if number % 2 else b"":
+                        if self.stop.wait(1.0):
+                            return
+                        sock.sendall(bytes([byte]))
+                    sock.settimeout(1.0)
+                    while not self.stop.is_set():
+                        try:
+                            if sock.recv(1) == b"":
+                                break  # cut off
+                        except TimeoutError:
+                            continue
+            except OSError:
+                pass
+            finally:
+                with self.lock:
+                    self.connected.discard(number)
+            self.stop.wait(0.2)
+
+    @property
+    def held(self) -> int:
+        with self.lock:
+            return len(self.connected)
+
+    def __enter__(self) -> SlowClients:
+        for thread in self.threads:
+            thread.start()
+        time.sleep(3.0)  # all connected (or refused) before the measurement
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+
 def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else float("nan")
 
@@ -208,19 +281,11 @@ def main() -> int:
         "constant",
     )
 
-    env = {
-        **os.environ,
-        "B2CAL_TRUSTED_PROXIES": f'["{PROXY_ADDRESS}"]',
-        "B2CAL_FRONT_SECRET": FRONT_SECRET,
-    }
+    env = dict(os.environ)
     context = client_context(expert.cert_path, expert.key_path, pki.ca_file)
-    with (
-        served_dashboard(env, "--site", "local") as app,
-        nginx_front(
-            folder, host.cert_path, host.key_path, pki.ca_file, pki.crl_file, app.port
-        ) as port,
-    ):
-        base = f"https://127.0.0.1:{port}"
+    with dashboard_behind_nginx(env, pki, host, folder, "--site", "local") as front:
+        base = front.url
+        nginx_port = int(base.rsplit(":", 1)[1])
 
         def browser() -> httpx.Client:
             return httpx.Client(verify=context, timeout=30)
@@ -232,6 +297,13 @@ def main() -> int:
             fronts, front_errors = load(browser, base + "/denied", SESSIONS, seconds, pace)
             # ...and, to find the ceiling, as fast as the server answers
             flat, flat_errors = load(browser, base + "/overview", SESSIONS, seconds)
+        with console.status(f"the same sessions beside {SLOW} slow clients of nginx"):
+            alone, alone_errors = load(browser, base + "/overview", SESSIONS, seconds / 2, pace)
+            with SlowClients("127.0.0.1", nginx_port, SLOW) as slow:
+                beside, beside_errors = load(
+                    browser, base + "/overview", SESSIONS, seconds / 2, pace
+                )
+                nginx_held = slow.held
         table.add_row(
             f"{SESSIONS} sessions via nginx, a page each {THINK:.0f} s: p95",
             f"{p95(pages) * 1000:.0f} ms",
@@ -247,6 +319,13 @@ def main() -> int:
             f"{SESSIONS} sessions flat out: pages/s, p95",
             f"{len(flat) / seconds:.0f}/s, {p95(flat) * 1000:.0f} ms",
             f"errors {flat_errors}", "", "",
+        )  # fmt: skip
+        table.add_row(
+            f"  beside {SLOW} slow clients ({nginx_held} held): p95, errors",
+            f"{p95(beside) * 1000:.0f} ms, {beside_errors}",
+            f"{p95(alone) * 1000:.0f} ms, {alone_errors} (alone)",
+            f"{p95(beside) / p95(alone):.2f}",
+            "~1, 0 errors",
         )  # fmt: skip
 
     api_env = {
@@ -274,10 +353,19 @@ def main() -> int:
         return httpx.Client(verify=proxy_context, timeout=30)
 
     clients = 16
+    api_port = int(api.split(":")[2].split("/", 1)[0])
     try:
         with console.status(f"{RATE} requests/s on the API"):
             status, status_errors = load(script, api + "/status", clients, seconds, RATE)
             whoami, whoami_errors = load(script, api + "/whoami", clients, seconds, RATE)
+        with console.status(f"the same beside {SLOW} slow clients of the API"):
+            alone, alone_errors = load(script, api + "/status", clients, seconds / 2, RATE)
+            with SlowClients("127.0.0.1", api_port, SLOW) as slow:
+                beside, beside_errors = load(script, api + "/status", clients, seconds / 2, RATE)
+                api_held = slow.held
+            with SlowClients("127.0.0.1", api_port, SLOW, source="127.0.0.3") as greedy:
+                time.sleep(2.0)
+                one_address = greedy.held
     finally:
         served.send_signal(signal.SIGTERM)
         served.communicate(timeout=30)
@@ -295,6 +383,17 @@ def main() -> int:
         "",
         "0 errors",
     )
+    table.add_row(
+        f"  /status beside {SLOW} slow clients ({api_held} held): p95, errors",
+        f"{p95(beside) * 1000:.1f} ms, {beside_errors}",
+        f"{p95(alone) * 1000:.1f} ms, {alone_errors} (alone)",
+        f"{p95(beside) / p95(alone):.2f}",
+        "~1, 0 errors",
+    )
+    table.add_row(
+        f"  {SLOW} clients from one address: held at once",
+        str(one_address), "", "", "32 (api_connections_per_address)",
+    )  # fmt: skip
     console.print(table)
     db.close()
     return 0

@@ -1,6 +1,7 @@
-"""The dashboard's gate: every page and websocket request must carry an identity the TLS
-front (nginx) vouched for, from a trusted proxy address — or be the development server's
-named local user. Anything else is sent to the refusal page, which says why."""
+"""The dashboard's gate: every page and websocket request must carry an identity its TLS
+front (nginx) vouched for — on the Unix socket only nginx's group can open — or be the
+development server's named local user (over TCP on loopback, where identity headers are
+refused). Anything else is sent to the refusal page, which says why."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from bokeh.server.auth_provider import AuthProvider
 from tornado.web import RequestHandler
 
 from b2cal.auth.identity import Identity
-from b2cal.auth.proxied import identity_from_front
+from b2cal.auth.proxied import again, identity_from_front, identity_over_tcp
+from b2cal.auth.trust import TrustFiles
 from b2cal.errors import NotAuthenticated
 
 log = logging.getLogger("b2cal.dashboard")
@@ -20,18 +22,37 @@ DENIED = "/denied"
 
 
 class Gate:
-    """Decides who a request is (shared by the auth provider and the pages)."""
+    """Decides who a request is (shared by the auth provider and the pages).
 
-    def __init__(
-        self, trusted_proxies: list[str], local_user: str | None, secret: str | None = None
-    ) -> None:
-        self.trusted_proxies = trusted_proxies
+    ``trust``: the CAs and CRLs of a dashboard behind its front (the socket), which the
+    certificate nginx passes on is judged against; None for the development server, whose
+    every request is ``local_user``.
+    """
+
+    def __init__(self, trust: TrustFiles | None, local_user: str | None, vo: str) -> None:
+        self.trust = trust
         self.local_user = local_user
-        self.secret = secret
+        self.vo = vo
 
-    def identity(self, headers: Any, peer: str) -> Identity:
+    def identity(self, headers: Any) -> Identity:
         flat = {k: v if isinstance(v, str) else ",".join(v) for k, v in dict(headers).items()}
-        return identity_from_front(flat, peer, self.trusted_proxies, self.local_user, self.secret)
+        if self.trust is None:
+            return identity_over_tcp(flat, self.local_user)
+        return identity_from_front(flat, self.trust.store(), self.vo)
+
+    def again(self, identity: Identity) -> Identity:
+        """The identity judged anew (its certificate against today's CRLs, its expiry): at
+        each action of a session, which may have been open for hours."""
+        if self.trust is None:
+            return identity
+        return again(identity, self.trust.store(), self.vo)
+
+
+def _where(handler: RequestHandler) -> str:
+    # On the socket Tornado has no client address (it says 0.0.0.0): nginx is the only client
+    # there, and its access log has the browser's.
+    ip = handler.request.remote_ip
+    return "the front" if ip in (None, "", "0.0.0.0") else str(ip)
 
 
 class CertificateAuth(AuthProvider):  # type: ignore[misc]
@@ -47,11 +68,9 @@ class CertificateAuth(AuthProvider):  # type: ignore[misc]
             if handler.request.path == DENIED:
                 return "refused"  # the refusal page itself is open to all
             try:
-                return self.gate.identity(handler.request.headers, handler.request.remote_ip).dn
+                return self.gate.identity(handler.request.headers).dn
             except NotAuthenticated as exc:
-                log.warning(
-                    "refused %s %s: %s", handler.request.remote_ip, handler.request.path, exc.reason
-                )
+                log.warning("refused %s %s: %s", _where(handler), handler.request.path, exc.reason)
                 return None
 
         return user
@@ -67,7 +86,7 @@ class CertificateAuth(AuthProvider):  # type: ignore[misc]
         class Denied(RequestHandler):
             def get(self) -> None:
                 try:
-                    who = gate.identity(self.request.headers, self.request.remote_ip)
+                    who = gate.identity(self.request.headers)
                     reason = f"you are {who.dn}: go back to the dashboard"
                     self.set_status(200)
                 except NotAuthenticated as exc:

@@ -1,8 +1,9 @@
 """What every page works with: the served site, its state database, the gate, and the person
-of the current session (from the headers the gate accepted for it)."""
+of the current session (from the request that opened it, judged again at each action)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import panel as pn
+from bokeh.server.callbacks import PeriodicCallback
+from tornado.ioloop import IOLoop
 
 from b2cal.auth.policy import Action
 from b2cal.db.database import StateDatabase
@@ -19,6 +22,7 @@ from b2cal.sites import Site
 from dashboard.auth import Gate
 
 T = TypeVar("T")
+log = logging.getLogger("b2cal.dashboard")
 #: Seconds a view's data is reused across sessions (many people watching one overview cost
 #: one query set per interval).
 CACHE_SECONDS = 2.0
@@ -65,11 +69,11 @@ def who() -> Person:
     current = app()
     proxy = pn.state.curdoc.session_context.request if pn.state.curdoc else None
     # The HTTP request that made the session, as Tornado received it: not the headers Bokeh
-    # keeps in the session token, which a client could have written itself.
+    # keeps in the session token (which a client could have written, and which carries no
+    # identity header: the server keeps them out of it).
     real = getattr(proxy, "_request", None)
     headers = real.headers if real is not None else {}
-    peer = getattr(real, "remote_ip", None) or "unknown"
-    identity = current.gate.identity(headers, peer)
+    identity = current.gate.identity(headers)
     return person(current.db, identity, current.settings)
 
 
@@ -83,10 +87,41 @@ def viewer() -> Person:
 
 
 def now(who_: Person) -> Person:
-    """The same person with their grants as they are now: a page may have been open for hours
-    (a grant taken away, or a member the VO no longer lists, counts at the next click)."""
+    """The same person as they are now: a page may have been open for hours. Their
+    certificate is judged again (revoked since, expired: NotAuthenticated, and the page
+    ends the session), and their grants read again (a grant taken away, or a member the VO
+    no longer lists, counts at the next click)."""
     current = app()
-    return person(current.db, who_.identity, current.settings)
+    return person(current.db, current.gate.again(who_.identity), current.settings)
+
+
+def still(who_: Person) -> None:
+    """NotAuthenticated if the person's certificate no longer proves them (a live page
+    checks at each refresh, as an action does)."""
+    app().gate.again(who_.identity)
+
+
+def end_session(why: str) -> None:
+    """End the current session, whose person is no longer valid: stop its periodic
+    callbacks and close its websockets once the page has been sent ``why`` (Bokeh has no
+    public call for closing a session from the server, hence its private attributes)."""
+    doc = pn.state.curdoc
+    if doc is None:
+        return
+    log.warning("ended a session of the dashboard: %s", why)
+    for callback in list(doc.session_callbacks):
+        if isinstance(callback, PeriodicCallback):
+            doc.remove_periodic_callback(callback)
+    session = getattr(doc.session_context, "_session", None)
+    connections = list(getattr(session, "_subscribed_connections", ()))
+
+    def close() -> None:
+        for connection in connections:
+            socket = getattr(connection, "_socket", None)
+            if socket is not None:
+                socket.close()
+
+    IOLoop.current().call_later(1.0, close)  # the refusal reaches the page first
 
 
 def argument(name: str) -> str | None:

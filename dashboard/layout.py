@@ -12,8 +12,9 @@ from typing import Any
 import panel as pn
 
 from b2cal.db.states import CalRunState
-from b2cal.errors import B2CalError
+from b2cal.errors import B2CalError, NotAuthenticated
 from b2cal.orchestration.actions import Person
+from dashboard.context import end_session
 
 S = CalRunState
 log = logging.getLogger("b2cal.dashboard")
@@ -107,6 +108,11 @@ def acting(box: pn.pane.Alert, work: Callable[[], str], after: Callable[[], None
     async def run() -> None:
         try:
             said = await asyncio.to_thread(work)
+        except NotAuthenticated as exc:  # the person's certificate is no longer valid
+            box.object, box.alert_type = esc(f"{exc}: this page has ended"), "danger"
+            box.visible = True
+            end_session(exc.reason)
+            return
         except B2CalError as exc:
             box.object, box.alert_type = esc(exc), "danger"
         except Exception as exc:

@@ -1,22 +1,33 @@
 """The dashboard behind a real nginx on loopback (the project's own configuration) with a test
-PKI: which certificates get in, that identity headers count only from the front, and a real
-browser (Playwright driving Debian's Chromium, with a client certificate) reading the pages
-and acting — allowed and refused. Screenshots are kept in the test's folder."""
+PKI: which certificates get in, that identity comes only through the socket nginx alone can
+open and never reaches a browser, that a person revoked while a page is open is stopped at
+the next action and by nginx after its CRL reload, and a real browser (Playwright driving
+Debian's Chromium, with a client certificate) reading the pages and acting — allowed and
+refused. Screenshots are kept in the test's folder."""
 
 from __future__ import annotations
 
+import grp
 import os
+import re
+import socket
+import stat
+import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
+from bokeh.util.token import get_token_payload
 from browser import pages_for
 from cli import b2cal
+from cryptography.hazmat.primitives.serialization import Encoding
 from dashboard_server import served_dashboard
-from nginx_front import FRONT_SECRET, PROXY_ADDRESS, nginx_front
+from nginx_front import DashboardFront, dashboard_behind_nginx, nginx_group, nginx_user
 from pki import PKI, Issued
 
 from b2cal.auth.names import grid_dn
@@ -28,21 +39,30 @@ from b2cal.db.states import CalRunState
 from b2cal.sites import RequestKind, load_site
 
 S = CalRunState
+#: How often the dashboard looks at its CA and CRL files in these tests (a site: a minute).
+RELOAD = 0.5
 
 
 @dataclass
 class Front:
     pki: PKI
     url: str
-    app_url: str
     people: dict[str, Issued]
     calruns: dict[str, int]
     db_url: str
     folder: Path
     log: Any
+    served: DashboardFront
+    env: dict[str, str]
 
     def db(self) -> StateDatabase:
         return StateDatabase(self.db_url, create=False)
+
+    def revoke(self, who: Issued) -> None:
+        """The CA revokes ``who``; fetch-crl brings the new CRL into the certificates folder
+        (the dashboard reads it within RELOAD; nginx only once reloaded)."""
+        self.pki.revoke(who)
+        self.pki.fetch_crl(self.served.certificates)
 
 
 def dn(issued: Issued) -> str:
@@ -50,9 +70,14 @@ def dn(issued: Issued) -> str:
 
 
 def _populate(db: StateDatabase, people: dict[str, Issued]) -> dict[str, int]:
+    def expert(*names: str) -> list[dict[str, Any]]:
+        return [{"role": "expert", "calibrations": list(names)}]
+
     members = [
-        users.Member(dn(people["ada"]), grants=[{"role": "expert", "calibrations": ["ChannelT0"]}]),
+        users.Member(dn(people["ada"]), grants=expert("ChannelT0")),
         users.Member(dn(people["vic"]), grants=[{"role": "viewer", "calibrations": []}]),
+        users.Member(dn(people["sam"]), grants=expert("ChannelGain")),
+        users.Member(dn(people["nina"]), grants=[{"role": "viewer", "calibrations": []}]),
     ]
     users.sync(db, members, "test")
     request = db.create_request(
@@ -78,11 +103,12 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
     pki = PKI(folder / "pki")
     host = pki.host("localhost")
     people = pki.cast()
+    people["sam"] = pki.user("Sam Revoked Later")
+    people["nina"] = pki.user("Nina Revoked Later")
     env = {
         **os.environ,
         "B2CAL_HOME": str(folder / "home"),
-        "B2CAL_TRUSTED_PROXIES": f'["{PROXY_ADDRESS}"]',
-        "B2CAL_FRONT_SECRET": FRONT_SECRET,
+        "B2CAL_TRUST_RELOAD_SECONDS": str(RELOAD),
     }
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("B2CAL_HOME", env["B2CAL_HOME"])
@@ -91,12 +117,8 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
             calruns = _populate(db, people)
         with open_store(load_site("local").cdb_database_url) as store:
             store.create_tag("staging-prompt-1")  # what starting the request makes
-    with served_dashboard(env, "--site", "local") as app:
-        app_port = app.port
-        with nginx_front(folder, host.cert_path, host.key_path, pki.ca_file, pki.crl_file, app_port) as port:  # noqa: E501  # fmt: skip
-            # the dashboard takes websockets only from pages under the host browsers see
-            yield Front(pki, f"https://127.0.0.1:{port}", f"http://127.0.0.1:{app_port}",
-                        people, calruns, url, folder, app)  # fmt: skip
+    with dashboard_behind_nginx(env, pki, host, folder, "--site", "local") as served:
+        yield Front(pki, served.url, people, calruns, url, folder, served.app, served, env)
 
 
 def get(front: Front, who: Issued, path: str, **headers: str) -> httpx.Response:
@@ -106,35 +128,139 @@ def get(front: Front, who: Issued, path: str, **headers: str) -> httpx.Response:
 
 
 def test_nginx_lets_in_valid_user_certificates_only(front: Front) -> None:
-    assert get(front, front.people["ada"], "/overview").status_code == 200
+    answer = get(front, front.people["ada"], "/overview")
+    assert answer.status_code == 200
+    assert answer.headers["Strict-Transport-Security"] == "max-age=31536000"  # HTTPS only
     for name in ("rex", "old", "early", "mallory"):
         answer = get(front, front.people[name], "/overview")
         assert answer.status_code == 400, name  # nginx's "The SSL certificate error"
         assert "SSL certificate error" in answer.text or "certificate" in answer.text.lower()
 
 
-def test_identity_headers_count_only_from_the_front(front: Front) -> None:
-    # Through nginx, a header the client wrote is replaced by nginx's own.
-    answer = get(front, front.people["ada"], "/denied", **{"X-SSL-Client-S-DN": "CN=Cora,DC=org"})
+def test_identity_comes_only_through_the_socket_nginx_alone_can_open(front: Front) -> None:
+    # Through nginx, identity headers a client wrote are replaced by nginx's own.
+    vic_pem = quote(front.people["vic"].cert.public_bytes(Encoding.PEM).decode())
+    written = {"X-SSL-Client-Cert": vic_pem, "X-SSL-Client-S-DN": "CN=Vic"}
+    answer = get(front, front.people["ada"], "/denied", **written)
     assert answer.status_code == 200 and dn(front.people["ada"]) in answer.text
-    # Straight to the dashboard, the same headers from an address that is not the front.
+    # The socket: nginx's group may open it, nobody else; its folder is closed to others too.
+    sock = front.served.socket
+    info = sock.stat()
+    assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o660
+    assert grp.getgrgid(info.st_gid).gr_name == nginx_group()
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o750
+    if os.geteuid() != 0:
+        pytest.skip("the socket's refusal of other accounts needs root to run as another uid")
+    # nginx's workers run as its user (and get through: every page of these tests)...
+    workers = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+               and b"nginx: worker process" in _read(p / "cmdline")]  # fmt: skip
+    assert workers, "no nginx worker process"
+    uids = {int(_read(w / "status").split(b"\nUid:")[1].split()[0]) for w in workers}
+    assert uids == {int(subprocess.check_output(["id", "-u", nginx_user()]))}
+    # ...and a process of another account, in no group of nginx's, cannot connect.
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(13)\n"
+        "sys.exit(0)\n"
+    )
+    stranger = subprocess.run(
+        ["/usr/bin/python3", "-c", probe, str(sock)],
+        user=54321, group=54321, extra_groups=[], capture_output=True, text=True,
+    )  # fmt: skip
+    assert stranger.returncode == 13, stranger.stdout + stranger.stderr
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def test_the_development_server_refuses_identity_headers_over_tcp(front: Front) -> None:
     forged = {"X-SSL-Client-Verify": "SUCCESS", "X-SSL-Client-S-DN": "CN=Cora,DC=org"}
-    direct = httpx.get(front.app_url + "/overview", headers=forged, follow_redirects=True)
-    assert direct.status_code == 401
-    assert "which is not a trusted proxy" in direct.text
-    bare = httpx.get(front.app_url + "/overview", follow_redirects=True)
-    assert bare.status_code == 401 and "no certificate identity" in bare.text
-    # From the front's own address, but without the secret only nginx knows.
-    as_front = httpx.HTTPTransport(local_address=PROXY_ADDRESS)
-    with httpx.Client(transport=as_front, follow_redirects=True) as client:
-        spoofed = client.get(front.app_url + "/overview", headers=forged)
-        assert spoofed.status_code == 401
-        assert "without the front&#x27;s shared secret" in spoofed.text
-        signed = client.get(
-            front.app_url + "/denied", headers={**forged, "X-B2CAL-Front": FRONT_SECRET}
-        )
-        assert "you are /DC=org/CN=Cora" in signed.text  # the secret and the address: believed
-    assert "refused 127.0.0.1 /overview" in front.log.log()
+    with served_dashboard(front.env, "--site", "local", "--user", "/DC=org/CN=Dev") as dev:
+        url = f"http://127.0.0.1:{dev.port}"
+        refused = httpx.get(url + "/overview", headers=forged, follow_redirects=True)
+        assert refused.status_code == 401 and "over TCP" in refused.text
+        cert = {"X-SSL-Client-Verify": "SUCCESS", "X-SSL-Client-Cert": "anything"}
+        assert httpx.get(url + "/denied", headers=cert).status_code == 401
+        plain = httpx.get(url + "/denied")
+        assert "you are /DC=org/CN=Dev" in plain.text  # the development user, and nobody else
+    assert "refused 127.0.0.1 /overview" in dev.log()
+
+
+def test_a_second_dashboard_on_the_socket_is_refused_in_one_line(front: Front) -> None:
+    second = b2cal("dashboard", "--site", "local", "--socket", str(front.served.socket),
+                   "--origin", "127.0.0.1:1", env=front.env)  # fmt: skip
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        f"error: {front.served.socket} already answers (another dashboard runs there): "
+        "stop it first"
+    )
+    assert get(front, front.people["vic"], "/overview").status_code == 200  # still served
+
+
+def test_session_tokens_carry_no_identity_and_no_secret(front: Front) -> None:
+    """Bokeh embeds a session token in every page, with the opening request's headers in
+    it: readable by whoever has the page. It must carry none that nginx sets."""
+    ada = front.people["ada"]
+    page = get(front, ada, "/overview").text
+    tokens = re.findall(r'"token":\s*"([A-Za-z0-9_.\-]+)"', page)
+    assert tokens, "no session token in the page"
+    pem = ada.cert.public_bytes(Encoding.PEM).decode()
+    body = "".join(pem.splitlines()[1:-1])[:40]  # a piece of the certificate
+    for token in tokens:
+        payload = get_token_payload(token)
+        headers = {k.lower() for k in payload.get("headers", {})}
+        assert not {h for h in headers if "ssl" in h or "b2cal" in h}, headers
+        assert headers <= {"host", "user-agent", "accept-language"}, headers
+        assert payload.get("cookies", {}) == {}
+        text = str(payload)
+        assert body not in text and quote(body) not in text and "Ada Expert" not in text
+    assert body not in page and "BEGIN CERTIFICATE" not in page
+
+
+def test_a_person_revoked_while_a_page_is_open_is_stopped_at_the_next_action(
+    front: Front, browser_as: Any, tmp_path: Path
+) -> None:
+    sam = front.people["sam"]  # an expert of ChannelGain
+    target = front.calruns["ChannelGain"]
+    page = browser_as(sam)
+    page.goto(front.url + f"/calrun?id={target}")
+    page.get_by_role("button", name="Approve").wait_for()
+    front.revoke(sam)
+    time.sleep(RELOAD + 0.2)
+    page.get_by_role("button", name="Approve").click()
+    ended = page.get_by_text("this page has ended")
+    try:
+        ended.wait_for()
+    finally:
+        page.screenshot(path=str(tmp_path / "revoked.png"), full_page=True)
+    assert "Sam Revoked Later was revoked" in (ended.text_content() or "")
+    with front.db() as db:
+        assert db.calibration_run(target).state is S.AWAITING_SIGNOFF
+        assert db.signoffs(target) == []
+    assert "ended a session of the dashboard" in front.log.log()
+
+
+def test_nginx_refuses_a_revoked_certificate_once_trust_update_reloaded_it(front: Front) -> None:
+    nina = front.people["nina"]
+    assert get(front, nina, "/overview").status_code == 200
+    front.revoke(nina)
+    time.sleep(RELOAD + 0.2)
+    # nginx still has the old CRL: it lets her through, and the dashboard refuses her
+    behind = get(front, nina, "/denied")
+    assert behind.status_code == 401 and "Nina Revoked Later was revoked" in behind.text
+    done = front.served.trust_update()  # what fetch-crl's postexec runs
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "nginx reloaded" in done.stdout
+    deadline = time.monotonic() + 10
+    while get(front, nina, "/overview").status_code != 400:
+        assert time.monotonic() < deadline, "nginx kept letting a revoked certificate in"
+        time.sleep(0.1)
+    assert get(front, front.people["vic"], "/overview").status_code == 200
 
 
 @pytest.fixture
@@ -228,10 +354,21 @@ def test_the_development_user_is_refused_off_loopback() -> None:
     )
 
 
-def test_behind_a_front_the_dashboard_needs_its_shared_secret() -> None:
-    refused = b2cal("dashboard", "--port", "0", env={"B2CAL_FRONT_SECRET": ""})
-    assert refused.returncode == 1
-    assert refused.stderr.strip().startswith("error: B2CAL_FRONT_SECRET is not set")
+def test_the_dashboard_needs_a_socket_or_a_development_user_and_a_free_port() -> None:
+    neither = b2cal("dashboard", "--port", "0")
+    assert neither.returncode == 1
+    assert neither.stderr.strip().startswith(
+        "error: behind nginx the dashboard listens on a Unix socket"
+    )
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = b2cal("dashboard", "--port", str(port), "--user", "/DC=org/CN=Dev")
+    assert taken.returncode == 1
+    assert taken.stderr.strip() == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ), taken.stderr
 
 
 def test_the_overview_follows_the_state_database_live(front: Front, browser_as: Any) -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 from browser import pages_for
-from dashboard_server import served_dashboard
-from nginx_front import FRONT_SECRET, PROXY_ADDRESS, nginx_front
+from nginx_front import dashboard_behind_nginx
 from pki import PKI
 from prefect_stack import Stack, calruns, request_state, wait_until
 
@@ -42,11 +41,9 @@ def test_an_expert_signs_off_in_the_browser_and_the_upload_follows(
     target = calruns(stack, request)["ChannelT0"]
     assert target.state is S.AWAITING_SIGNOFF
 
-    env = {**stack.process_env(), "B2CAL_TRUSTED_PROXIES": f'["{PROXY_ADDRESS}"]',
-           "B2CAL_FRONT_SECRET": FRONT_SECRET}  # fmt: skip
-    front = (tmp_path, host.cert_path, host.key_path, pki.ca_file, pki.crl_file)
-    with served_dashboard(env, "--site", "bnl") as app, nginx_front(*front, app.port) as port:
-        url = f"https://127.0.0.1:{port}"
+    env = stack.process_env()
+    with dashboard_behind_nginx(env, pki, host, tmp_path, "--site", "bnl") as front:
+        url = front.url
         with pages_for(url) as page_of:
             page = page_of(expert)
             page.goto(url + "/overview")

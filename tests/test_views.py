@@ -1,16 +1,21 @@
 """What the dashboard's pages are made of, without a browser: the overview's cost (a fixed
 number of queries whatever the matrix size), the trend with its drift flags, and who a
-request is from the identity headers of the TLS front."""
+request is: the certificate its TLS front passed on, or the development user."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+from pki import PKI
 from sqlalchemy import event
 
-from b2cal.auth.proxied import identity_from_front
+from b2cal.auth.proxied import again, identity_from_front, identity_over_tcp
+from b2cal.auth.trust import TrustStore
 from b2cal.db.database import StateDatabase
 from b2cal.db.overview import Overview, calibration_history, overview
 from b2cal.db.states import CalRunState
@@ -105,32 +110,35 @@ def test_a_constant_moving_beyond_its_tolerance_is_flagged(db: StateDatabase) ->
     assert tolerance_of("BeamSpot", "x", {"BeamSpot": 0.1}) == 0.1  # by calibration
 
 
-PROXIES = ["127.0.0.2", "10.0.0.0/8"]
-VERIFIED = {"X-SSL-Client-Verify": "SUCCESS", "X-SSL-Client-S-DN": "CN=Ada,OU=Users,DC=org"}
-
-
-def test_identity_headers_are_believed_from_the_trusted_front_only() -> None:
-    who = identity_from_front(VERIFIED, "127.0.0.2", PROXIES)
-    assert (who.dn, who.via) == ("/DC=org/OU=Users/CN=Ada", "certificate")
-    assert identity_from_front(VERIFIED, "10.1.2.3", PROXIES).dn == who.dn
-    lower = {k.lower(): v for k, v in VERIFIED.items()}
-    assert identity_from_front(lower, "127.0.0.2", PROXIES).dn == who.dn
-    cases = [
-        (VERIFIED, "127.0.0.1", "from 127.0.0.1, which is not a trusted proxy"),
-        ({"X-SSL-Client-S-DN": "CN=Eve"}, "192.168.1.5", "not a trusted proxy"),
-        ({**VERIFIED, "X-SSL-Client-Verify": "FAILED:certificate revoked"}, "127.0.0.2",
-         "did not verify the certificate (FAILED:certificate revoked)"),
-        ({"X-SSL-Client-Verify": "SUCCESS"}, "127.0.0.2", "passed no DN"),
-        ({}, "127.0.0.2", "no certificate identity"),
-        ({**VERIFIED, "X-SSL-Client-S-DN": "not a dn"}, "127.0.0.2", "unreadable DN"),
-    ]  # fmt: skip
-    for headers, peer, reason in cases:
-        with pytest.raises(NotAuthenticated, match=reason.replace("(", r"\(").replace(")", r"\)")):
-            identity_from_front(headers, peer, PROXIES)
-
-
-def test_the_development_user_is_who_a_request_without_headers_is() -> None:
-    local = identity_from_front({}, "127.0.0.1", PROXIES, local_user="/DC=org/CN=Dev")
+def test_identity_over_tcp_is_the_development_user_and_never_a_header() -> None:
+    local = identity_over_tcp({}, "/DC=org/CN=Dev")
     assert (local.dn, local.via) == ("/DC=org/CN=Dev", "local")
-    with pytest.raises(NotAuthenticated, match="not a trusted proxy"):
-        identity_from_front(VERIFIED, "127.0.0.1", PROXIES, local_user="/DC=org/CN=Dev")
+    for header in ("X-SSL-Client-Verify", "x-ssl-client-cert", "X-SSL-Client-S-DN"):
+        with pytest.raises(NotAuthenticated, match="over TCP"):
+            identity_over_tcp({header: "SUCCESS"}, "/DC=org/CN=Dev")
+    with pytest.raises(NotAuthenticated, match="needs --user"):
+        identity_over_tcp({}, None)
+
+
+def test_the_fronts_headers_are_judged_by_the_certificate_they_carry(tmp_path: Path) -> None:
+    pki = PKI(tmp_path)
+    trust = TrustStore.load([pki.ca_file], [pki.crl_file])
+    ada = pki.user("Ada Front")
+    escaped = quote(ada.cert.public_bytes(Encoding.PEM).decode())
+    sent = {"x-ssl-client-verify": "SUCCESS", "x-ssl-client-cert": escaped}
+    who = identity_from_front(sent, trust, "belle")
+    assert (who.dn, who.via) == ("/DC=org/DC=b2cal-test/CN=Users/CN=Ada Front", "certificate")
+    assert again(who, trust, "belle") == who
+    cases = [
+        ({}, "no certificate identity"),
+        ({**sent, "x-ssl-client-verify": "FAILED:certificate revoked"},
+         "did not verify the certificate (FAILED:certificate revoked)"),
+        ({"X-SSL-Client-Verify": "SUCCESS"}, "did not pass it on"),
+        ({**sent, "x-ssl-client-cert": "not%20a%20certificate"}, "no readable certificate"),
+    ]  # fmt: skip
+    for headers, reason in cases:
+        with pytest.raises(NotAuthenticated, match=re.escape(reason)):
+            identity_from_front(headers, trust, "belle")
+    pki.revoke(ada)  # the same identity, judged again with the new CRL
+    with pytest.raises(NotAuthenticated, match="was revoked"):
+        again(who, TrustStore.load([pki.ca_file], [pki.crl_file]), "belle")

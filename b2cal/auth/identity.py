@@ -31,6 +31,9 @@ class Identity:
     #: When the proof ends (the first of its certificates, CRLs and VOMS attributes to expire);
     #: whoever keeps an identity past a request judges it again then.
     until: dt.datetime | None = field(default=None, compare=False)
+    #: The certificate (PEM) that proved it, for whoever must judge it again later (a
+    #: dashboard session, at each action); never sent anywhere.
+    proof: bytes | None = field(default=None, compare=False, repr=False)
 
 
 def authenticate(

@@ -1,9 +1,10 @@
-"""``b2cal dashboard``: the Panel dashboard on this machine, for development.
+"""``b2cal dashboard``: the Panel dashboard of this checkout (``python -m dashboard``) in a
+child process, stopped on Ctrl-C or SIGTERM.
 
-It runs the checkout's ``dashboard/`` app (``python -m dashboard``) in a child process and
-stops it on Ctrl-C or SIGTERM. ``--user DN`` names who the browser is; it is refused unless
-the dashboard listens on loopback, since nothing then checks a certificate. Behind nginx at a
-site the same app runs without ``--user`` (deployments/nginx/, docs/dashboard.md).
+For development, ``--user DN`` over TCP on loopback: every request is that person (nothing
+checks a certificate, so any other address is refused). At a site, behind nginx, ``--socket
+PATH --socket-group GROUP --origin HOST``: a Unix socket only nginx's group can open
+(deployments/nginx/, docs/dashboard.md).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -29,8 +31,21 @@ def dashboard(
         str | None,
         typer.Option(metavar="DN", help="Act as this DN (its grants from the user registry)."),
     ] = None,
+    socket: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="Behind nginx: listen on this Unix socket instead."),
+    ] = None,
+    socket_group: Annotated[
+        str | None,
+        typer.Option(metavar="GROUP", help="The group that may open the socket (nginx's)."),
+    ] = None,
+    origin: Annotated[
+        list[str] | None,
+        typer.Option(metavar="HOST[:PORT]", help="Behind nginx: the address browsers use."),
+    ] = None,
 ) -> None:
-    """Serve the dashboard on loopback for development (Ctrl-C stops it)."""
+    """Serve the dashboard: on loopback as --user for development, or on a Unix socket behind
+    nginx (Ctrl-C stops it)."""
     from b2cal.orchestration.stack import CHECKOUT
 
     if not (CHECKOUT / "dashboard" / "__main__.py").is_file():
@@ -40,6 +55,12 @@ def dashboard(
         command += ["--site", site]
     if user is not None:
         command += ["--user", user]
+    if socket is not None:
+        command += ["--socket", str(socket)]
+    if socket_group is not None:
+        command += ["--socket-group", socket_group]
+    for each in origin or []:
+        command += ["--origin", each]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])),

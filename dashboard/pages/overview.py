@@ -6,6 +6,7 @@ from __future__ import annotations
 import panel as pn
 
 from b2cal.db.overview import Overview, overview
+from b2cal.errors import NotAuthenticated
 from b2cal.sites import RequestKind, site_names
 from dashboard import context
 from dashboard.layout import COLOURS, duration, esc, link, page, table
@@ -96,12 +97,21 @@ def view() -> pn.Column:
         )
         return (matrix(data) if data.rows else "<p>no requests yet</p>", waiting, buckets)
 
+    def live() -> None:
+        try:
+            context.still(who)  # a page left open: its person's certificate judged again
+        except NotAuthenticated as exc:
+            body.object = f"<p class='drift' id='refusal'>{esc(exc)}: this page has ended</p>"
+            context.end_session(exc.reason)
+            return
+        refresh()
+
     for widget in (exp, sites, kind):
         widget.param.watch(refresh, "value")
     refresh()
     # Live updates once a browser has connected: a page fetched and never shown (or a session
     # whose browser is gone) costs the server nothing more.
-    pn.state.onload(lambda: pn.state.add_periodic_callback(refresh, period=REFRESH_MS))
+    pn.state.onload(lambda: pn.state.add_periodic_callback(live, period=REFRESH_MS))
     return page(
         f"Calibrations at a glance (site {app.site.name})",
         who,
