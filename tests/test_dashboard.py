@@ -26,9 +26,10 @@ from bokeh.util.token import get_token_payload
 from browser import pages_for
 from cli import b2cal
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from dashboard_server import served_dashboard
 from nginx_front import DashboardFront, dashboard_behind_nginx, nginx_group, nginx_user
-from pki import PKI, Issued
+from pki import PKI, Issued, name
 
 from b2cal.auth.names import grid_dn
 from b2cal.auth.tls import client_context
@@ -121,19 +122,21 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
         yield Front(pki, served.url, people, calruns, url, folder, served.app, served, env)
 
 
-def get(front: Front, who: Issued, path: str, **headers: str) -> httpx.Response:
+def get(
+    front: Front, who: Issued, path: str, follow_redirects: str = "", **headers: str
+) -> httpx.Response:
     context = client_context(who.cert_path, who.key_path, front.pki.ca_file)
-    with httpx.Client(verify=context, timeout=30) as client:
-        return client.get(front.url + path, headers=headers)
+    with httpx.Client(verify=context, timeout=30, follow_redirects=bool(follow_redirects)) as c:
+        return c.get(front.url + path, headers=headers)
 
 
 def test_nginx_lets_in_valid_user_certificates_only(front: Front) -> None:
     answer = get(front, front.people["ada"], "/overview")
     assert answer.status_code == 200
     assert answer.headers["Strict-Transport-Security"] == "max-age=31536000"  # HTTPS only
-    for name in ("rex", "old", "early", "mallory"):
-        answer = get(front, front.people[name], "/overview")
-        assert answer.status_code == 400, name  # nginx's "The SSL certificate error"
+    for who in ("rex", "old", "early", "mallory"):
+        answer = get(front, front.people[who], "/overview")
+        assert answer.status_code == 400, who  # nginx's "The SSL certificate error"
         assert "SSL certificate error" in answer.text or "certificate" in answer.text.lower()
 
 
@@ -220,6 +223,18 @@ def test_session_tokens_carry_no_identity_and_no_secret(front: Front) -> None:
         text = str(payload)
         assert body not in text and quote(body) not in text and "Ada Expert" not in text
     assert body not in page and "BEGIN CERTIFICATE" not in page
+
+
+def test_a_certificate_whose_name_reads_as_someone_elses_dn_is_refused(front: Front) -> None:
+    """nginx accepts it (a trusted CA issued it); the dashboard's gate does not, since its DN
+    in the slash form would be Ada's, with her grants."""
+    twin_name = name((NameOID.DOMAIN_COMPONENT, "org"), (NameOID.DOMAIN_COMPONENT, "b2cal-test"),
+                     (NameOID.COMMON_NAME, "Users/CN=Ada Expert"))  # fmt: skip
+    twin = front.pki.user("twin", subject=twin_name, label="ada-twin")
+    assert grid_dn(twin.cert.subject) == dn(front.people["ada"])
+    refused = get(front, twin, "/overview", follow_redirects="yes")
+    assert refused.status_code == 401 and "reads as more than one attribute" in refused.text
+    assert "refused the front /overview" in front.log.log()
 
 
 def test_a_person_revoked_while_a_page_is_open_is_stopped_at_the_next_action(
