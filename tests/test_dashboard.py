@@ -257,7 +257,12 @@ def test_a_person_revoked_while_a_page_is_open_is_stopped_at_the_next_action(
     with front.db() as db:
         assert db.calibration_run(target).state is S.AWAITING_SIGNOFF
         assert db.signoffs(target) == []
-    assert "ended a session of the dashboard" in front.log.log()
+    log = front.log.log()
+    assert "ended a session of the dashboard" in log
+    deadline = time.monotonic() + 10  # and its connection is closed by the server
+    while "WebSocket connection closed" not in front.log.log().split("ended a session", 1)[1]:
+        assert time.monotonic() < deadline, "the ended session's websocket stayed open"
+        time.sleep(0.1)
 
 
 def test_nginx_refuses_a_revoked_certificate_once_trust_update_reloaded_it(front: Front) -> None:
