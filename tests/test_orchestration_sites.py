@@ -70,7 +70,10 @@ def test_a_calibration_placed_at_another_site_runs_there_and_feeds_its_dependant
     assert "at site bnl (pool bnl): ModuleAlignment" in dry.stdout, dry.stdout
     assert "BeamSpot: a calibrate/local run once ModuleAlignment is uploaded" in dry.stdout
     assert_one_line_error(stack.b2cal(*create, "--place", "Nope=bnl"), "--place names Nope")
-    assert_one_line_error(stack.b2cal(*create, "--place", "BeamSpot=cern"), "site cern")
+    assert_one_line_error(
+        stack.b2cal(*create, "--place", "BeamSpot=cern"),
+        "the site 'cern', which is not a known site",
+    )
     request = created_request(stack.b2cal(*create))
 
     def placed_waits() -> bool:
