@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := build/demo
+# The unit tier's tests share no server: they run in two processes (pytest-xdist). The other
+# tiers share one Prefect stack, Slurm or nginx per session, so they run in one.
+UNIT_WORKERS := -n 2
 
-.PHONY: install demo demo-down test test-fast lint bench bench-prompt bench-slurm bench-dashboard clean
+.PHONY: install demo demo-down test check lint bench bench-prompt bench-slurm bench-dashboard clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,15 +53,25 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Every test, slow ones included (CI runs this). PostgreSQL and MariaDB are started if needed.
+# Every test, tier by tier (CI runs this; tests/conftest.py says what each tier needs): unit,
+# then services (PostgreSQL and MariaDB are started if needed, nginx, Slurm), then stack (the
+# local Prefect stack, a browser). Every tier runs even if one fails; each tier's time is
+# printed at the end.
 test: lint
 	bash scripts/services.sh
 	bash scripts/tools.sh
-	$(BIN)/pytest --durations=25
+	@status=0; times=""; for tier in unit services stack; do \
+		start=$$(date +%s); \
+		echo "== tier $$tier"; \
+		if [ $$tier = unit ]; then spread="$(UNIT_WORKERS)"; else spread=""; fi; \
+		$(BIN)/pytest -m $$tier $$spread --durations=15 || status=1; \
+		times="$$times $$tier $$(( $$(date +%s) - start )) s;"; \
+	done; \
+	echo "tier times:$$times"; exit $$status
 
-# The quick loop while developing: no slow tests.
-test-fast: install
-	$(BIN)/pytest -m "not slow"
+# The quick loop while developing: lint, types and the unit tier (no service, no Prefect).
+check: lint
+	$(BIN)/pytest -m unit $(UNIT_WORKERS)
 
 # Ratios against baselines measured in the same run. The engine-overhead data set is sized so
 # that its baseline takes over a minute: about 20 minutes in all and 8 GB of temporary disk.

@@ -13,8 +13,9 @@
    proxies, kept-alive connections) for SECONDS: p95 latency (goal < 1 s) and errors (goal 0),
    ``GET /status`` (the database) against ``GET /whoami`` (TLS and the identity only).
 4. 200 slow clients — each from an address of its own, half holding a connection idle, half
-   dripping a TLS record a byte a second, reconnecting when cut off — beside the load of 2
-   (through nginx) and of 3 (on the API), for SECONDS/2 each: the others' p95 and errors
+   dripping a TLS record a byte a second, reconnecting when cut off — beside the paced
+   sessions of 2 on the plain page (nginx and the dashboard's server, not the building of
+   pages) and beside the load of 3 on the API, for SECONDS/2 each: the others' p95 and errors
    against the same load alone (goal: ratio near 1, 0 errors). And 200 from one address: how
    many the API holds at once (goal: api_connections_per_address).
 
@@ -297,12 +298,13 @@ def main() -> int:
             fronts, front_errors = load(browser, base + "/denied", SESSIONS, seconds, pace)
             # ...and, to find the ceiling, as fast as the server answers
             flat, flat_errors = load(browser, base + "/overview", SESSIONS, seconds)
-        with console.status(f"the same sessions beside {SLOW} slow clients of nginx"):
-            alone, alone_errors = load(browser, base + "/overview", SESSIONS, seconds / 2, pace)
+        # The front's own cost (the plain page), alone and beside slow clients: what they could
+        # starve is nginx and the dashboard's server, not the building of pages.
+        with console.status(f"the plain page beside {SLOW} slow clients of nginx"):
+            time.sleep(20)  # the flat-out run's pages are still being built for a while
+            alone, alone_errors = load(browser, base + "/denied", SESSIONS, seconds / 2, pace)
             with SlowClients("127.0.0.1", nginx_port, SLOW) as slow:
-                beside, beside_errors = load(
-                    browser, base + "/overview", SESSIONS, seconds / 2, pace
-                )
+                beside, beside_errors = load(browser, base + "/denied", SESSIONS, seconds / 2, pace)
                 nginx_held = slow.held
         table.add_row(
             f"{SESSIONS} sessions via nginx, a page each {THINK:.0f} s: p95",
@@ -321,9 +323,9 @@ def main() -> int:
             f"errors {flat_errors}", "", "",
         )  # fmt: skip
         table.add_row(
-            f"  beside {SLOW} slow clients ({nginx_held} held): p95, errors",
-            f"{p95(beside) * 1000:.0f} ms, {beside_errors}",
-            f"{p95(alone) * 1000:.0f} ms, {alone_errors} (alone)",
+            f"  plain page beside {SLOW} slow clients ({nginx_held} held): p95, errors",
+            f"{p95(beside) * 1000:.1f} ms, {beside_errors}",
+            f"{p95(alone) * 1000:.1f} ms, {alone_errors} (alone)",
             f"{p95(beside) / p95(alone):.2f}",
             "~1, 0 errors",
         )  # fmt: skip

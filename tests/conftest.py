@@ -1,9 +1,24 @@
-"""Shared fixtures. Test data is made by the project's own toy generator, never checked in."""
+"""Shared fixtures, and the test tiers. Test data is made by the project's own toy generator,
+never checked in.
+
+Every test is in exactly one tier (a test in none, or in two, fails the collection):
+
+* ``unit``: no service and no Prefect server — files, processes, the toy data, in-process
+  fakes (``make check`` runs this tier);
+* ``services``: real servers other than Prefect's — PostgreSQL, MariaDB, nginx, Slurm, the
+  TLS API;
+* ``stack``: a Prefect server (the local stack) or a real browser.
+
+A module names its tier (``pytestmark``); the conditions-database and state-database
+fixtures carry it per database (SQLite and the fake nopayloaddb are ``unit``, PostgreSQL and
+MariaDB ``services``), so a module whose tests run on every database names none.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,8 +40,33 @@ def small_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 #: Every conditions-database store the behavioural tests run against. The SQL ones are real
 #: servers on loopback (tests/sql_databases.py creates and drops a database per test); the
 #: nopayloaddb one is a fake of its REST API (tests/fake_nopayloaddb.py says why).
-SQL_STORES = ["sqlite", "postgresql", "mariadb"]
-ALL_STORES = [*SQL_STORES, "nopayloaddb"]
+TIERS = ("unit", "services", "stack")
+#: The tier of a test on each kind of database.
+DATABASE_TIER = {"sqlite": "unit", "nopayloaddb": "unit", "postgresql": "services",
+                 "mariadb": "services"}  # fmt: skip
+
+
+def on_databases(kinds: list[str]) -> list[Any]:
+    """Fixture or test parameters, one per database kind, each marked with its tier."""
+    return [pytest.param(k, id=k, marks=getattr(pytest.mark, DATABASE_TIER[k])) for k in kinds]
+
+
+SQL_STORES = on_databases(["sqlite", "postgresql", "mariadb"])
+ALL_STORES = on_databases(["sqlite", "postgresql", "mariadb", "nopayloaddb"])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test in exactly one tier."""
+    wrong = []
+    for item in items:
+        tiers = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
+        if len(tiers) != 1:
+            wrong.append(f"{item.nodeid}: {', '.join(tiers) or 'no tier'}")
+    if wrong:
+        raise pytest.UsageError(
+            "every test needs exactly one tier (unit, services, stack; tests/conftest.py):\n  "
+            + "\n  ".join(wrong)
+        )
 
 
 def _open_store(kind: str, tmp_path: Path):  # type: ignore[no-untyped-def]

@@ -23,24 +23,23 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cli import B2CAL, PLUGINS, TESTS
 from sql_databases import database_url
 from sqlalchemy import create_engine, text
+from waiting import wait_until
 
 from b2cal.db.database import StateDatabase
 from b2cal.db.states import CalRunState, RequestState
 from b2cal.orchestration.stack import LocalStack, StackOptions
 from b2cal.toy.generate import generate_toy
 
-T = TypeVar("T")
 PREFECT = Path(sys.executable).with_name("prefect")
 S = CalRunState
 CALIBRATION_NAMES = ("ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot")
@@ -113,13 +112,10 @@ class Receiver:
     def wait_for(
         self, test: Callable[[dict[str, Any]], bool], timeout: float = 60
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for doc in list(self.received):
-                if test(doc):
-                    return doc
-            time.sleep(0.2)
-        raise AssertionError(f"nothing matching arrived in {timeout} s: {self.received}")
+        def arrived() -> dict[str, Any] | None:
+            return next((doc for doc in list(self.received) if test(doc)), None)
+
+        return wait_until(arrived, timeout, f"a webhook document (got {self.received})", 0.2)
 
 
 @contextmanager
@@ -233,16 +229,6 @@ def prefect_server_url(url: str) -> str:
         connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
     engine.dispose()
     return url.replace("postgresql+psycopg://", "postgresql+asyncpg://")
-
-
-def wait_until(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @contextmanager

@@ -23,9 +23,11 @@ from typing import Any
 
 import httpx
 import pytest
+from calibration_runs import TO_SIGNOFF, started_request
 from cli import b2cal, start_b2cal
 from cryptography.x509.oid import NameOID
 from pki import DAY, NOW, PKI, Issued, name
+from waiting import wait_until
 
 from b2cal.api.server import ApiServer, open_server
 from b2cal.auth.names import grid_dn
@@ -35,7 +37,9 @@ from b2cal.db import users
 from b2cal.db.database import StateDatabase
 from b2cal.db.states import CalRunState
 from b2cal.settings import Settings
-from b2cal.sites import RequestKind, load_site, sites_dir
+from b2cal.sites import load_site, sites_dir
+
+pytestmark = pytest.mark.services
 
 S = CalRunState
 #: The trust files' re-read period in these tests (a site's default is a minute).
@@ -55,20 +59,6 @@ class Served:
     @property
     def db(self) -> StateDatabase:
         return self.server.api.db
-
-
-def _awaiting(db: StateDatabase) -> dict[str, int]:
-    """One prompt request whose calibration runs all wait for a sign-off."""
-    request = db.create_request(
-        kind=RequestKind.PROMPT, site="local", exp=1, run_low=1, run_high=4,
-        calibrations=CALIBRATIONS, input_tags=["base"], actor="test",
-    )  # fmt: skip
-    found = {}
-    for calrun in db.start_request(request.id):
-        for state in (S.COLLECTING, S.ALGORITHM, S.VALIDATING, S.AWAITING_SIGNOFF):
-            db.move(calrun.id, state)
-        found[calrun.calibration] = calrun.id
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +89,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 users.Member(dn(people["rex"]), grants=[{"role": "coordinator", "calibrations": []}]),  # noqa: E501
             ]  # fmt: skip
             users.sync(db, members, "test")
-            calruns = _awaiting(db)
+            calruns = started_request(db, CALIBRATIONS, through=TO_SIGNOFF)
         server = open_server(site, "127.0.0.1", 0)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -714,15 +704,15 @@ def test_slow_and_greedy_clients_are_cut_off_while_others_are_served(
         with httpx.Client(transport=transport, base_url=url + "/api/v1") as elsewhere:
             assert elsewhere.get("/whoami").status_code == 200
         idle.pop().close()
-        deadline = time.monotonic() + 10
-        while True:  # the server notices the close in its own time
+
+        def served() -> bool:  # once the server has noticed the close, in its own time
             try:
                 with kept_alive(api, ada, url) as client:
-                    assert client.get("/whoami").status_code == 200
-                break
+                    return client.get("/whoami").status_code == 200
             except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the freed connection was never counted"
-                time.sleep(0.1)
+                return False
+
+        wait_until(served, 10, "the freed connection to count", every=0.1)
         for sock in idle:
             sock.close()
     assert any("api_connections_per_address" in r.message for r in caplog.records)

@@ -27,7 +27,7 @@ from b2cal.auth.names import grid_dn
 from b2cal.auth.tls import client_context
 from b2cal.db.states import CalRunState, RequestState
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_stack")]
+pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("in_stack")]
 S = CalRunState
 
 

@@ -22,6 +22,8 @@ from b2cal.auth.policy import Action, Grant, Role, check
 from b2cal.auth.trust import TrustFiles, TrustStore
 from b2cal.errors import B2CalError, NotAllowed, NotAuthenticated
 
+pytestmark = pytest.mark.unit
+
 ADA = "/DC=org/DC=b2cal-test/CN=Users/CN=Ada Lovelace"
 CALIBRATION = "/belle/Role=calibration/Capability=NULL"
 

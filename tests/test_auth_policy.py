@@ -9,6 +9,8 @@ from b2cal.auth.identity import Identity
 from b2cal.auth.policy import Action, Grant, Role, allowed, check, grants_of
 from b2cal.errors import NotAllowed
 
+pytestmark = pytest.mark.unit
+
 ADA = Identity("/DC=org/CN=Ada", ("/belle/Role=calibration/Capability=NULL", "/belle"), "proxy")
 FQANS = {
     "/belle": Grant(Role.VIEWER),

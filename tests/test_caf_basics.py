@@ -17,6 +17,8 @@ from b2cal.core.iov import ExpRun, IoV, tile_iovs
 from b2cal.core.localdb import LocalDatabase, payload_bytes, read_database_txt, write_local_database
 from b2cal.errors import B2CalError
 
+pytestmark = pytest.mark.unit
+
 
 def test_iov_conventions() -> None:
     assert IoV(1, 5, 1, -1).contains(ExpRun(1, 10**6))

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from cli import assert_one_line_error, b2cal
 
+pytestmark = pytest.mark.unit
+
 
 def run_args(output: Path, *extra: str | Path, calibrations: str = "Counting") -> list[str | Path]:
     return [

@@ -18,6 +18,8 @@ from b2cal.caf.steps import collect, finish, plan, run_algorithm
 from b2cal.caf.workspace import Workspace
 from b2cal.errors import ArgumentsChanged, B2CalError
 
+pytestmark = pytest.mark.unit
+
 
 def request(storage: Path, *inputs: Path) -> CalibrationRequest:
     return CalibrationRequest(

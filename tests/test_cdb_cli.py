@@ -15,6 +15,8 @@ from cli import assert_one_line_error, b2cal
 
 from b2cal.toy.generate import generate_toy
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:

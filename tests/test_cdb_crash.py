@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cli import B2CAL, b2cal, environment
+from conftest import on_databases
 from sql_databases import database_url
 
 from b2cal.core.iov import IoV
@@ -32,8 +33,7 @@ def big_output(directory: Path) -> Path:
     return directory
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("kind", on_databases(["sqlite", "postgresql"]))
 def test_killed_upload_leaves_all_or_nothing_and_the_retry_completes(
     kind: str, tmp_path: Path
 ) -> None:

@@ -62,6 +62,8 @@ from b2cal.errors import (
     UnknownTag,
 )
 
+pytestmark = pytest.mark.unit
+
 OPEN, RUNNING = TagState.OPEN, TagState.RUNNING
 
 

@@ -16,6 +16,8 @@ from b2cal.cdb.rules import (
 from b2cal.core.iov import ExpRun, IoV
 from b2cal.errors import CdbError, ForbiddenChange
 
+pytestmark = pytest.mark.unit
+
 P = Payload("T0", 1, "a" * 32, 10)
 Q = Payload("T0", 2, "b" * 32, 10)
 

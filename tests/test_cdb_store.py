@@ -538,6 +538,7 @@ def test_two_processes_open_and_upload_at_once(kind: str, tmp_path: Path) -> Non
             }
 
 
+@pytest.mark.unit  # no server: refusals, rules, files
 @pytest.mark.parametrize(
     ("url", "expected"),
     [

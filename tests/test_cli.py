@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from cli import assert_one_line_error, b2cal
 
+pytestmark = pytest.mark.unit
+
 
 def caf_run(storage: Path, output: Path, runs: str, calibrations: str) -> tuple[str, ...]:
     """Arguments of ``b2cal caf run`` for experiment 1."""

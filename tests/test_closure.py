@@ -17,6 +17,8 @@ from b2cal.toy.closure import check_closure, format_closure_table
 from b2cal.toy.generate import generate_toy
 from b2cal.toy.model import ToyTruth
 
+pytestmark = pytest.mark.unit
+
 ALL = "ChannelT0,ChannelGain,ModuleAlignment,BeamSpot"
 
 
@@ -37,7 +39,6 @@ def database_lines(output: Path, name: str) -> list[str]:
     return (output / name / "outputdb/database.txt").read_text().splitlines()
 
 
-@pytest.mark.slow
 def test_closure_with_jumps_and_a_low_statistics_run(tmp_path: Path) -> None:
     storage, output = tmp_path / "storage", tmp_path / "output"
     generate_toy(
@@ -57,7 +58,6 @@ def test_closure_with_jumps_and_a_low_statistics_run(tmp_path: Path) -> None:
         assert outcome(output, name)["validation"]["passed"] is True  # type: ignore[index]
 
 
-@pytest.mark.slow
 def test_closure_open_ended_with_leftover_low_statistics_run_at_the_end(tmp_path: Path) -> None:
     storage, output = tmp_path / "storage", tmp_path / "output"
     generate_toy(storage, 1, range(10, 15), beamspot_changes=[12], low_stat={14: 30}, seed=5)
@@ -69,7 +69,6 @@ def test_closure_open_ended_with_leftover_low_statistics_run_at_the_end(tmp_path
     assert database_lines(output, "ModuleAlignment") == ["dbstore/ModuleAlignment 1 1,10,-1,-1"]
 
 
-@pytest.mark.slow
 def test_payloads_are_bit_identical_whatever_the_number_of_workers(tmp_path: Path) -> None:
     storage = tmp_path / "storage"
     generate_toy(storage, 1, range(1, 4), events=1500, seed=9)

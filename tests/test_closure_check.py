@@ -27,6 +27,8 @@ from b2cal.toy.closure import (
 from b2cal.toy.generate import draw_truth
 from b2cal.toy.model import ToySettings, ToyTruth
 
+pytestmark = pytest.mark.unit
+
 EXP = 2
 RUNS = list(range(1, 7))
 T0_IOVS = [(1, 2), (3, 4), (5, 6)]  # t0 jumps at run 3

@@ -18,6 +18,8 @@ from b2cal.caf.steps import collect, driving, finish, plan, prepare_collection, 
 from b2cal.caf.workspace import Workspace
 from b2cal.errors import B2CalError, CalibrationBusy
 
+pytestmark = pytest.mark.unit
+
 
 def calibration():  # type: ignore[no-untyped-def]
     return counting(minimum=5000, iterations=1, max_iterations=3, max_files_per_job=1)

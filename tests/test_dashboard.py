@@ -3,7 +3,8 @@ PKI: which certificates get in, that identity comes only through the socket ngin
 open and never reaches a browser, that a person revoked while a page is open is stopped at
 the next action and by nginx after its CRL reload, and a real browser (Playwright driving
 Debian's Chromium, with a client certificate) reading the pages and acting — allowed and
-refused. Screenshots are kept in the test's folder."""
+refused. Screenshots are kept in the test's folder. Tests with a browser are in the stack tier,
+the others in the services tier (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -24,12 +25,14 @@ import httpx
 import pytest
 from bokeh.util.token import get_token_payload
 from browser import pages_for
+from calibration_runs import PASSED, TO_SIGNOFF, started_request
 from cli import b2cal
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from dashboard_server import served_dashboard
 from nginx_front import DashboardFront, dashboard_behind_nginx, nginx_group, nginx_user
 from pki import PKI, Issued, name
+from waiting import wait_until
 
 from b2cal.auth.names import grid_dn
 from b2cal.auth.tls import client_context
@@ -37,7 +40,7 @@ from b2cal.cdb.connect import open_store
 from b2cal.db import users
 from b2cal.db.database import StateDatabase
 from b2cal.db.states import CalRunState
-from b2cal.sites import RequestKind, load_site
+from b2cal.sites import load_site
 
 S = CalRunState
 #: How often the dashboard looks at its CA and CRL files in these tests (a site: a minute).
@@ -81,21 +84,7 @@ def _populate(db: StateDatabase, people: dict[str, Issued]) -> dict[str, int]:
         users.Member(dn(people["nina"]), grants=[{"role": "viewer", "calibrations": []}]),
     ]
     users.sync(db, members, "test")
-    request = db.create_request(
-        kind=RequestKind.PROMPT, site="local", exp=1, run_low=1, run_high=4,
-        calibrations=("ChannelT0", "ChannelGain"), input_tags=["base"], actor="test",
-    )  # fmt: skip
-    found = {}
-    for calrun in db.start_request(request.id):
-        for state in (S.COLLECTING, S.ALGORITHM, S.VALIDATING):
-            db.move(calrun.id, state)
-        field = {"iov": "1,1,1,4", "field": "t0", "size": 64, "mean": 1.5, "min": 0.0,
-                 "max": 3.0, "change": 0.1, "max_abs_pull": 1.2}  # fmt: skip
-        summary = {"passed": True, "problems": [], "reference_tag": "running", "plots": [],
-                   "fields": [field]}  # fmt: skip
-        db.move(calrun.id, S.AWAITING_SIGNOFF, summary=summary)
-        found[calrun.calibration] = calrun.id
-    return found
+    return started_request(db, ("ChannelT0", "ChannelGain"), through=TO_SIGNOFF, summary=PASSED)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +119,7 @@ def get(
         return c.get(front.url + path, headers=headers)
 
 
+@pytest.mark.services
 def test_nginx_lets_in_valid_user_certificates_only(front: Front) -> None:
     answer = get(front, front.people["ada"], "/overview")
     assert answer.status_code == 200
@@ -140,6 +130,7 @@ def test_nginx_lets_in_valid_user_certificates_only(front: Front) -> None:
         assert "SSL certificate error" in answer.text or "certificate" in answer.text.lower()
 
 
+@pytest.mark.services
 def test_identity_comes_only_through_the_socket_nginx_alone_can_open(front: Front) -> None:
     # Through nginx, identity headers a client wrote are replaced by nginx's own.
     vic_pem = quote(front.people["vic"].cert.public_bytes(Encoding.PEM).decode())
@@ -181,6 +172,7 @@ def _read(path: Path) -> bytes:
         return b""
 
 
+@pytest.mark.services
 def test_the_development_server_refuses_identity_headers_over_tcp(front: Front) -> None:
     forged = {"X-SSL-Client-Verify": "SUCCESS", "X-SSL-Client-S-DN": "CN=Cora,DC=org"}
     with served_dashboard(front.env, "--site", "local", "--user", "/DC=org/CN=Dev") as dev:
@@ -194,6 +186,7 @@ def test_the_development_server_refuses_identity_headers_over_tcp(front: Front) 
     assert "refused 127.0.0.1 /overview" in dev.log()
 
 
+@pytest.mark.services
 def test_a_second_dashboard_on_the_socket_is_refused_in_one_line(front: Front) -> None:
     second = b2cal("dashboard", "--site", "local", "--socket", str(front.served.socket),
                    "--origin", "127.0.0.1:1", env=front.env)  # fmt: skip
@@ -205,6 +198,7 @@ def test_a_second_dashboard_on_the_socket_is_refused_in_one_line(front: Front) -
     assert get(front, front.people["vic"], "/overview").status_code == 200  # still served
 
 
+@pytest.mark.services
 def test_session_tokens_carry_no_identity_and_no_secret(front: Front) -> None:
     """Bokeh embeds a session token in every page, with the opening request's headers in
     it: readable by whoever has the page. It must carry none that nginx sets."""
@@ -225,6 +219,7 @@ def test_session_tokens_carry_no_identity_and_no_secret(front: Front) -> None:
     assert body not in page and "BEGIN CERTIFICATE" not in page
 
 
+@pytest.mark.services
 def test_a_certificate_whose_name_reads_as_someone_elses_dn_is_refused(front: Front) -> None:
     """nginx accepts it (a trusted CA issued it); the dashboard's gate does not, since its DN
     in the slash form would be Ada's, with her grants."""
@@ -237,6 +232,7 @@ def test_a_certificate_whose_name_reads_as_someone_elses_dn_is_refused(front: Fr
     assert "refused the front /overview" in front.log.log()
 
 
+@pytest.mark.stack
 def test_a_person_revoked_while_a_page_is_open_is_stopped_at_the_next_action(
     front: Front, browser_as: Any, tmp_path: Path
 ) -> None:
@@ -259,12 +255,13 @@ def test_a_person_revoked_while_a_page_is_open_is_stopped_at_the_next_action(
         assert db.signoffs(target) == []
     log = front.log.log()
     assert "ended a session of the dashboard" in log
-    deadline = time.monotonic() + 10  # and its connection is closed by the server
-    while "WebSocket connection closed" not in front.log.log().split("ended a session", 1)[1]:
-        assert time.monotonic() < deadline, "the ended session's websocket stayed open"
-        time.sleep(0.1)
+    wait_until(  # and its connection is closed by the server
+        lambda: "WebSocket connection closed" in front.log.log().split("ended a session", 1)[1],
+        10, "the ended session's websocket to close", every=0.1,
+    )  # fmt: skip
 
 
+@pytest.mark.services
 def test_nginx_refuses_a_revoked_certificate_once_trust_update_reloaded_it(front: Front) -> None:
     nina = front.people["nina"]
     assert get(front, nina, "/overview").status_code == 200
@@ -276,10 +273,8 @@ def test_nginx_refuses_a_revoked_certificate_once_trust_update_reloaded_it(front
     done = front.served.trust_update()  # what fetch-crl's postexec runs
     assert done.returncode == 0, done.stdout + done.stderr
     assert "nginx reloaded" in done.stdout
-    deadline = time.monotonic() + 10
-    while get(front, nina, "/overview").status_code != 400:
-        assert time.monotonic() < deadline, "nginx kept letting a revoked certificate in"
-        time.sleep(0.1)
+    wait_until(lambda: get(front, nina, "/overview").status_code == 400, 10,
+               "nginx to refuse the revoked certificate", every=0.1)  # fmt: skip
     assert get(front, front.people["vic"], "/overview").status_code == 200
 
 
@@ -290,6 +285,7 @@ def browser_as(front: Front) -> Iterator[Any]:
         yield page_of
 
 
+@pytest.mark.stack
 def test_a_browser_reads_the_overview_and_a_calibration_run(
     front: Front, browser_as: Any, tmp_path: Path
 ) -> None:
@@ -307,6 +303,7 @@ def test_a_browser_reads_the_overview_and_a_calibration_run(
     page.screenshot(path=str(tmp_path / "calrun.png"), full_page=True)
 
 
+@pytest.mark.stack
 def test_an_action_the_roles_do_not_allow_is_refused_in_the_page_and_logged(
     front: Front, browser_as: Any, tmp_path: Path
 ) -> None:
@@ -324,6 +321,7 @@ def test_an_action_the_roles_do_not_allow_is_refused_in_the_page_and_logged(
         assert refused and refused[0].outcome == "refused"
 
 
+@pytest.mark.stack
 def test_a_stale_page_cannot_approve_what_it_did_not_show(
     front: Front, browser_as: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -352,6 +350,7 @@ def test_a_stale_page_cannot_approve_what_it_did_not_show(
         assert [s.decision.value for s in db.signoffs(target)] == ["reject"]
 
 
+@pytest.mark.stack
 def test_a_valid_certificate_without_a_role_sees_nothing(front: Front, browser_as: Any) -> None:
     page = browser_as(front.people["eve"])  # nginx lets her in; the registry knows her not
     page.goto(front.url + "/log")
@@ -366,6 +365,7 @@ def test_a_valid_certificate_without_a_role_sees_nothing(front: Front, browser_a
     assert unknown.locator("#refusal img").count() == 0
 
 
+@pytest.mark.unit
 def test_the_development_user_is_refused_off_loopback() -> None:
     refused = b2cal("dashboard", "--host", "0.0.0.0", "--user", "/DC=org/CN=Dev")
     assert refused.returncode == 1
@@ -374,6 +374,7 @@ def test_the_development_user_is_refused_off_loopback() -> None:
     )
 
 
+@pytest.mark.unit
 def test_the_dashboard_needs_a_socket_or_a_development_user_and_a_free_port() -> None:
     neither = b2cal("dashboard", "--port", "0")
     assert neither.returncode == 1
@@ -391,16 +392,13 @@ def test_the_dashboard_needs_a_socket_or_a_development_user_and_a_free_port() ->
     ), taken.stderr
 
 
+@pytest.mark.stack
 def test_the_overview_follows_the_state_database_live(front: Front, browser_as: Any) -> None:
     page = browser_as(front.people["vic"])
     page.goto(front.url + "/overview")
     page.wait_for_selector("#matrix", timeout=30000)
     with front.db() as db:  # a request made elsewhere after the page was shown
-        request = db.create_request(
-            kind=RequestKind.PROMPT, site="local", exp=2, run_low=1, run_high=2,
-            calibrations=("BeamSpot",), input_tags=["base"], actor="test",
-        )  # fmt: skip
-        (calrun,) = db.start_request(request.id)
+        made = started_request(db, ("BeamSpot",), exp=2, runs=(1, 2))
     # the page refreshes itself every 5 s from data at most 2 s old
-    page.locator(f"#calrun-{calrun.id}").wait_for(timeout=20000)
-    assert "PLANNED" in page.locator(f"#calrun-{calrun.id}").inner_text()
+    page.locator(f"#calrun-{made['BeamSpot']}").wait_for(timeout=20000)
+    assert "PLANNED" in page.locator(f"#calrun-{made['BeamSpot']}").inner_text()

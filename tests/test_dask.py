@@ -15,7 +15,7 @@ from b2cal.caf.workspace import Workspace
 from b2cal.errors import B2CalError
 from b2cal.toy.generate import generate_toy
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.services
 
 NAMES = ("ChannelT0", "ChannelGain")
 

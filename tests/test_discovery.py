@@ -220,6 +220,7 @@ def test_two_scans_at_once_register_each_file_once(
     assert [(b.first_run, b.last_run) for b in discovery.buckets(state_db)] == [(1, 2), (3, 4)]
 
 
+@pytest.mark.unit  # no server: refusals, rules, files
 def test_site_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("B2CAL_HOME", str(tmp_path))
     local = load_site("local")

@@ -23,6 +23,8 @@ from b2cal.caf.workspace import Workspace
 from b2cal.core.localdb import LocalDatabase, read_database_txt, write_local_database
 from b2cal.errors import ArgumentsChanged, InputsChanged
 
+pytestmark = pytest.mark.unit
+
 
 def request(storage: Path, first: int = 1, last: int = 4, **kw: Any) -> CalibrationRequest:
     return CalibrationRequest(exp=1, first_run=first, last_run=last, storage=storage, **kw)

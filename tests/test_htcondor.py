@@ -27,6 +27,8 @@ from b2cal.backends.registry import open_backend
 from b2cal.errors import B2CalError
 from b2cal.sites import BackendSettings, JobResources
 
+pytestmark = pytest.mark.unit
+
 USAGE = (
     "\t\tUsr 0 00:00:01, Sys 0 00:00:00  -  Run Remote Usage\n"
     "\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Local Usage\n"

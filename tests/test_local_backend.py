@@ -12,7 +12,7 @@ from cli import b2cal
 from b2cal.caf.workspace import Workspace
 from b2cal.toy.generate import generate_toy
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.unit
 
 
 def attempts(output: Path, name: str) -> dict[int, list[int]]:

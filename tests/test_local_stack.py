@@ -17,7 +17,7 @@ from prefect_stack import free_port, processes_with, stack_environment
 
 from b2cal.toy.generate import generate_toy
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.stack
 
 
 def alive(pid: int) -> bool:

@@ -17,6 +17,7 @@ from prefect_stack import (
     calruns,
     created_request,
     flow_run_message,
+    flow_run_state,
     flow_runs,
     request_state,
     task_runs,
@@ -25,7 +26,7 @@ from prefect_stack import (
 
 from b2cal.db.states import RequestState
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_stack")]
+pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("in_stack")]
 
 
 def test_a_prompt_request_runs_through_the_deployments_and_closes(stack: Stack) -> None:
@@ -128,10 +129,15 @@ def test_signoff_holds_nothing_and_uploads_once(stack: Stack) -> None:
     wait_until(lambda: calruns(stack, request)["ChannelT0"].state is S.UPLOADED, 120, "upload")
     assert_one_line_error(signoff("ChannelT0", "approve"), "is UPLOADED", "chose approve")
     assert signoff("ModuleAlignment", "reject").returncode == 0
-    assert signoff("BeamSpot", "approve").returncode == 0  # blocked: its dependency is rejected
+    beamspot = signoff("BeamSpot", "approve")  # blocked: its dependency is rejected
+    assert beamspot.returncode == 0, beamspot.stderr
     assert signoff("ChannelGain", "approve").returncode == 0
     wait_until(lambda: calruns(stack, request)["ChannelGain"].state is S.UPLOADED, 120, "upload")
-    time.sleep(3)  # the BeamSpot sign-off run has had its chance
+    started = " ".join(beamspot.stdout.split())
+    if "flow run " in started:  # the BeamSpot sign-off run has had its chance
+        run = started.rsplit("flow run ", 1)[1].split()[0]
+        ended = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+        wait_until(lambda: flow_run_state(run) in ended, 120, "BeamSpot's sign-off run to end")
     final = calruns(stack, request)
     assert (final["ModuleAlignment"].state, final["BeamSpot"].state) == (S.REJECTED, S.APPROVED)
     shown = stack.b2cal("cdb", "show", f"staging-prompt-{request}", "--json")

@@ -27,7 +27,7 @@ from prefect_stack import (
 
 from b2cal.db.states import RequestState
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_stack")]
+pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("in_stack")]
 
 
 def retry(stack: Stack, flow_run: str) -> None:

@@ -30,7 +30,7 @@ from b2cal.caf.workspace import Workspace
 from b2cal.core.localdb import LocalDatabase
 from b2cal.db.states import RequestState
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_stack")]
+pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("in_stack")]
 
 
 def by_iov(outputdb: Path) -> dict[tuple[str, str], bytes]:

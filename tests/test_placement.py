@@ -6,11 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import pytest
+
 from b2cal.caf.registry import load
 from b2cal.db.model import CalibrationRun, Request
 from b2cal.db.states import CalRunState, RequestState
 from b2cal.processing.placement import computed_at, deferred_now, in_process, waits_for
 from b2cal.sites import RequestKind
+
+pytestmark = pytest.mark.unit
 
 S = CalRunState
 NAMES = ("ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot")

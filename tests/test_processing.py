@@ -14,6 +14,8 @@ from b2cal.processing.upload import upload_approved
 from b2cal.processing.validation import validate_output
 from b2cal.sites import BucketRule, RequestKind, Site
 
+pytestmark = pytest.mark.unit
+
 S = CalRunState
 
 

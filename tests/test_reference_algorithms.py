@@ -51,6 +51,8 @@ from b2cal.toy.calibrations.peak_fit import Background, PeakFits, fit_peak
 from b2cal.toy.generate import draw_truth, generate_toy, simulate_hits, simulate_tracks
 from b2cal.toy.model import ToySettings, ToyTruth, vertex_x_shift_cm
 
+pytestmark = pytest.mark.unit
+
 FloatArray = npt.NDArray[np.float64]
 
 EXP = 7

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from cli import b2cal, start_b2cal
 
+pytestmark = pytest.mark.unit
+
 
 def caf_args(storage: Path, output: Path) -> list[str]:
     return [
@@ -54,7 +56,6 @@ def assert_payloads_of_a_clean_run(storage: Path, output: Path, clean: Path) -> 
         assert (output / outputdb / name).read_bytes() == (clean / outputdb / name).read_bytes()
 
 
-@pytest.mark.slow
 def test_sigkill_mid_collection_then_rerun_completes_without_redoing_jobs(
     small_storage: Path, tmp_path: Path
 ) -> None:
@@ -75,7 +76,6 @@ def test_sigkill_mid_collection_then_rerun_completes_without_redoing_jobs(
     assert_payloads_of_a_clean_run(small_storage, output, tmp_path / "clean")
 
 
-@pytest.mark.slow
 def test_ctrl_c_stops_promptly_and_the_rerun_resumes(small_storage: Path, tmp_path: Path) -> None:
     output = tmp_path / "interrupted"
     process = started_run(small_storage, output)
@@ -90,7 +90,6 @@ def test_ctrl_c_stops_promptly_and_the_rerun_resumes(small_storage: Path, tmp_pa
     assert len(finished_jobs(output)) == 8
 
 
-@pytest.mark.slow
 def test_a_second_run_on_a_busy_output_is_refused(small_storage: Path, tmp_path: Path) -> None:
     output = tmp_path / "busy"
     first = started_run(small_storage, output)
@@ -128,7 +127,6 @@ def leftover(group: int, seconds: float = 5.0) -> list[str]:
     return processes_in_group(group)
 
 
-@pytest.mark.slow
 def test_no_process_of_a_run_outlives_a_sigkill_of_its_driver(
     small_storage: Path, tmp_path: Path
 ) -> None:
@@ -140,7 +138,6 @@ def test_no_process_of_a_run_outlives_a_sigkill_of_its_driver(
     assert leftover(process.pid) == []
 
 
-@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c_and_the_rerun_gives_identical_payloads(
     small_storage: Path, tmp_path: Path
 ) -> None:
@@ -172,7 +169,6 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_gives_identical_payloads(
     assert "interrupted" in (output / "b2cal.log").read_text()
 
 
-@pytest.mark.slow
 def test_sigterm_to_the_whole_group_is_an_interrupt_not_a_failure(
     small_storage: Path, tmp_path: Path
 ) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from cli import TESTS, b2cal, start_b2cal
+from waiting import wait_until
 
 from b2cal.backends.base import Job, JobHandle, JobReport, JobState, Limits
 from b2cal.backends.slurm import SlurmBackend
@@ -24,7 +25,7 @@ from b2cal.errors import B2CalError
 from b2cal.sites import JobResources
 from b2cal.toy.generate import generate_toy
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm")]
+pytestmark = [pytest.mark.services, pytest.mark.usefixtures("slurm")]
 
 TARGET = "job_targets:follow"
 SITE = """
@@ -282,9 +283,11 @@ def test_jobs_left_by_a_killed_driver_are_listed_and_cancelled_on_purpose(
     assert {r["state"] for r in json.loads(listed.stdout)["SleepyT0"]} == {"submitted"}
     cancelled = b2cal("jobs", "cancel", *where, plugins=True, env=env)
     assert "cancelled 8 slurm jobs" in cancelled.stdout, cancelled.stdout + cancelled.stderr
-    time.sleep(1)
-    queued = subprocess.run(
-        ["squeue", "-h", "-r", "-n", "b2cal-SleepyT0.i0", "-t", "PENDING,RUNNING"],
-        capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    assert queued.strip() == ""
+
+    def queued() -> str:
+        return subprocess.run(
+            ["squeue", "-h", "-r", "-n", "b2cal-SleepyT0.i0", "-t", "PENDING,RUNNING"],
+            capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+
+    wait_until(lambda: queued() == "", 30, "the cancelled jobs to leave the queue", every=0.2)

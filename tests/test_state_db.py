@@ -100,6 +100,7 @@ def test_the_state_model_refuses_moves_it_does_not_know(state_db: StateDatabase)
     assert state_db.request(calrun.request_id).state is RequestState.WAITING
 
 
+@pytest.mark.unit  # no server: refusals, rules, files
 def test_state_rules() -> None:
     for state in ACTIVE:  # iterations and retried flow runs walk the active states freely
         assert allowed_moves(state) >= ACTIVE
@@ -235,6 +236,7 @@ def test_a_done_request_is_done(state_db: StateDatabase) -> None:
     assert state_db.request(request).state is RequestState.DONE
 
 
+@pytest.mark.unit  # no server: refusals, rules, files
 def test_a_missing_sqlite_file_is_not_created_for_reading(tmp_path: Path) -> None:
     from b2cal.errors import DatabaseError
 

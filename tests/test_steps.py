@@ -19,6 +19,8 @@ from b2cal.caf.steps import collect, finish, plan, run_algorithm
 from b2cal.caf.workspace import Workspace
 from b2cal.errors import B2CalError
 
+pytestmark = pytest.mark.unit
+
 #: One step, in a process of its own: the calibration is rebuilt there, as a flow task would
 #: load it from the registry.
 STEP = """

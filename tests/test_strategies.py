@@ -21,6 +21,8 @@ from b2cal.caf.calibration import (
 from b2cal.caf.strategies import RunRange, run_strategy
 from b2cal.core.iov import ExpRun, IoV
 
+pytestmark = pytest.mark.unit
+
 THRESHOLD = 10
 
 

@@ -13,6 +13,8 @@ from typer.core import TyperGroup
 
 from b2cal.cli import build_command
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

@@ -31,6 +31,8 @@ from b2cal.toy.model import (
     vertex_x_shift_cm,
 )
 
+pytestmark = pytest.mark.unit
+
 EXP = 3
 RUNS = list(range(10, 16))
 JUMPS = [12, 15]

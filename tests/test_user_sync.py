@@ -186,6 +186,7 @@ def test_an_iam_scim_api_is_read_page_by_page(state_db: StateDatabase) -> None:
     assert grants_for(state_db, Identity(ADA), MAPPING) == [Grant(Role.VIEWER), Grant(Role.EXPERT)]
 
 
+@pytest.mark.unit  # no server: refusals, rules, files
 def test_the_users_commands(tmp_path: Path) -> None:
     members = {"vo": "belle", "members": [{"dn": ADA, "roles": ["/belle/Role=calibration"]}]}
     env = {"B2CAL_HOME": str(tmp_path)}

@@ -23,6 +23,8 @@ from b2cal.errors import NotAuthenticated
 from b2cal.processing.trends import tolerance_of, trend
 from b2cal.sites import RequestKind
 
+pytestmark = pytest.mark.unit
+
 S = CalRunState
 
 

@@ -32,6 +32,8 @@ from b2cal.errors import (
     WorkspaceError,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def run_record(**arguments: object) -> RunRecord:
     return RunRecord(
