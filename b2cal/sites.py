@@ -141,6 +141,12 @@ class Site(BaseSettings):
     work_pool: str = ""
     #: Which request kinds this site runs by default.
     request_kinds: list[RequestKind] = Field(default_factory=lambda: list(RequestKind))
+    #: The calibrations of a closed bucket's prompt request (those they depend on are added),
+    #: and of ``b2cal request create --bucket`` without ``--calibrations``.
+    prompt_calibrations: list[str] = Field(
+        default_factory=lambda: ["ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot"],
+        min_length=1,
+    )
     #: A file is registered once its size and mtime have not changed for this long.
     settle_seconds: float = Field(default=60, ge=0)
     buckets: BucketRule = BucketRule(runs=8)

@@ -318,3 +318,25 @@ def test_a_cancelled_request_frees_its_bucket_for_another(
     second = request()
     assert second != first
     assert discovery.bucket(state_db, bucket.id).state is BucketState.PROCESSING
+
+
+@pytest.mark.unit  # SQLite, the command line
+def test_a_buckets_prompt_request_calibrates_what_the_site_names(
+    toy_files: Path, tmp_path: Path
+) -> None:
+    """The site's ``prompt_calibrations`` (here through the environment, as a site file
+    would say it), with what they depend on added."""
+    from cli import b2cal
+
+    home = tmp_path / "home"
+    copy_runs(toy_files, home / "storage", [1, 2])
+    env = {"B2CAL_HOME": str(home), "B2CAL_SITE_SETTLE_SECONDS": "0",
+           "B2CAL_SITE_BUCKETS__RUNS": "2"}  # fmt: skip
+    found = b2cal("discover", env=env)
+    assert "closed e1 bucket 1" in found.stdout, found.stdout + found.stderr
+    create = ["request", "create", "--bucket", "1", "--exp", "1", "--dry-run"]
+    planned = b2cal(*create, env={**env, "B2CAL_SITE_PROMPT_CALIBRATIONS": '["BeamSpot"]'})
+    assert planned.returncode == 0, planned.stderr
+    assert "(pool local): ModuleAlignment, BeamSpot" in planned.stdout
+    default = b2cal(*create, env=env)
+    assert "(pool local): ChannelT0, ChannelGain, ModuleAlignment, BeamSpot" in default.stdout

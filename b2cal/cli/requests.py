@@ -100,12 +100,7 @@ def request_create(
     from b2cal.cli.console import console
     from b2cal.db import discovery
     from b2cal.orchestration.api import check_reachable
-    from b2cal.orchestration.requests import (
-        PROMPT_CALIBRATIONS,
-        draft_request,
-        new_request,
-        start_request,
-    )
+    from b2cal.orchestration.requests import draft_request, new_request, start_request
     from b2cal.sites import RequestKind
 
     if (runs is None) == (bucket is None):
@@ -116,7 +111,9 @@ def request_create(
         raise B2CalError(f"--kind must be prompt, recalibration or mc, got {kind!r}") from None
     if calibrations is None and bucket is None:
         raise B2CalError("--calibrations is needed for a run range")
-    names = [n.strip() for n in (calibrations or ",".join(PROMPT_CALIBRATIONS)).split(",")]
+    if calibrations is None:  # a bucket's prompt request: the site's list
+        calibrations = ",".join(open_site(site).prompt_calibrations)
+    names = [n.strip() for n in calibrations.split(",")]
     names = [n for n in names if n]
     overrides = read_config(config, available()) if config is not None else {}
     placement = parse_placement(place)

@@ -35,8 +35,6 @@ log = logging.getLogger("b2cal.orchestration")
 #: The message of a request cancelled because its run could not be created (its bucket gets
 #: a new request at the next discovery).
 NOT_STARTED = "cancelled: its process-request run could not be created"
-#: What a prompt request calibrates (dependencies are added).
-PROMPT_CALIBRATIONS = ("ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot")
 
 
 def _default_input_tags(site: Site) -> list[str]:
@@ -172,7 +170,7 @@ def create_prompt_request(db: StateDatabase, site: Site, bucket_id: int, actor: 
         kind=RequestKind.PROMPT,
         exp=bucket.exp,
         runs=(bucket.first_run, bucket.last_run),
-        calibrations=PROMPT_CALIBRATIONS,
+        calibrations=site.prompt_calibrations,
         input_tags=None,
         reference_tag=None,
         config={},
