@@ -8,9 +8,8 @@ from prefect import flow, get_run_logger
 
 from b2cal.db import discovery
 from b2cal.db.database import SYSTEM
-from b2cal.db.states import BucketState
 from b2cal.errors import B2CalError
-from b2cal.orchestration.requests import NOT_STARTED, create_prompt_request, start_request
+from b2cal.orchestration.requests import create_prompt_request, start_request
 from b2cal.processing.retention import clean_finished_requests
 from b2cal.sites import RequestKind
 from flows.common import records, site_of
@@ -25,14 +24,7 @@ def discover_data(site: str | None = None, start_requests: bool = True) -> dict[
         report = discovery.discover(db, here)
         started: list[int] = []
         if start_requests and RequestKind.PROMPT in here.request_kinds:
-            # every closed bucket that never had a request: closed by this scan, by hand, or
-            # left over when its request could not be started (a bucket whose request was
-            # cancelled on purpose gets a new one only from `b2cal request create --bucket`)
-            for bucket in discovery.buckets(db, here.name):
-                if bucket.state is not BucketState.CLOSED:
-                    continue
-                if any(r.message != NOT_STARTED for r in db.bucket_requests(bucket.id)):
-                    continue
+            for bucket in discovery.awaiting_request(db, here.name):
                 try:
                     request = create_prompt_request(db, here, bucket.id, SYSTEM)
                     start_request(db, request, here)

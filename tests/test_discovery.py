@@ -298,13 +298,17 @@ def test_a_bad_file_that_is_replaced_is_registered(
     assert discovery.discover(state_db, lab, clock=clock).registered == [str(target)]
 
 
-def test_a_cancelled_request_frees_its_bucket_for_another(
+def test_a_cancelled_request_holds_its_bucket_for_a_person(
     state_db: StateDatabase, toy_files: Path, tmp_path: Path
 ) -> None:
+    """Cancelled on purpose: the bucket is HELD (discovery leaves it; a person may make its
+    next request). Not started (its run could not be created): CLOSED, discovery tries again.
+    The bucket's state says which, not the requests' message text."""
     storage = tmp_path / "storage"
     copy_runs(toy_files, storage, [1, 2])
     discovery.discover(state_db, site(storage, tmp_path), clock=Clock())
     (bucket,) = discovery.buckets(state_db)
+    assert discovery.awaiting_request(state_db, "lab") == [bucket]
 
     def request() -> int:
         return state_db.create_request(
@@ -312,12 +316,18 @@ def test_a_cancelled_request_frees_its_bucket_for_another(
             calibrations=["ChannelT0"], bucket_id=bucket.id,
         ).id  # fmt: skip
 
+    def state() -> BucketState:
+        return discovery.bucket(state_db, bucket.id).state
+
     first = request()
+    assert (state(), discovery.awaiting_request(state_db, "lab")) == (BucketState.PROCESSING, [])
     state_db.cancel_request(first, "/CN=Ada")
-    assert discovery.bucket(state_db, bucket.id).state is BucketState.CLOSED
-    second = request()
-    assert second != first
-    assert discovery.bucket(state_db, bucket.id).state is BucketState.PROCESSING
+    assert (state(), discovery.awaiting_request(state_db, "lab")) == (BucketState.HELD, [])
+    second = request()  # by hand
+    assert second != first and state() is BucketState.PROCESSING
+    state_db.cancel_request(second, "b2cal", started=False)
+    assert state() is BucketState.CLOSED
+    assert [b.id for b in discovery.awaiting_request(state_db, "lab")] == [bucket.id]
 
 
 @pytest.mark.unit  # SQLite, the command line
@@ -340,3 +350,40 @@ def test_a_buckets_prompt_request_calibrates_what_the_site_names(
     assert "(pool local): ModuleAlignment, BeamSpot" in planned.stdout
     default = b2cal(*create, env=env)
     assert "(pool local): ChannelT0, ChannelGain, ModuleAlignment, BeamSpot" in default.stdout
+
+
+@pytest.mark.unit  # SQLite: the migration's SQL is plain
+def test_the_migration_holds_the_buckets_whose_request_was_cancelled_on_purpose(
+    toy_files: Path, tmp_path: Path
+) -> None:
+    """Revision 0004: buckets CLOSED with a request that was cancelled on purpose become
+    HELD; one whose request could not be started stays CLOSED."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from b2cal.db.schema import MIGRATIONS
+    from b2cal.orchestration.requests import NOT_STARTED
+
+    url = f"sqlite:///{tmp_path / 'state.sqlite'}"
+    storage = tmp_path / "storage"
+    copy_runs(toy_files, storage, [1, 2, 3, 4])
+    with StateDatabase(url) as db:
+        discovery.discover(db, site(storage, tmp_path), clock=Clock())
+        held, retried = discovery.buckets(db)
+        for bucket, started in ((held, True), (retried, False)):
+            made = db.create_request(
+                kind=RequestKind.PROMPT, site="lab", exp=1, run_low=bucket.first_run,
+                run_high=bucket.last_run, calibrations=["ChannelT0"], bucket_id=bucket.id,
+            )  # fmt: skip
+            db.cancel_request(made.id, "/CN=Ada", started=started)
+            if not started:
+                db.finish_request(made.id, NOT_STARTED)
+    command.downgrade(MIGRATIONS.config(url), "0003")  # as a database of revision 0003 was
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        before = connection.execute(text("SELECT state FROM state_bucket ORDER BY id")).scalars()
+        assert list(before) == ["CLOSED", "CLOSED"]
+    engine.dispose()
+    with StateDatabase(url) as db:  # opening it upgrades it
+        states = [b.state for b in discovery.buckets(db)]
+    assert states == [BucketState.HELD, BucketState.CLOSED]

@@ -150,7 +150,7 @@ class StateDatabase:
                 if bucket is None:
                     raise UnknownRecord("bucket", bucket_id)
                 label = f"bucket {bucket.number} of experiment {bucket.exp}"
-                if bucket.state != BucketState.CLOSED:
+                if bucket.state not in (BucketState.CLOSED, BucketState.HELD):
                     note = {
                         BucketState.OPEN: "close it first (b2cal bucket close)",
                         BucketState.PROCESSING: "a request is processing it already",
@@ -195,15 +195,6 @@ class StateDatabase:
             if state is not None:
                 query = query.where(RequestRow.state == state.value)
             return [request_value(row) for row in session.scalars(query)]
-
-        return self.read(work)
-
-    def bucket_requests(self, bucket_id: int) -> list[Request]:
-        """Every request made for a bucket, oldest first (cancelled ones included)."""
-
-        def work(session: Session) -> list[Request]:
-            query = select(RequestRow).where(RequestRow.bucket_id == bucket_id)
-            return [request_value(row) for row in session.scalars(query.order_by(RequestRow.id))]
 
         return self.read(work)
 
@@ -273,9 +264,13 @@ class StateDatabase:
 
         return self.write(work)
 
-    def cancel_request(self, request_id: int, actor: str) -> list[CalibrationRun]:
+    def cancel_request(
+        self, request_id: int, actor: str, *, started: bool = True
+    ) -> list[CalibrationRun]:
         """Mark the request and its unfinished calibration runs CANCELLED (the caller stops
-        the flow runs); returns the calibration runs that were cancelled."""
+        the flow runs); returns the calibration runs that were cancelled. A bucket's request
+        cancelled on purpose leaves the bucket HELD (a person starts the next); one that
+        could not be ``started`` leaves it CLOSED, so that discovery tries again."""
 
         def work(session: Session) -> list[CalibrationRun]:
             row = request_row(session, request_id, lock=True)
@@ -292,7 +287,7 @@ class StateDatabase:
             if row.bucket_id is not None:
                 bucket = session.get(BucketRow, row.bucket_id, with_for_update=True)
                 if bucket is not None and bucket.state == BucketState.PROCESSING:
-                    bucket.state = BucketState.CLOSED  # a new request may process it again
+                    bucket.state = BucketState.HELD if started else BucketState.CLOSED
             add_action(session, actor, "request cancel", f"request {request_id}", "ok", {})
             return cancelled
 

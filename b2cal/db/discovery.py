@@ -313,6 +313,13 @@ def buckets(db: StateDatabase, site: str | None = None, exp: int | None = None) 
     return db.read(work)
 
 
+def awaiting_request(db: StateDatabase, site: str) -> list[Bucket]:
+    """The site's buckets that wait for their prompt request (CLOSED: closed and never
+    processed, or whose request could not be started; not HELD ones, whose request was
+    cancelled on purpose)."""
+    return [b for b in buckets(db, site) if b.state is BucketState.CLOSED]
+
+
 def bucket(db: StateDatabase, bucket_id: int) -> Bucket:
     def work(session: Session) -> Bucket:
         row = session.get(BucketRow, bucket_id)

@@ -172,12 +172,16 @@ def request_state(
 
 
 class BucketState(StrEnum):
-    """A bucket: OPEN takes new runs; CLOSED waits for its request; then PROCESSING/PROCESSED."""
+    """A bucket: OPEN takes new runs; CLOSED waits for its prompt request (discovery starts
+    one, also again when a request of it could not be started); then PROCESSING/PROCESSED.
+    HELD: its request was cancelled on purpose, so it gets a new one only from a person
+    (``b2cal request create --bucket N``)."""
 
     OPEN = "OPEN"
     CLOSED = "CLOSED"
     PROCESSING = "PROCESSING"
     PROCESSED = "PROCESSED"
+    HELD = "HELD"
 
 
 class FileStatus(StrEnum):

@@ -195,7 +195,7 @@ def start_request(db: StateDatabase, request: Request, site: Site) -> str:
             [f"request:{request.id}", f"kind:{request.kind.value}", f"site:{site.name}"],
         )
     except Exception as exc:
-        db.cancel_request(request.id, SYSTEM)
+        db.cancel_request(request.id, SYSTEM, started=False)  # its bucket gets another
         db.finish_request(request.id, NOT_STARTED)
         reason = str(exc) if isinstance(exc, B2CalError) else f"{type(exc).__name__}: {exc}"
         raise B2CalError(
