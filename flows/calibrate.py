@@ -43,7 +43,7 @@ from b2cal.errors import B2CalError, CollectionFailed, Interrupted, StateConflic
 from b2cal.orchestration.deferred import advance, upload_and_advance
 from b2cal.orchestration.registration import SIGNOFF_EVENT, job_limit_name
 from b2cal.processing.area import RequestArea
-from b2cal.processing.jobs import cancel_left_jobs, job_records, mark_failed_inputs
+from b2cal.processing.jobs import cancel_left_jobs, mark_failed_inputs
 from b2cal.processing.preparation import (
     blocked_by,
     calibrations_of,
@@ -125,27 +125,23 @@ def validate_task(
     return validation.model_dump()
 
 
-def _collect(
-    site: Site, db: StateDatabase, calrun_id: int, request_id: int, name: str, iteration: int
-) -> None:
+def _collect(site: Site, db: StateDatabase, request_id: int, name: str, iteration: int) -> None:
     """An iteration's collection: its jobs written, then one ``collect`` task per batch of
     ``batch_size`` jobs, ``batches_in_flight`` of them at a time. A batch that fails lets the
-    running ones end, submits no more, and fails the collection; every batch's jobs are
-    recorded in the state database as it ends."""
+    running ones end, submits no more, and fails the collection (the jobs' states are in their
+    folders in the workspace, where ``b2cal jobs`` and the dashboard read them)."""
     workspace = RequestArea(site.request_folder(request_id)).workspace
     todo = prepare_collection(workspace, load_calibration(workspace, name), iteration)
-    recorded = False  # the planned jobs go into the state database once the first are out
     size = min(site.backend.batch_size, site.backend.job_limit or site.backend.batch_size)
     batches = [todo[start : start + size] for start in range(0, len(todo), size)]
     failure: BaseException | None = None
     with ThreadPoolExecutor(site.backend.batches_in_flight, thread_name_prefix="batch") as pool:
-        running: dict[Future[None], list[int]] = {}
+        running: set[Future[None]] = set()
 
         def settle(done: set[Future[None]]) -> None:
             nonlocal failure
             for future in done:
-                batch = running.pop(future)
-                db.record_jobs(calrun_id, job_records(workspace, name, calrun_id, iteration, batch))
+                running.discard(future)
                 if future.exception() is not None and failure is None:
                     failure = future.exception()
 
@@ -156,13 +152,11 @@ def _collect(
                 break
             label = f"collect · {name} · iter {iteration} · jobs {batch[0]}-{batch[-1]}"
             run = collect_task.with_options(task_run_name=label)
-            future = pool.submit(  # the task runs as the flow's child, holding its locks
-                contextvars.copy_context().run, run, site, request_id, name, iteration, batch
+            running.add(
+                pool.submit(  # the task runs as the flow's child, holding its locks
+                    contextvars.copy_context().run, run, site, request_id, name, iteration, batch
+                )
             )
-            running[future] = batch
-            if not recorded:
-                db.record_jobs(calrun_id, job_records(workspace, name, calrun_id, iteration))
-                recorded = True
         settle(wait(running).done)
     if failure is not None:
         if isinstance(failure, CollectionFailed):  # an input that breaks the collector
@@ -184,7 +178,7 @@ def _iterate(site: Site, db: StateDatabase, calrun_id: int, request_id: int, nam
             result = done.result.value
         else:
             db.move(calrun_id, CalRunState.COLLECTING, iteration=iteration)
-            _collect(site, db, calrun_id, request_id, name, iteration)
+            _collect(site, db, request_id, name, iteration)
             db.move(calrun_id, CalRunState.ALGORITHM, iteration=iteration)
             result = algorithm_task(site, request_id, name, iteration)
         if result != AlgorithmResult.ITERATE.value:

@@ -75,35 +75,6 @@ def test_validation_reports_pulls_and_refuses_non_finite_constants(tmp_path: Pat
     assert nothing.problems == ["reference tag nosuch does not exist", f"no payloads in {empty}"]
 
 
-def test_collector_jobs_are_recorded_from_the_job_folders(
-    tmp_path: Path, small_storage: Path
-) -> None:
-    from b2cal.backends.local import LocalBackend
-    from b2cal.caf.plan import CalibrationRequest
-    from b2cal.caf.registry import load
-    from b2cal.caf.steps import collect, plan
-    from b2cal.caf.workspace import Workspace
-    from b2cal.processing.jobs import job_records
-
-    workspace = Workspace(tmp_path / "out")
-    request = CalibrationRequest(exp=1, first_run=1, last_run=4, storage=small_storage)
-    calibration = load("ChannelT0")
-    plan(workspace, request, {"ChannelT0": calibration})
-    with LocalBackend(1) as backend:
-        collect(workspace, calibration, 0, backend)
-    jobs = job_records(workspace, "ChannelT0", 7, 0)
-    assert jobs and all(j.state == "done" and j.attempts >= 1 and j.files for j in jobs)
-    with StateDatabase(f"sqlite:///{tmp_path / 'state.sqlite'}") as db:
-        request_id = db.create_request(
-            kind=RequestKind.PROMPT, site="lab", exp=1, run_low=1, run_high=4,
-            calibrations=["ChannelT0"],
-        ).id  # fmt: skip
-        (calrun,) = db.start_request(request_id)
-        db.record_jobs(calrun.id, job_records(workspace, "ChannelT0", calrun.id, 0))
-        db.record_jobs(calrun.id, job_records(workspace, "ChannelT0", calrun.id, 0))  # again
-        assert [j.number for j in db.collector_jobs(calrun.id)] == [j.number for j in jobs]
-
-
 def test_retention_removes_collector_outputs_of_old_finished_requests_only(
     tmp_path: Path, site: Site
 ) -> None:

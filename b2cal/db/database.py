@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from b2cal.db.model import Action, CalibrationRun, CollectorJob, Request, Signoff
+from b2cal.db.model import Action, CalibrationRun, Request, Signoff
 from b2cal.db.rows import (
     action_value,
     add_action,
@@ -41,7 +41,6 @@ from b2cal.db.schema import (
     ActionRow,
     BucketRow,
     CalibrationRunRow,
-    CollectorJobRow,
     RequestRow,
     SignoffRow,
     now,
@@ -492,58 +491,6 @@ class StateDatabase:
                 row.message = message
 
         self.write(work)
-
-    # --- collector jobs -------------------------------------------------------------------
-    def record_jobs(self, calrun_id: int, jobs: Sequence[CollectorJob]) -> None:
-        """Insert or update the collector jobs of a calibration run (as the engine reports)."""
-
-        def work(session: Session) -> None:
-            rows = {
-                (r.iteration, r.number): r
-                for r in session.scalars(
-                    select(CollectorJobRow).where(CollectorJobRow.calibration_run_id == calrun_id)
-                )
-            }
-            moment = now()
-            for job in jobs:
-                row = rows.get((job.iteration, job.number))
-                if row is None:
-                    row = CollectorJobRow(
-                        calibration_run_id=calrun_id,
-                        iteration=job.iteration,
-                        number=job.number,
-                    )
-                    session.add(row)
-                row.state, row.files, row.attempts = job.state, job.files, job.attempts
-                row.seconds, row.host, row.batch_id = job.seconds, job.host, job.batch_id
-                row.reason, row.updated = job.reason, moment
-
-        self.write(work)
-
-    def collector_jobs(self, calrun_id: int) -> list[CollectorJob]:
-        def work(session: Session) -> list[CollectorJob]:
-            query = (
-                select(CollectorJobRow)
-                .where(CollectorJobRow.calibration_run_id == calrun_id)
-                .order_by(CollectorJobRow.iteration, CollectorJobRow.number)
-            )
-            return [
-                CollectorJob(
-                    r.calibration_run_id,
-                    r.iteration,
-                    r.number,
-                    r.state,
-                    r.files,
-                    r.attempts,
-                    r.seconds,
-                    r.host,
-                    r.batch_id,
-                    r.reason,
-                )
-                for r in session.scalars(query)
-            ]
-
-        return self.read(work)
 
     # --- sign-off -------------------------------------------------------------------------
     def signoff(

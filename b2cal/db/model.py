@@ -101,20 +101,6 @@ class CalibrationRun:
 
 
 @dataclass(frozen=True)
-class CollectorJob:
-    calibration_run_id: int
-    iteration: int
-    number: int
-    state: str
-    files: int
-    attempts: int
-    seconds: float | None
-    host: str | None
-    batch_id: str | None
-    reason: str | None
-
-
-@dataclass(frozen=True)
 class Signoff:
     id: int
     calibration_run_id: int

@@ -159,26 +159,6 @@ class CalibrationRunRow(_Base):
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
-class CollectorJobRow(_Base):
-    """A collector job of one iteration of a calibration run, as the engine last reported it."""
-
-    __tablename__ = "state_collector_job"
-    __table_args__ = (UniqueConstraint("calibration_run_id", "iteration", "number"), _MYSQL_TABLE)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    calibration_run_id: Mapped[int] = mapped_column(ForeignKey("state_calibration_run.id"))
-    iteration: Mapped[int]
-    number: Mapped[int]
-    state: Mapped[str] = mapped_column(String(16))
-    files: Mapped[int]
-    attempts: Mapped[int] = mapped_column(default=0)
-    seconds: Mapped[float | None]
-    host: Mapped[str | None] = mapped_column(String(255))
-    batch_id: Mapped[str | None] = mapped_column(String(64))
-    reason: Mapped[str | None] = mapped_column(Text)
-    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
 class SignoffRow(_Base):
     """The one decision on one attempt of a calibration run."""
 

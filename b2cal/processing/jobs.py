@@ -1,45 +1,16 @@
-"""Collector jobs as the state database keeps them: read from the engine's job folders after
-each collection, so views (``b2cal`` now, the dashboard later) need not read job folders."""
+"""What a request's processing does about its collector jobs beyond the engine: inputs that
+broke a collector marked bad, batch jobs a stopped collection left removed. The jobs
+themselves are kept in one place, the workspace's job folders (``b2cal jobs`` and the
+dashboard read them there)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 from b2cal.backends.registry import open_backend
 from b2cal.caf.jobcontrol import cancel_left
-from b2cal.caf.status import job_rows
 from b2cal.caf.workspace import Workspace
 from b2cal.db import discovery
 from b2cal.db.database import SYSTEM, StateDatabase
-from b2cal.db.model import CollectorJob
 from b2cal.sites import BackendSettings
-
-
-def job_records(
-    workspace: Workspace,
-    calibration: str,
-    calrun_id: int,
-    iteration: int,
-    numbers: Collection[int] | None = None,
-) -> list[CollectorJob]:
-    """The collector jobs of one iteration (those of ``numbers``: a batch): state, files,
-    attempts, seconds, host, batch id."""
-    return [
-        CollectorJob(
-            calibration_run_id=calrun_id,
-            iteration=iteration,
-            number=row.number,
-            state=row.state,
-            files=row.files,
-            attempts=row.attempts,
-            seconds=row.seconds,
-            host=row.host,
-            batch_id=row.batch_id,
-            reason=row.error,
-        )
-        for row in job_rows(workspace.calibration(calibration), iteration)
-        if numbers is None or row.number in numbers
-    ]
 
 
 def mark_failed_inputs(
