@@ -269,3 +269,27 @@ class NotAllowed(B2CalError):
     def __init__(self, who: str, action: str, target: str, needs: str) -> None:
         self.who, self.action, self.target, self.needs = who, action, target, needs
         super().__init__(f"{who} may not {action} {target}: it needs {needs}")
+
+
+# --- services: the orchestrator, the HTTPS API --------------------------------------------------
+class OrchestratorUnreachable(B2CalError):
+    """The Prefect API cannot be reached (or refuses us)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        super().__init__(
+            f"Prefect API {url} cannot be reached: {reason} (start the local stack with "
+            "`b2cal server up`, or set PREFECT_API_URL)"
+        )
+
+
+class UnsupportedBody(B2CalError):
+    """An API request body that is not JSON by its Content-Type (415)."""
+
+
+class MethodNotAllowed(B2CalError):
+    """An API URL asked with a method it does not take (405); ``methods``: those it takes."""
+
+    def __init__(self, path: str, methods: list[str]) -> None:
+        super().__init__(f"{path} takes {', '.join(methods)}")
+        self.methods = methods

@@ -24,7 +24,7 @@ from b2cal.auth.policy import Action
 from b2cal.db.database import StateDatabase
 from b2cal.db.model import CalibrationRun, Request
 from b2cal.db.states import SignoffDecision
-from b2cal.errors import UnknownRecord
+from b2cal.errors import MethodNotAllowed, UnknownRecord
 from b2cal.orchestration import actions
 from b2cal.orchestration.actions import Person
 from b2cal.sites import RequestKind, Site
@@ -297,9 +297,3 @@ def route(method: str, path: str) -> Route:
     if methods:
         raise MethodNotAllowed(path, methods)
     raise UnknownRecord("URL", path)
-
-
-class MethodNotAllowed(Exception):
-    def __init__(self, path: str, methods: list[str]) -> None:
-        super().__init__(f"{path} takes {', '.join(methods)}")
-        self.methods = methods

@@ -48,18 +48,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from b2cal.api.routes import Api, MethodNotAllowed, Route, route
+from b2cal.api.routes import Api, Route, route
 from b2cal.auth.identity import Identity, authenticate
 from b2cal.auth.tls import peer_chain, server_context
 from b2cal.auth.trust import TrustFiles, TrustStore
 from b2cal.db.database import StateDatabase
 from b2cal.errors import (
     B2CalError,
+    MethodNotAllowed,
     NotAllowed,
     NotAuthenticated,
     SiteError,
     StateConflict,
     UnknownRecord,
+    UnsupportedBody,
 )
 from b2cal.orchestration.actions import Person, permit, person
 from b2cal.settings import Settings
@@ -71,10 +73,6 @@ MAX_BODY = 1 << 20
 #: Deepest nesting of arrays and objects in a body (a request's settings need four).
 MAX_DEPTH = 32
 _NESTING = re.compile(rb'[\[\]{}"\\]')
-
-
-class UnsupportedBody(B2CalError):
-    """A body that is not JSON by its Content-Type."""
 
 
 def nesting_depth(raw: bytes) -> int:

@@ -16,24 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from b2cal.errors import B2CalError
+from b2cal.errors import B2CalError, OrchestratorUnreachable
 from b2cal.settings import Settings
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
 
     from b2cal.sites import Site
-
-
-class OrchestratorUnreachable(B2CalError):
-    """The Prefect API cannot be reached (or refuses us)."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        self.url = url
-        super().__init__(
-            f"Prefect API {url} cannot be reached: {reason} (start the local stack with "
-            "`b2cal server up`, or set PREFECT_API_URL)"
-        )
 
 
 def stack_folder(settings: Settings | None = None) -> Path:

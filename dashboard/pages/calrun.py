@@ -11,8 +11,6 @@ import holoviews as hv
 import holoviews.plotting.bokeh  # registers the bokeh backend the plots use
 import panel as pn
 
-from b2cal.caf.status import job_rows
-from b2cal.caf.workspace import Workspace
 from b2cal.db.model import CalibrationRun, Request
 from b2cal.db.overview import calibration_history, when
 from b2cal.db.states import CalRunState, SignoffDecision
@@ -20,7 +18,7 @@ from b2cal.errors import B2CalError, UnknownRecord
 from b2cal.orchestration import actions
 from b2cal.orchestration.actions import Person
 from b2cal.processing.trends import trend
-from b2cal.sites import load_site
+from b2cal.processing.workspace_view import collector_job_rows, iteration_rows
 from dashboard import context
 from dashboard.layout import acting, answer_box, badge, esc, link, page, refused_page, table
 
@@ -188,79 +186,33 @@ def _num(value: Any, form: str = ".4g") -> str:
     return "" if value is None else format(float(value), form)
 
 
-def _workspace(request: Request, calrun: CalibrationRun) -> Workspace | None:
-    try:
-        where = load_site(request.site_of(calrun.calibration))
-    except B2CalError:
-        return None
-    folder = where.request_folder(request.id) / "output"
-    return Workspace(folder) if folder.is_dir() else None
+NOT_VISIBLE = "<p>its workspace is not visible from this site</p>"
 
 
 def _iterations(request: Request, calrun: CalibrationRun) -> str:
-    workspace = _workspace(request, calrun)
-    if workspace is None:
-        return "<p>its workspace is not visible from this site</p>"
-    rows = []
-    for area in workspace.calibration(calrun.calibration).iterations():
-        result = area.result()
-        if result is None:
-            rows.append((area.iteration, "running", "", "", ""))
-            continue
-        for execution in result.executions or [{}]:
-            rows.append(
-                (
-                    area.iteration,
-                    result.result.value,
-                    execution.get("iov", ""),
-                    execution.get("result", ""),
-                    execution.get("message", result.message),
-                )
-            )
+    rows = iteration_rows(request, calrun)
+    if rows is None:
+        return NOT_VISIBLE
     if not rows:
         return "<p>no iteration yet</p>"
-    return table(["iteration", "result", "IoV", "algorithm", "message"], rows)
+    shown = [(r.iteration, r.result, r.iov, r.algorithm, r.message) for r in rows]
+    return table(["iteration", "result", "IoV", "algorithm", "message"], shown)
 
 
 def _jobs(request: Request, calrun: CalibrationRun) -> str:
-    workspace = _workspace(request, calrun)
-    if workspace is None:
-        return "<p>its workspace is not visible from this site</p>"
-    rows = []
-    for job in job_rows(workspace.calibration(calrun.calibration)):
-        tail = ""
-        if job.state == "failed":
-            log = Path(job.folder) / "job.log"
-            if log.is_file():
-                tail = "\n".join(log.read_text(errors="replace").splitlines()[-LOG_LINES:])
-        seconds = "" if job.seconds is None else f"{job.seconds:.1f}"
-        rows.append(
-            (
-                job.iteration,
-                job.number,
-                job.state,
-                job.attempts,
-                job.files,
-                seconds,
-                job.host or "",
-                job.error or "",
-                tail,
-            )
-        )
+    rows = collector_job_rows(request, calrun, LOG_LINES)
+    if rows is None:
+        return NOT_VISIBLE
     if not rows:
         return "<p>no collector jobs yet</p>"
-    headers = [
-        "iteration",
-        "job",
-        "state",
-        "attempts",
-        "files",
-        "seconds",
-        "host",
-        "error",
-        "log tail",
-    ]
-    return table(headers, rows)
+    shown = [
+        (j.iteration, j.number, j.state, j.attempts, j.files,
+         "" if j.seconds is None else f"{j.seconds:.1f}", j.host, j.error, j.log_tail)
+        for j in rows
+    ]  # fmt: skip
+    headers = ["iteration", "job", "state", "attempts", "files", "seconds", "host", "error",
+               "log tail"]  # fmt: skip
+    return table(headers, shown)
 
 
 def _trend(calrun: CalibrationRun, request: Request) -> list[Any]:

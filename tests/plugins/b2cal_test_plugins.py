@@ -13,7 +13,7 @@ from typing import Any
 
 from counting import HitCounter, counting
 
-from b2cal.caf.accumulator import Accumulator
+from b2cal.caf import Accumulator
 from b2cal.caf.calibration import Calibration, RunContext
 from b2cal.toy.calibrations import channel_t0
 from b2cal.toy.calibrations.timing import ChannelT0Collector

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from b2cal.caf.accumulator import Accumulator, Column
-from b2cal.caf.calibration import (
+from b2cal.caf import (
     Algorithm,
     AlgorithmContext,
     AlgorithmResult,
@@ -30,6 +29,7 @@ from b2cal.caf.calibration import (
     ValidationReport,
     as_float_list,
 )
+from b2cal.caf.accumulator import Accumulator, Column
 from b2cal.toy.calibrations.alignment import FREE_MODULES
 from b2cal.toy.calibrations.alignment import NAME as ALIGNMENT
 from b2cal.toy.calibrations.common import (

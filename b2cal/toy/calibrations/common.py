@@ -15,8 +15,8 @@ import awkward as ak
 import numpy as np
 import numpy.typing as npt
 
-from b2cal.caf.accumulator import Accumulator
-from b2cal.caf.calibration import (
+from b2cal.caf import (
+    Accumulator,
     AlgorithmResult,
     Events,
     Execution,

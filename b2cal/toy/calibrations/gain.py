@@ -20,8 +20,8 @@ import hist
 import numpy as np
 from pydantic import Field
 
-from b2cal.caf.accumulator import Accumulator
-from b2cal.caf.calibration import (
+from b2cal.caf import (
+    Accumulator,
     Algorithm,
     AlgorithmContext,
     AlgorithmResult,

@@ -17,8 +17,8 @@ from typing import Any
 import hist
 from pydantic import Field
 
-from b2cal.caf.accumulator import Accumulator
-from b2cal.caf.calibration import (
+from b2cal.caf import (
+    Accumulator,
     Algorithm,
     AlgorithmContext,
     AlgorithmResult,
