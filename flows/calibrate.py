@@ -27,6 +27,8 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from b2cal.caf.calibration import AlgorithmResult
+from b2cal.caf.lifecycle import drive
+from b2cal.caf.records import CalibrationOutcome
 from b2cal.caf.steps import (
     collect,
     driving,
@@ -44,6 +46,14 @@ from b2cal.orchestration.deferred import advance, upload_and_advance
 from b2cal.orchestration.registration import SIGNOFF_EVENT, job_limit_name
 from b2cal.processing.area import RequestArea
 from b2cal.processing.jobs import cancel_left_jobs, mark_failed_inputs
+from b2cal.processing.lifecycle import (
+    Resume,
+    auto_approves,
+    failed,
+    on_start,
+    outcome_recorded,
+    step_started,
+)
 from b2cal.processing.preparation import (
     blocked_by,
     calibrations_of,
@@ -52,7 +62,7 @@ from b2cal.processing.preparation import (
     prepare,
 )
 from b2cal.processing.validation import validate_output
-from b2cal.sites import SignoffPolicy, Site
+from b2cal.sites import Site
 from flows.common import (
     awaited_here,
     output_written,
@@ -167,25 +177,41 @@ def _collect(site: Site, db: StateDatabase, request_id: int, name: str, iteratio
         raise Interrupted(f"{name}: iteration {iteration} before all its batches were submitted")
 
 
-def _iterate(site: Site, db: StateDatabase, calrun_id: int, request_id: int, name: str) -> str:
-    """The iterations, as the engine's driver runs them; returns the finish result."""
+class _AsTasks:
+    """The calibration's steps as this flow's tasks: a collection in batches, the algorithm,
+    the final output (whose dependants here are woken when it exists)."""
+
+    def __init__(self, site: Site, db: StateDatabase, request_id: int, name: str) -> None:
+        self.site, self.db, self.request_id, self.name = site, db, request_id, name
+
+    def collect(self, iteration: int) -> None:
+        _collect(self.site, self.db, self.request_id, self.name, iteration)
+
+    def algorithm(self, iteration: int) -> None:
+        algorithm_task(self.site, self.request_id, self.name, iteration)
+
+    def finish(self) -> CalibrationOutcome:
+        finish_task(self.site, self.request_id, self.name)
+        workspace = RequestArea(self.site.request_folder(self.request_id)).workspace
+        outcome = workspace.calibration(self.name).outcome()
+        assert outcome is not None
+        return outcome
+
+
+def _iterate(
+    site: Site, db: StateDatabase, calrun_id: int, request_id: int, name: str
+) -> CalibrationOutcome:
+    """The calibration's steps, as every driver takes them (:func:`b2cal.caf.lifecycle.drive`),
+    the calibration run's state moved with each."""
     workspace = RequestArea(site.request_folder(request_id)).workspace
     calibration = load_calibration(workspace, name)
-    area = workspace.calibration(name)
-    for iteration in range(calibration.max_iterations):
-        done = area.iteration(iteration).result()
-        if done is not None:
-            result = done.result.value
-        else:
-            db.move(calrun_id, CalRunState.COLLECTING, iteration=iteration)
-            _collect(site, db, request_id, name, iteration)
-            db.move(calrun_id, CalRunState.ALGORITHM, iteration=iteration)
-            result = algorithm_task(site, request_id, name, iteration)
-        if result != AlgorithmResult.ITERATE.value:
-            break
-    code, message = finish_task(site, request_id, name)
-    db.move(calrun_id, CalRunState.ALGORITHM, result=code, message=message or None)
-    return code
+    return drive(
+        workspace.calibration(name),
+        calibration.max_iterations,
+        _AsTasks(site, db, request_id, name),
+        stop=stopping,
+        on_step=lambda step: step_started(db, calrun_id, step),
+    )
 
 
 def _wait_for(request_id: int, dependencies: list[str]) -> None:
@@ -229,16 +255,17 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
         with records(here) as (db, store):
             request = db.request(request_id)
             calrun = db.calibration_run_of(request_id, calibration)
-            if calrun.state is CalRunState.APPROVED:  # crashed before its upload
+            todo = on_start(calrun)
+            if todo is Resume.UPLOAD:  # crashed before its upload
                 upload_and_advance(db, store, here, request_id)
                 return db.calibration_run(calrun.id).state.value
-            if calrun.state is CalRunState.AWAITING_SIGNOFF:  # crashed before its sign-off?
+            if todo is Resume.SIGNOFF:  # crashed before its sign-off?
                 return _sign_off(here, db, store, calrun.id, request_id, calibration)
-            if calrun.state is CalRunState.FAILED:  # a retried flow run tries it again
-                log.info("%s failed before: trying again", calrun.label)
-            elif not calrun.state.active:
+            if todo is Resume.NOTHING:
                 log.info("%s is %s: nothing to do", calrun.label, calrun.state.value)
                 return calrun.state.value
+            if calrun.state is CalRunState.FAILED:  # a retried flow run tries it again
+                log.info("%s failed before: trying again", calrun.label)
             if planned_attempt(here, request_id, calibration) != calrun.attempt:
                 prepare(db, store, here, request)  # on its own, or a new attempt
             depends = calibrations_of(request)[0][calibration].depends_on
@@ -250,6 +277,7 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
                 message=f"waiting for the payloads of {', '.join(waiting)}" if waiting else None,
                 expected=ACTIVE | {CalRunState.FAILED},  # not if cancelled or skipped meanwhile
             )
+            workspace = RequestArea(here.request_folder(request_id)).workspace
             try:
                 _wait_for(request_id, waiting)
                 blocked = blocked_by(db, request_id, list(depends))
@@ -259,27 +287,19 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
                 fetched = fetch_upstream(db, store, here, request, calibration)
                 if fetched:
                     log.info("payloads of %s read from %s", ", ".join(fetched), request.staging_tag)
-                workspace = RequestArea(here.request_folder(request_id)).workspace
                 with driving(workspace, calibration):
-                    code = _iterate(here, db, calrun.id, request_id, calibration)
+                    outcome = _iterate(here, db, calrun.id, request_id, calibration)
             except Exception as exc:  # collector jobs that keep failing, a bug: FAILED
-                message = (
-                    str(exc)
-                    if isinstance(exc, B2CalError)
-                    else (f"internal error {type(exc).__name__}: {exc}")
-                )
-                with contextlib.suppress(StateConflict):  # cancelled meanwhile: stays so
-                    db.move(calrun.id, CalRunState.FAILED, message=message, expected=ACTIVE)
+                area = None if stopping.is_set() else workspace.calibration(calibration)
+                failed(db, calrun.id, exc, area)
                 raise
             finally:
                 ready.set()
-            if code == AlgorithmResult.NOT_ENOUGH_DATA.value:
-                return db.move(calrun.id, CalRunState.NOT_ENOUGH_DATA).state.value
-            if code != AlgorithmResult.OK.value:
-                message = db.calibration_run(calrun.id).message or code
-                db.move(calrun.id, CalRunState.FAILED)
-                raise B2CalError(f"{calibration} ended {code}: {message}")
-            db.move(calrun.id, CalRunState.VALIDATING)
+            ended = outcome_recorded(db, calrun.id, outcome)
+            if ended.state is CalRunState.FAILED:
+                raise B2CalError(f"{calibration} ended {outcome.result.value}: {outcome.message}")
+            if ended.state is not CalRunState.VALIDATING:
+                return ended.state.value
             return _validate_and_sign_off(here, db, store, request, calrun.id, calibration)
     finally:
         ready.set()
@@ -329,7 +349,7 @@ def _sign_off(
     log = get_run_logger()
     calrun = db.calibration_run(calrun_id)
     passed = bool((calrun.summary or {}).get("passed"))
-    if passed and here.signoff_policy(calibration) is SignoffPolicy.AUTO:
+    if auto_approves(here, calibration, calrun.summary):
         with contextlib.suppress(StateConflict):  # someone signed it off meanwhile
             db.signoff(calrun_id, SignoffDecision.APPROVE, AUTO_APPROVER, "validation passed")
         upload_and_advance(db, store, here, request_id)

@@ -1,23 +1,24 @@
 """The local driver of ``b2cal caf run``: the engine's steps in a loop, calibrations in parallel.
 
-:func:`calibrate` drives one calibration through its iterations (collect, run_algorithm) to
-:func:`~b2cal.caf.steps.finish`; :func:`run_calibrations` starts every calibration as soon as
-its dependencies have ended (a :class:`graphlib.TopologicalSorter` with ``get_ready``/``done``),
-so independent calibrations run at the same time. A Prefect flow composes the same steps as
-tasks instead; nothing here is needed for that.
+:func:`calibrate` drives one calibration through its steps with the lifecycle every driver
+shares (:func:`b2cal.caf.lifecycle.drive`: the next step read from the workspace, one failure
+policy), the steps running in this thread; :func:`run_calibrations` starts every calibration
+as soon as its dependencies have ended (a :class:`graphlib.TopologicalSorter` with
+``get_ready``/``done``), so independent calibrations run at the same time. The ``calibrate``
+flow drives the same lifecycle with Prefect tasks as its steps.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import traceback
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from b2cal.backends.base import Backend
 from b2cal.caf.calibration import AlgorithmResult, Calibration
 from b2cal.caf.graph import sorter
+from b2cal.caf.lifecycle import drive, record_failure
 from b2cal.caf.progress import NoProgress, Progress, plural
 from b2cal.caf.records import CalibrationOutcome
 from b2cal.caf.steps import collect, finish, run_algorithm
@@ -44,6 +45,19 @@ def calibrate(
     shown = progress or NoProgress()
     name = calibration.name
     area = workspace.calibration(name)
+
+    class Here:
+        """The steps in this thread, the collection's jobs on ``backend``."""
+
+        def collect(self, iteration: int) -> None:
+            collect(workspace, calibration, iteration, backend, progress=shown, stop=stop)
+
+        def algorithm(self, iteration: int) -> None:
+            run_algorithm(workspace, calibration, iteration, progress=shown)
+
+        def finish(self) -> CalibrationOutcome:
+            return finish(workspace, calibration, progress=shown)
+
     with area.lock():
         done = area.outcome()
         if done is not None and done.finished:
@@ -57,34 +71,16 @@ def calibrate(
             plural(calibration.max_iterations, "iteration", "at most"),
         )
         try:
-            for iteration in range(calibration.max_iterations):
-                _check(stop, f"{name} before iteration {iteration}")
-                result = area.iteration(iteration).result()
-                if result is None:
-                    collect(workspace, calibration, iteration, backend, progress=shown, stop=stop)
-                    _check(stop, f"{name} before its algorithm")
-                    result = run_algorithm(workspace, calibration, iteration, progress=shown)
-                if result.result is not AlgorithmResult.ITERATE:
-                    break
-            _check(stop, f"{name} before its final output")
-            outcome = finish(workspace, calibration, progress=shown)
+            outcome = drive(area, calibration.max_iterations, Here(), stop=stop)
         except Interrupted:
             log.warning("%s: interrupted", name)
             raise
         except B2CalError as exc:  # collector jobs that keep failing, a broken chain
             if stop is not None and stop.is_set():  # a consequence of the interrupt
                 raise Interrupted(f"{name}: {exc}") from exc
-            outcome = CalibrationOutcome(
-                calibration=name, result=AlgorithmResult.FAILURE, message=str(exc)
-            )
-            area.write_outcome(outcome)
+            outcome = record_failure(area, exc)
         except Exception as exc:  # a bug in one calibration must not stop the others
-            area.error_log.write_text(traceback.format_exc())
-            message = f"internal error {type(exc).__name__}: {exc} (see {area.error_log})"
-            outcome = CalibrationOutcome(
-                calibration=name, result=AlgorithmResult.FAILURE, message=message
-            )
-            area.write_outcome(outcome)
+            outcome = record_failure(area, exc)
     log.info(
         "%s: finished %s%s",
         name,
@@ -148,12 +144,6 @@ def run_calibrations(
         pool.shutdown(wait=True, cancel_futures=True)
     order = workspace.run_record().calibrations
     return {name: outcomes[name] for name in order if name in outcomes}
-
-
-def _check(stop: threading.Event | None, where: str) -> None:
-    """Start nothing new once the run is interrupted."""
-    if stop is not None and stop.is_set():
-        raise Interrupted(where)
 
 
 def _failed_dependency(

@@ -1,0 +1,102 @@
+"""A calibration run's lifecycle in the state database: what a (re)started run does, how its
+state follows the engine's steps and outcome, what a failure leaves, and whether a sign-off
+waits for a person — plain functions over b2cal's records, which the ``calibrate`` flow calls
+(it holds no rule of its own) and which are tested without Prefect.
+
+The engine's side — the next step of a calibration and the FAILURE outcome in its workspace —
+is :mod:`b2cal.caf.lifecycle`; :func:`failed` records a failure in both, so the workspace and
+the state database say the same whoever drove the calibration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from typing import Any
+
+from b2cal.caf.calibration import AlgorithmResult
+from b2cal.caf.lifecycle import Step, StepKind, failure_message, record_failure
+from b2cal.caf.records import CalibrationOutcome
+from b2cal.caf.workspace import CalibrationArea
+from b2cal.db.database import StateDatabase
+from b2cal.db.model import CalibrationRun
+from b2cal.db.states import ACTIVE, CalRunState
+from b2cal.errors import Interrupted, StateConflict
+from b2cal.sites import SignoffPolicy, Site
+
+S = CalRunState
+
+
+class Resume(enum.StrEnum):
+    """What a calibration run's flow does when it starts (again, after a crash or a retry)."""
+
+    #: Approved, its upload not done: upload.
+    UPLOAD = "upload"
+    #: Validated, waiting: decide the sign-off again (the site's policy may approve it).
+    SIGNOFF = "signoff"
+    #: Not ended, or FAILED (a retried run tries it again): compute it.
+    COMPUTE = "compute"
+    #: Ended otherwise (uploaded, rejected, cancelled, skipped...): nothing.
+    NOTHING = "nothing"
+
+
+def on_start(calrun: CalibrationRun) -> Resume:
+    if calrun.state is S.APPROVED:
+        return Resume.UPLOAD
+    if calrun.state is S.AWAITING_SIGNOFF:
+        return Resume.SIGNOFF
+    if calrun.state is S.FAILED or calrun.state.active:
+        return Resume.COMPUTE
+    return Resume.NOTHING
+
+
+#: The state a calibration run is in while the engine takes each kind of step.
+_DURING = {StepKind.COLLECT: S.COLLECTING, StepKind.ALGORITHM: S.ALGORITHM}
+
+
+def step_started(db: StateDatabase, calrun_id: int, step: Step) -> None:
+    """The run's state follows the engine's steps (finishing stays ALGORITHM)."""
+    state = _DURING.get(step.kind)
+    if state is not None:
+        db.move(calrun_id, state, iteration=step.iteration)
+
+
+#: The state after the engine's outcome: validation follows an OK one.
+_AFTER = {
+    AlgorithmResult.OK: S.VALIDATING,
+    AlgorithmResult.NOT_ENOUGH_DATA: S.NOT_ENOUGH_DATA,
+    AlgorithmResult.FAILURE: S.FAILED,
+}
+
+
+def outcome_recorded(
+    db: StateDatabase, calrun_id: int, outcome: CalibrationOutcome
+) -> CalibrationRun:
+    """The engine's outcome in the state database: its result and message, then the state it
+    leads to (VALIDATING, NOT_ENOUGH_DATA or FAILED)."""
+    db.move(calrun_id, S.ALGORITHM, result=outcome.result.value, message=outcome.message or None)
+    return db.move(calrun_id, _AFTER[outcome.result])
+
+
+def failed(
+    db: StateDatabase, calrun_id: int, error: Exception, area: CalibrationArea | None = None
+) -> str:
+    """The failure policy: a calibration run that cannot go on is FAILED with the error's one
+    line — also as a FAILURE outcome in its workspace (``area``, once planned), as ``caf run``
+    leaves it — unless it was cancelled or skipped meanwhile (it stays so). An interrupt is
+    recorded in the state database only: a rerun resumes the workspace where it stopped.
+    Returns the line."""
+    if area is not None and area.has_record() and not isinstance(error, Interrupted):
+        message = record_failure(area, error).message or str(error)
+    else:
+        message = failure_message(error)
+    with contextlib.suppress(StateConflict):
+        db.move(calrun_id, S.FAILED, message=message, expected=ACTIVE)
+    return message
+
+
+def auto_approves(site: Site, calibration: str, summary: dict[str, Any] | None) -> bool:
+    """Whether the site approves without a person: its policy for the calibration is ``auto``
+    and the validation passed."""
+    passed = bool((summary or {}).get("passed"))
+    return passed and site.signoff_policy(calibration) is SignoffPolicy.AUTO
