@@ -22,14 +22,11 @@ from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from b2cal.db.states import RequestState
 from b2cal.errors import StateConflict
-from b2cal.orchestration.deferred import advance, upload_and_advance
-from b2cal.orchestration.labels import bucket_of, request_tags, request_title
+from b2cal.orchestration import request_run
+from b2cal.orchestration.request_run import Planned
 from b2cal.processing.area import RequestArea
 from b2cal.processing.jobs import cancel_left_jobs
-from b2cal.processing.placement import in_process
-from b2cal.processing.preparation import calibrations_of, prepare
 from b2cal.sites import Site
 from flows.calibrate import calibrate
 from flows.common import (
@@ -44,16 +41,10 @@ from flows.common import (
 
 
 @task(name="plan", cache_policy=NONE, task_run_name="plan · request {request_id}")
-def plan_task(site: Site, request_id: int) -> list[str]:
-    """Fix the request's inputs here, export its input tags, create its staging tag, plan what
-    this site computes; returns the calibrations run in this process, dependencies first."""
+def plan_task(site: Site, request_id: int) -> Planned:
+    """What this site computes of the request, planned (:func:`request_run.plan`)."""
     with records(site) as (db, store):
-        request = db.request(request_id)
-        prepare(db, store, site, request)
-        db.start_request(request_id)
-        calibrations, _ = calibrations_of(request)
-        runs = {run.calibration: run for run in db.calibration_runs(request_id)}
-        return in_process(request, calibrations, runs)
+        return request_run.plan(db, store, site, request_id)
 
 
 def _run_one(site: Site, request_id: int, name: str, title: str) -> str:
@@ -94,22 +85,13 @@ def process_request(request_id: int, site: str | None = None) -> str:
     log = get_run_logger()
     here = site_of(site)
     with records(here) as (db, _):
-        request = db.request(request_id)
-        if request.state is RequestState.CANCELLED:  # nothing is prepared for it
-            raise StateConflict(request.label, request.state.value, RequestState.RUNNING.value)
-        db.set_request_flow_run(request_id, str(flow_run.id or ""))
-        title = request_title(request, bucket_of(db, request))
-        labels = request_tags(request, bucket_of(db, request))
-    with tags(*labels):
-        try:
-            order = plan_task(here, request_id)  # dependencies first
-        except Exception as exc:
-            with records(here) as (db, _):
-                db.fail_request(request_id, f"not planned: {exc}")
-            raise
-        with records(here) as (db, _):
-            for started in advance(db, request_id):
-                log.info("started %s", started)
+        begun = request_run.begin(db, request_id, str(flow_run.id or ""))
+    title = begun.title
+    with tags(*begun.tags):
+        planned = plan_task(here, request_id)
+        for started in planned.started:
+            log.info("started %s", started)
+        order = planned.here  # dependencies first
         run_here(request_id, order)
         failures: list[str] = []
         if order:
@@ -135,8 +117,7 @@ def process_request(request_id: int, site: str | None = None) -> str:
                     stop_everything()
                     raise
     with records(here) as (db, store):
-        upload_and_advance(db, store, here, request_id)
-        final = db.finish_request(request_id, "; ".join(failures) or None)
+        final = request_run.end(db, store, here, request_id, failures)
     log.info("request %d is %s", request_id, final.state.value)
     if failures:
         raise RuntimeError(f"request {request_id}: " + "; ".join(failures))
