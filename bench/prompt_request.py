@@ -160,8 +160,8 @@ def main() -> int:
 
     from b2cal.db import discovery
     from b2cal.db.database import StateDatabase
-    from b2cal.orchestration.requests import new_request, start_request
-    from b2cal.orchestration.stack import LocalStack, StackOptions
+    from b2cal.orchestrator.stack import LocalStack, StackOptions
+    from b2cal.requests.operations import new_request, start_request
     from b2cal.sites import RequestKind, load_site
 
     stack = LocalStack()

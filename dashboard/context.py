@@ -16,7 +16,7 @@ from tornado.ioloop import IOLoop
 
 from b2cal.auth.policy import Action
 from b2cal.db.database import StateDatabase
-from b2cal.orchestration.actions import Person, permit, person
+from b2cal.gateway.actions import Person, permit, person
 from b2cal.settings import Settings
 from b2cal.sites import Site
 from dashboard.auth import Gate

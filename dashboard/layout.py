@@ -13,7 +13,7 @@ import panel as pn
 
 from b2cal.db.states import CalRunState
 from b2cal.errors import B2CalError, NotAuthenticated
-from b2cal.orchestration.actions import Person
+from b2cal.gateway.actions import Person
 from dashboard.context import end_session
 
 S = CalRunState

@@ -42,8 +42,7 @@ from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.model import Request
 from b2cal.db.states import ACTIVE, CalRunState, SignoffDecision
 from b2cal.errors import B2CalError, CollectionFailed, Interrupted, StateConflict
-from b2cal.orchestration.deferred import advance, upload_and_advance
-from b2cal.orchestration.registration import SIGNOFF_EVENT, job_limit_name
+from b2cal.orchestrator.registration import SIGNOFF_EVENT, job_limit_name
 from b2cal.processing.area import RequestArea
 from b2cal.processing.jobs import cancel_left_jobs, mark_failed_inputs
 from b2cal.processing.lifecycle import (
@@ -62,6 +61,7 @@ from b2cal.processing.preparation import (
     prepare,
 )
 from b2cal.processing.validation import validate_output
+from b2cal.requests.deferred import advance, upload_and_advance
 from b2cal.sites import Site
 from flows.common import (
     awaited_here,

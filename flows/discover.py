@@ -9,8 +9,8 @@ from prefect import flow, get_run_logger
 from b2cal.db import discovery
 from b2cal.db.database import SYSTEM
 from b2cal.errors import B2CalError
-from b2cal.orchestration.requests import create_prompt_request, start_request
 from b2cal.processing.retention import clean_finished_requests
+from b2cal.requests.operations import create_prompt_request, start_request
 from b2cal.sites import RequestKind
 from flows.common import records, site_of
 

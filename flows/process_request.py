@@ -8,7 +8,7 @@ dependency's payloads within a moment (not the end of its flow run: validation a
 a dependency do not hold its dependants back). A dependency that ended without payloads
 (FAILED, NOT_ENOUGH_DATA) leaves its dependants FAILED, saying why. Calibrations placed at
 another site, or downstream of one, are deferred: started as ``calibrate`` deployment runs on
-their sites' pools when what they need is uploaded (:mod:`b2cal.orchestration.deferred`).
+their sites' pools when what they need is uploaded (:mod:`b2cal.requests.deferred`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from b2cal.errors import StateConflict
-from b2cal.orchestration import request_run
-from b2cal.orchestration.request_run import Planned
 from b2cal.processing.area import RequestArea
 from b2cal.processing.jobs import cancel_left_jobs
+from b2cal.requests import run as request_run
+from b2cal.requests.run import Planned
 from b2cal.sites import Site
 from flows.calibrate import calibrate
 from flows.common import (

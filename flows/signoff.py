@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from b2cal.orchestration.deferred import upload_and_advance
+from b2cal.requests.deferred import upload_and_advance
 from flows.common import records, site_of
 
 

@@ -37,7 +37,7 @@ from waiting import wait_until
 
 from b2cal.db.database import StateDatabase
 from b2cal.db.states import CalRunState, RequestState
-from b2cal.orchestration.stack import LocalStack, StackOptions
+from b2cal.orchestrator.stack import LocalStack, StackOptions
 from b2cal.toy.generate import generate_toy
 
 PREFECT = Path(sys.executable).with_name("prefect")

@@ -328,7 +328,7 @@ def test_a_stale_page_cannot_approve_what_it_did_not_show(
     """Ada's page shows attempt 1 waiting; meanwhile it is rejected and rerun (attempt 2):
     her Approve is refused, nothing changes."""
     from b2cal.db.states import SignoffDecision
-    from b2cal.orchestration.requests import rerun_calibration
+    from b2cal.requests.operations import rerun_calibration
 
     monkeypatch.setenv("B2CAL_HOME", str(front.folder / "home"))  # the site the rerun is at
     target = front.calruns["ChannelT0"]

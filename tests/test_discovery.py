@@ -362,7 +362,7 @@ def test_the_migration_holds_the_buckets_whose_request_was_cancelled_on_purpose(
     from sqlalchemy import create_engine, text
 
     from b2cal.db.schema import MIGRATIONS
-    from b2cal.orchestration.requests import NOT_STARTED
+    from b2cal.requests.operations import NOT_STARTED
 
     url = f"sqlite:///{tmp_path / 'state.sqlite'}"
     storage = tmp_path / "storage"

@@ -1,4 +1,4 @@
-"""A processing request's run at its site (b2cal.orchestration.request_run), without Prefect:
+"""A processing request's run at its site (b2cal.requests.run), without Prefect:
 begun (its flow run recorded, its title and tags; a cancelled request refused), a plan that
 fails leaves the request FAILED saying why, and the end gives the request's state."""
 
@@ -13,7 +13,7 @@ from b2cal.cdb.embedded import EmbeddedStore
 from b2cal.db.database import StateDatabase
 from b2cal.db.states import CalRunState, RequestState
 from b2cal.errors import B2CalError, StateConflict
-from b2cal.orchestration import request_run
+from b2cal.requests import run as request_run
 from b2cal.sites import RequestKind, Site
 
 pytestmark = pytest.mark.unit

@@ -4,7 +4,7 @@ asking and the JSON they sent (the server in :mod:`b2cal.api.server` does TLS an
 Each URL names the kind of action it is (:class:`Route`): the server checks that the person may
 do that kind of action at all before a body is parsed or anything is read; the handler then
 checks the precise target (an expert of *this* calibration) through
-:mod:`b2cal.orchestration.actions` (the policy, the action log, one of two racing people wins).
+:mod:`b2cal.gateway.actions` (the policy, the action log, one of two racing people wins).
 Bodies are checked by pydantic models, so a form with invalid values is refused with what is
 wrong before anything happens. Documented in docs/api.md.
 """
@@ -25,8 +25,8 @@ from b2cal.db.database import StateDatabase
 from b2cal.db.model import CalibrationRun, Request
 from b2cal.db.states import SignoffDecision
 from b2cal.errors import MethodNotAllowed, UnknownRecord
-from b2cal.orchestration import actions
-from b2cal.orchestration.actions import Person
+from b2cal.gateway import actions
+from b2cal.gateway.actions import Person
 from b2cal.sites import RequestKind, Site
 
 API = "/api/v1"
@@ -211,7 +211,7 @@ def _cancel(api: Api, who: Person, ids: dict[str, str], _: dict[str, Any]) -> di
 
 
 def _create(api: Api, who: Person, _: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    from b2cal.orchestration.requests import draft_request
+    from b2cal.requests.operations import draft_request
 
     asked = RequestBody.model_validate(body)
     # The calibrations asked for, before anything is read to draft them (site files, tags);

@@ -63,7 +63,7 @@ from b2cal.errors import (
     UnknownRecord,
     UnsupportedBody,
 )
-from b2cal.orchestration.actions import Person, permit, person
+from b2cal.gateway.actions import Person, permit, person
 from b2cal.settings import Settings
 from b2cal.sites import Site
 

@@ -46,7 +46,7 @@ def dashboard(
 ) -> None:
     """Serve the dashboard: on loopback as --user for development, or on a Unix socket behind
     nginx (Ctrl-C stops it)."""
-    from b2cal.orchestration.stack import CHECKOUT
+    from b2cal.orchestrator.stack import CHECKOUT
 
     if not (CHECKOUT / "dashboard" / "__main__.py").is_file():
         raise B2CalError(f"no dashboard/ in {CHECKOUT}: b2cal dashboard runs from a checkout")

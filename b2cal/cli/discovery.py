@@ -60,8 +60,8 @@ def discover(
 
 
 def _start_prompt(db: StateDatabase, site: Site, bucket_id: int) -> Request:
-    from b2cal.orchestration.api import check_reachable
-    from b2cal.orchestration.requests import create_prompt_request, start_request
+    from b2cal.orchestrator.client import check_reachable
+    from b2cal.requests.operations import create_prompt_request, start_request
 
     check_reachable()  # before anything is created
     request = create_prompt_request(db, site, bucket_id, actor())

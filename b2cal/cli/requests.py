@@ -99,8 +99,8 @@ def request_create(
     from b2cal.caf.registry import available
     from b2cal.cli.console import console
     from b2cal.db import discovery
-    from b2cal.orchestration.api import check_reachable
-    from b2cal.orchestration.requests import draft_request, new_request, start_request
+    from b2cal.orchestrator.client import check_reachable
+    from b2cal.requests.operations import draft_request, new_request, start_request
     from b2cal.sites import RequestKind
 
     if (runs is None) == (bucket is None):
@@ -405,8 +405,8 @@ def request_upload(
     from b2cal.cdb.connect import open_store
     from b2cal.cli.console import console
     from b2cal.db.states import CalRunState
-    from b2cal.orchestration.deferred import advance, upload_and_advance
-    from b2cal.orchestration.requests import start_upload
+    from b2cal.requests.deferred import advance, upload_and_advance
+    from b2cal.requests.operations import start_upload
     from b2cal.sites import load_site
 
     where = open_site(site)
@@ -447,7 +447,7 @@ def request_rerun(
     """Compute a stopped calibration again (after a rejection, say), with its dependants: a
     new attempt each, needing a new sign-off; unchanged collector jobs are reused."""
     from b2cal.cli.console import console
-    from b2cal.orchestration.requests import rerun_calibration
+    from b2cal.requests.operations import rerun_calibration
 
     with state_db(open_site(site), create=False) as db:
         again, flow_run = rerun_calibration(db, calibration_run, actor(), start=start)
@@ -469,7 +469,7 @@ def request_skip(
     uploaded): its dependants use the request's input tags instead of its payloads, and those
     that had stopped are computed again."""
     from b2cal.cli.console import console
-    from b2cal.orchestration.requests import skip_calibration
+    from b2cal.requests.operations import skip_calibration
 
     with state_db(open_site(site), create=False) as db:
         changed, flow_run = skip_calibration(db, calibration_run, actor(), comment, start=start)
@@ -490,7 +490,7 @@ def request_cancel(
 ) -> None:
     """Cancel a request: its calibrations stop, their collector jobs are cancelled."""
     from b2cal.cli.console import console
-    from b2cal.orchestration.requests import cancel_request
+    from b2cal.requests.operations import cancel_request
 
     here = open_site(site)
     with state_db(here, create=False) as db:

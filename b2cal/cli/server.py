@@ -39,7 +39,7 @@ def server_up(
 ) -> None:
     """Start the local stack (what runs already is kept); prints where the UI is."""
     from b2cal.cli.console import console, errors
-    from b2cal.orchestration.stack import LocalStack, StackOptions, site_list
+    from b2cal.orchestrator.stack import LocalStack, StackOptions, site_list
 
     options = StackOptions(
         port=port,
@@ -66,7 +66,7 @@ def server_status() -> None:
     from rich.table import Table
 
     from b2cal.cli.console import console
-    from b2cal.orchestration.stack import LocalStack
+    from b2cal.orchestrator.stack import LocalStack
 
     stack = LocalStack()
     state = stack.state()
@@ -81,7 +81,7 @@ def server_status() -> None:
         console.print("stopped: b2cal server up starts it")
     elif state.get("api_url"):
         from b2cal.errors import B2CalError
-        from b2cal.orchestration.api import check_reachable
+        from b2cal.orchestrator.client import check_reachable
 
         try:
             check_reachable(timeout=3)
@@ -94,7 +94,7 @@ def server_status() -> None:
 def server_down() -> None:
     """Stop the workers (and their flow runs), then the server."""
     from b2cal.cli.console import console
-    from b2cal.orchestration.stack import LocalStack
+    from b2cal.orchestrator.stack import LocalStack
 
     LocalStack().down(say=console.print)
     console.print("local stack stopped")

@@ -88,7 +88,7 @@ def signoff(
     """Approve or reject a calibration run that awaits a sign-off (here, as this machine's
     account, or with --api through a site's HTTPS API as your grid proxy)."""
     from b2cal.cli.console import console
-    from b2cal.orchestration.requests import act_on_signoff
+    from b2cal.requests.operations import act_on_signoff
 
     try:
         chosen = SignoffDecision(decision)

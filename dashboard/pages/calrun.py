@@ -15,8 +15,8 @@ from b2cal.db.model import CalibrationRun, Request
 from b2cal.db.overview import calibration_history, when
 from b2cal.db.states import CalRunState, SignoffDecision
 from b2cal.errors import B2CalError, UnknownRecord
-from b2cal.orchestration import actions
-from b2cal.orchestration.actions import Person
+from b2cal.gateway import actions
+from b2cal.gateway.actions import Person
 from b2cal.processing.trends import trend
 from b2cal.processing.workspace_view import collector_job_rows, iteration_rows
 from dashboard import context
@@ -252,7 +252,7 @@ def _in_prefect_ui(ui: str | None, path: str, text: str) -> str:
 
 
 def _flow_runs(calrun: CalibrationRun, request: Request) -> str:
-    from b2cal.orchestration.api import flow_run_log_tail, flow_runs_tagged, ui_url
+    from b2cal.orchestrator.client import flow_run_log_tail, flow_runs_tagged, ui_url
 
     app = context.app()
     tags = [f"request:{request.id}", f"calib:{calrun.calibration}"]
@@ -286,7 +286,7 @@ def _flow_runs(calrun: CalibrationRun, request: Request) -> str:
 def _artifacts(runs: list[dict[str, Any]], ui: str | None) -> str:
     """What the flow runs left in Prefect (a calibrate run's validation summary and constants
     table), in one call for all of them."""
-    from b2cal.orchestration.api import flow_run_artifacts
+    from b2cal.orchestrator.client import flow_run_artifacts
 
     ids = [r["id"] for r in runs]
     try:

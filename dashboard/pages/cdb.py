@@ -16,8 +16,8 @@ from b2cal.cdb.rules import IoVChange
 from b2cal.cdb.store import ConditionsStore
 from b2cal.core.iov import ExpRun
 from b2cal.errors import B2CalError
-from b2cal.orchestration import actions
-from b2cal.orchestration.actions import Person
+from b2cal.gateway import actions
+from b2cal.gateway.actions import Person
 from dashboard import context
 from dashboard.layout import acting, answer_box, esc, page, table
 

@@ -7,7 +7,7 @@ import panel as pn
 from b2cal.db.overview import when
 from b2cal.db.states import RequestState
 from b2cal.errors import UnknownRecord
-from b2cal.orchestration import actions
+from b2cal.gateway import actions
 from dashboard import context
 from dashboard.layout import (
     acting,

@@ -6,8 +6,8 @@ import panel as pn
 
 from b2cal.caf.registry import available
 from b2cal.errors import B2CalError
-from b2cal.orchestration import actions
-from b2cal.orchestration.requests import draft_request
+from b2cal.gateway import actions
+from b2cal.requests.operations import draft_request
 from b2cal.sites import RequestKind
 from dashboard import context
 from dashboard.layout import acting, answer_box, esc, link, page, table

@@ -19,7 +19,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-#: The message of a request that could not be started (b2cal.orchestration.requests).
+#: The message of a request that could not be started (b2cal.requests.operations).
 NOT_STARTED = "cancelled: its process-request run could not be created"
 
 

@@ -14,10 +14,10 @@ from b2cal.db.database import StateDatabase
 from b2cal.db.model import Request
 from b2cal.db.states import RequestState
 from b2cal.errors import StateConflict
-from b2cal.orchestration.deferred import advance, upload_and_advance
-from b2cal.orchestration.labels import bucket_of, request_tags, request_title
+from b2cal.orchestrator.labels import bucket_of, request_tags, request_title
 from b2cal.processing.placement import in_process
 from b2cal.processing.preparation import calibrations_of, prepare
+from b2cal.requests.deferred import advance, upload_and_advance
 from b2cal.sites import Site
 
 

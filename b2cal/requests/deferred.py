@@ -19,14 +19,14 @@ from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import StateDatabase
 from b2cal.db.states import CalRunState, RequestState
 from b2cal.errors import B2CalError, StateConflict
-from b2cal.orchestration.api import deployment, no_worker, start_deployment_run
-from b2cal.orchestration.labels import bucket_of, request_tags
+from b2cal.orchestrator.client import deployment, no_worker, start_deployment_run
+from b2cal.orchestrator.labels import bucket_of, request_tags
 from b2cal.processing.placement import deferred_now
 from b2cal.processing.preparation import calibrations_of
 from b2cal.processing.upload import UploadReport, upload_approved
 from b2cal.sites import Site, load_site
 
-log = logging.getLogger("b2cal.orchestration")
+log = logging.getLogger("b2cal.requests")
 
 #: What a claimed calibration run's flow-run id says until its run exists.
 STARTING = "starting"

@@ -30,7 +30,7 @@ import httpx
 
 from b2cal.core.files import atomic_write_bytes, atomic_write_json
 from b2cal.errors import B2CalError
-from b2cal.orchestration.api import stack_folder, stack_state
+from b2cal.orchestrator.client import stack_folder, stack_state
 from b2cal.settings import Settings
 from b2cal.sites import Site, load_site, site_names
 
@@ -309,7 +309,7 @@ class LocalStack:
 
     # --- registration: pools, deployments, automations ------------------------------------
     def _register(self, url: str, options: StackOptions, say: Callable[[str], None]) -> None:
-        from b2cal.orchestration.registration import (
+        from b2cal.orchestrator.registration import (
             activate_discovery,
             deployment_pools,
             ensure_automations,

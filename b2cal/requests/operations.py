@@ -17,20 +17,20 @@ from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.model import CalibrationRun, Request, Signoff
 from b2cal.db.states import RERUNNABLE, RequestState, SignoffDecision
 from b2cal.errors import B2CalError
-from b2cal.orchestration.api import (
+from b2cal.orchestrator.client import (
     check_reachable,
     deployment,
     no_worker,
     prefect_client,
     start_deployment_run,
 )
-from b2cal.orchestration.deferred import upload_and_advance
 from b2cal.processing.placement import computed_at
 from b2cal.processing.preparation import calibrations_of, input_files
 from b2cal.processing.upload import upload_approved
+from b2cal.requests.deferred import upload_and_advance
 from b2cal.sites import SITE_NAME, RequestKind, Site, load_site, site_names
 
-log = logging.getLogger("b2cal.orchestration")
+log = logging.getLogger("b2cal.requests")
 
 #: The message of a request cancelled because its run could not be created (its bucket gets
 #: a new request at the next discovery).

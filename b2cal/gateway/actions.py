@@ -4,7 +4,7 @@ roles before anything changes, and every refusal written to the action log.
 The HTTPS API and the dashboard act through these functions and nothing else, so nobody acts
 on a calibration without passing through the policy. The command line on a site's own
 machine acts as its local account (the site trusts its operators) and calls the layer below,
-:mod:`b2cal.orchestration.requests`.
+:mod:`b2cal.requests.operations`.
 
 Races are decided by the state database: of two people signing off (or retrying, skipping,
 cancelling) the same item at once, one wins and the other is told who did what
@@ -27,8 +27,8 @@ from b2cal.db.database import StateDatabase
 from b2cal.db.model import CalibrationRun, Request, Signoff
 from b2cal.db.states import CalRunState, SignoffDecision, check_attempt
 from b2cal.errors import B2CalError, NotAllowed, StateConflict
-from b2cal.orchestration import requests
 from b2cal.processing.users import grants_for, standing
+from b2cal.requests import operations
 from b2cal.settings import Settings
 from b2cal.sites import Site, load_site
 
@@ -126,7 +126,7 @@ def sign_off(
     except StateConflict as exc:
         _refused(db, who, f"signoff {decision.value}", target, exc)
         raise
-    return requests.act_on_signoff(
+    return operations.act_on_signoff(
         db, calrun_id, decision, who.dn, comment, upload, attempt=attempt
     )
 
@@ -145,7 +145,7 @@ def retry(
     permit(db, who, Action.RETRY, target, [calrun.calibration])
     try:
         _current(db, calrun_id, attempt, "rerun")
-        return requests.rerun_calibration(db, calrun_id, who.dn, start=start, attempt=attempt)
+        return operations.rerun_calibration(db, calrun_id, who.dn, start=start, attempt=attempt)
     except StateConflict as exc:
         _refused(db, who, "rerun", target, exc)
         raise
@@ -169,7 +169,7 @@ def skip(
     except StateConflict as exc:
         _refused(db, who, "skip", target, exc)
         raise
-    return requests.skip_calibration(db, calrun_id, who.dn, comment, start=start, attempt=attempt)
+    return operations.skip_calibration(db, calrun_id, who.dn, comment, start=start, attempt=attempt)
 
 
 def cancel(db: StateDatabase, who: Person, request_id: int) -> list[CalibrationRun]:
@@ -179,7 +179,7 @@ def cancel(db: StateDatabase, who: Person, request_id: int) -> list[CalibrationR
     request = db.request(request_id)
     permit(db, who, Action.CANCEL, target, request.calibrations)
     try:
-        return requests.cancel_request(db, request_id, who.dn)
+        return operations.cancel_request(db, request_id, who.dn)
     except StateConflict as exc:
         _refused(db, who, "cancel", target, exc)
         raise
@@ -231,10 +231,10 @@ def resubmit(
 def submit_request(
     db: StateDatabase, who: Person, site: Site, draft: Request, *, start: bool = True
 ) -> tuple[Request, str | None]:
-    """Create a request drafted (and shown) with ``requests.draft_request`` and start it:
+    """Create a request drafted (and shown) with ``operations.draft_request`` and start it:
     allowed to whoever may submit requests for every calibration in it."""
     permit(db, who, Action.SUBMIT_REQUEST, f"a {draft.kind.value} request", draft.calibrations)
-    made = requests.new_request(
+    made = operations.new_request(
         db,
         site,
         kind=draft.kind,
@@ -248,7 +248,7 @@ def submit_request(
         actor=who.dn,
         placement=draft.placement,
     )
-    flow_run = requests.start_request(db, made, site) if start else None
+    flow_run = operations.start_request(db, made, site) if start else None
     return made, flow_run
 
 

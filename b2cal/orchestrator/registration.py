@@ -11,7 +11,7 @@ from pathlib import Path
 from uuid import UUID
 
 from b2cal.errors import B2CalError
-from b2cal.orchestration.api import prefect_client
+from b2cal.orchestrator.client import prefect_client
 from b2cal.sites import Site
 
 CRASH_AUTOMATION = "b2cal: mark runs without heartbeat Crashed"
@@ -170,7 +170,7 @@ def ensure_automations(heartbeat_timeout: int, notify_url: str | None) -> None:
 def activate_discovery(site: str) -> None:
     """Turn on the scheduled discovery of a site (``prefect.yaml`` leaves the local one off),
     and run it once now rather than at the schedule's next tick."""
-    from b2cal.orchestration.api import start_deployment_run
+    from b2cal.orchestrator.client import start_deployment_run
 
     name = f"discover-data/{site}"
     with prefect_client() as client:
