@@ -51,8 +51,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from b2cal.cdb.nopayloaddb.api import NopayloaddbApi
 from b2cal.cdb.nopayloaddb.mapping import OPEN_END
+from b2cal.cdb.nopayloaddb.rest import NopayloaddbApi
 from b2cal.cdb.nopayloaddb.store import RestStore
 from b2cal.errors import NopayloaddbError
 

@@ -34,7 +34,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from b2cal.cdb.model import TagState
-from b2cal.cdb.nopayloaddb.api import NopayloaddbApi, api_root
 from b2cal.cdb.nopayloaddb.mapping import (
     OPEN_END,
     STATE_TAG,
@@ -46,6 +45,7 @@ from b2cal.cdb.nopayloaddb.mapping import (
     iov_to_server,
     state_type,
 )
+from b2cal.cdb.nopayloaddb.rest import NopayloaddbApi, api_root
 from b2cal.cdb.nopayloaddb.store import RestStore
 from b2cal.cdb.operations import promote, upload
 from b2cal.cdb.store import NewPayloadIoV

@@ -21,7 +21,6 @@ import typer
 from typer.core import TyperGroup
 
 from b2cal import __version__
-from b2cal.cli.api import api_app
 from b2cal.cli.arguments import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -33,6 +32,7 @@ from b2cal.cli.caf import caf_app, calibrations_app
 from b2cal.cli.cdb import cdb_app
 from b2cal.cli.dashboard import dashboard
 from b2cal.cli.discovery import bucket_app, discover
+from b2cal.cli.https_api import api_app
 from b2cal.cli.jobs import jobs_app
 from b2cal.cli.requests import request_app
 from b2cal.cli.server import server_app

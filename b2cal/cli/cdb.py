@@ -22,7 +22,7 @@ from rich.table import Table
 from b2cal.cdb.model import GlobalTag, Payload, PayloadIoV, parse_state
 from b2cal.cdb.rules import IoVChange
 from b2cal.cdb.store import ConditionsStore
-from b2cal.cli.api import ApiOption
+from b2cal.cli.https_api import ApiOption
 from b2cal.core.iov import ExpRun
 from b2cal.errors import B2CalError
 

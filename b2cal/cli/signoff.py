@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from b2cal.cli.api import ApiOption
+from b2cal.cli.https_api import ApiOption
 from b2cal.cli.sites import Json, SiteOption, actor, open_site, state_db
 from b2cal.cli.views import calrun_table, request_doc
 from b2cal.db.states import SignoffDecision

@@ -9,8 +9,8 @@ b2cal at its production conditions database by configuration only (``B2CAL_CDB_U
 * :mod:`~b2cal.cdb.nopayloaddb.mapping`: how b2cal's IoVs, tag states and payloads are held
   in the server's (major/minor IoVs with exclusive ends, statuses plus state records, payload
   URLs), and the names the server takes.
-* :mod:`~b2cal.cdb.nopayloaddb.api`: the HTTP layer; every failure is a one-line
-  :class:`~b2cal.cdb.nopayloaddb.api.NopayloaddbError`.
+* :mod:`~b2cal.cdb.nopayloaddb.rest`: the HTTP layer; every failure is a one-line
+  :class:`~b2cal.cdb.nopayloaddb.rest.NopayloaddbError`.
 * :mod:`~b2cal.cdb.nopayloaddb.payload_directory`: the payload files and their provenance, in
   a directory every client of the server shares.
 * :mod:`~b2cal.cdb.nopayloaddb.bookkeeping`: the exact state of every tag, kept on the server

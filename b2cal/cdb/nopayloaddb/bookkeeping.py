@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 from typing import Final
 
-from b2cal.cdb.nopayloaddb.api import NopayloaddbApi, path_segment
 from b2cal.cdb.nopayloaddb.mapping import STATE_TAG, TEXT_LIMIT, StateRecord, state_type
+from b2cal.cdb.nopayloaddb.rest import NopayloaddbApi, path_segment
 from b2cal.core.iov import ExpRun
 from b2cal.errors import CdbError, NopayloaddbError
 

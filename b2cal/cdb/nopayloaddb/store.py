@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Unpack
 
 from b2cal.cdb.model import GlobalTag, Payload, PayloadIoV, TagState, by_name_and_start
-from b2cal.cdb.nopayloaddb.api import ApiOptions, NopayloaddbApi, path_segment
 from b2cal.cdb.nopayloaddb.bookkeeping import StateBook
 from b2cal.cdb.nopayloaddb.mapping import (
     STATE_TAG,
@@ -32,6 +31,7 @@ from b2cal.cdb.nopayloaddb.mapping import (
     url_revision,
 )
 from b2cal.cdb.nopayloaddb.payload_directory import PayloadDirectory
+from b2cal.cdb.nopayloaddb.rest import ApiOptions, NopayloaddbApi, path_segment
 from b2cal.cdb.nopayloaddb.writes import TagWriter
 from b2cal.cdb.rules import (
     IoVChange,
@@ -75,7 +75,7 @@ class RestStore(ConditionsStore):
     (``…/api/cdb_rest/``). ``payloads`` is the payload directory every client of this server
     shares (default: ``nopayloaddb/`` under b2cal's payload directory, ``B2CAL_CDB_PAYLOADS``).
     ``state_tag`` is the bookkeeping tag of exact states. The other options are
-    :class:`~b2cal.cdb.nopayloaddb.api.NopayloaddbApi`'s: ``token`` (sent as a bearer token on
+    :class:`~b2cal.cdb.nopayloaddb.rest.NopayloaddbApi`'s: ``token`` (sent as a bearer token on
     writes), ``transport`` (replaces httpx's, for tests), ``verify``, ``timeout``.
     """
 

@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from b2cal.cdb.model import PayloadIoV, TagState
-from b2cal.cdb.nopayloaddb.api import NopayloaddbApi
 from b2cal.cdb.nopayloaddb.bookkeeping import StateBook
 from b2cal.cdb.nopayloaddb.mapping import (
     STATUS_OF,
@@ -48,6 +47,7 @@ from b2cal.cdb.nopayloaddb.mapping import (
     iov_to_server,
     payload_url,
 )
+from b2cal.cdb.nopayloaddb.rest import NopayloaddbApi
 from b2cal.cdb.rules import IoVChange, apply
 from b2cal.errors import CdbError, NopayloaddbError
 
