@@ -47,11 +47,11 @@ from b2cal.processing.area import RequestArea
 from b2cal.processing.jobs import cancel_left_jobs, mark_failed_inputs
 from b2cal.processing.lifecycle import (
     Resume,
-    auto_approves,
     failed,
     on_start,
     outcome_recorded,
     step_started,
+    waits_for_a_person,
 )
 from b2cal.processing.preparation import (
     blocked_by,
@@ -105,14 +105,14 @@ def algorithm_task(site: Site, request_id: int, calibration: str, iteration: int
 
 
 @task(name="finish", cache_policy=NONE, task_run_name="finish · {calibration}")
-def finish_task(site: Site, request_id: int, calibration: str) -> tuple[str, str]:
+def finish_task(site: Site, request_id: int, calibration: str) -> CalibrationOutcome:
     """The final output; dependants waiting in this process are woken the moment it exists
     (not when this task's end has been recorded)."""
     workspace = RequestArea(site.request_folder(request_id)).workspace
     outcome = finish(workspace, load_calibration(workspace, calibration))
     if outcome.result is AlgorithmResult.OK:  # else after its state says so: "not run: ..."
         output_written(request_id, calibration).set()
-    return outcome.result.value, outcome.message
+    return outcome
 
 
 @task(name="validate", cache_policy=NONE, task_run_name="validate · {calibration}")
@@ -191,11 +191,7 @@ class _AsTasks:
         algorithm_task(self.site, self.request_id, self.name, iteration)
 
     def finish(self) -> CalibrationOutcome:
-        finish_task(self.site, self.request_id, self.name)
-        workspace = RequestArea(self.site.request_folder(self.request_id)).workspace
-        outcome = workspace.calibration(self.name).outcome()
-        assert outcome is not None
-        return outcome
+        return finish_task(self.site, self.request_id, self.name)
 
 
 def _iterate(
@@ -348,13 +344,12 @@ def _sign_off(
     person holds nothing. Also what a retried run does with one that waits."""
     log = get_run_logger()
     calrun = db.calibration_run(calrun_id)
-    passed = bool((calrun.summary or {}).get("passed"))
-    if auto_approves(here, calibration, calrun.summary):
+    why = waits_for_a_person(here, calibration, calrun.summary)
+    if why is None:
         with contextlib.suppress(StateConflict):  # someone signed it off meanwhile
             db.signoff(calrun_id, SignoffDecision.APPROVE, AUTO_APPROVER, "validation passed")
         upload_and_advance(db, store, here, request_id)
         return db.calibration_run(calrun_id).state.value
-    why = "validation failed" if not passed else "the site's policy wants an expert"
     emit_event(
         event=SIGNOFF_EVENT,
         resource={

@@ -467,9 +467,7 @@ def test_grants_count_as_they_are_now_on_a_kept_alive_connection(api: Served) ->
     with httpx.Client(base_url=api.url + "/api/v1", verify=context) as client:
         assert client.get("/status").status_code == 200
         users.grant(api.db, dn(vic), [], "test")  # unchanged VO grants: still a viewer
-        keep = [users.Member(u.dn, u.name, u.email, u.vo_grants)
-                for u in users.users(api.db) if u.in_vo and u.dn != dn(vic)]  # fmt: skip
-        users.sync(api.db, keep, "test")  # the VO no longer lists Vic
+        register(api, vic, None)  # the VO no longer lists Vic
         gone = client.get("/status")
         assert gone.status_code == 403 and "no role" in gone.json()["error"]
 
@@ -477,11 +475,14 @@ def test_grants_count_as_they_are_now_on_a_kept_alive_connection(api: Served) ->
 # --- the holes an attacker found, each closed -------------------------------------------------
 
 
-def register(api: Served, who: Issued, role: str) -> None:
-    """Add someone to the registry as the VO would list them, keeping everyone else."""
+def register(api: Served, who: Issued, role: str | None) -> None:
+    """The VO lists ``who`` with ``role`` (None: no longer lists them), and everyone else as
+    before: a sync of the registry."""
     keep = [users.Member(u.dn, u.name, u.email, u.vo_grants)
             for u in users.users(api.db) if u.in_vo and u.dn != dn(who)]  # fmt: skip
-    users.sync(api.db, [*keep, users.Member(dn(who), grants=[{"role": role, "calibrations": []}])], "test")  # noqa: E501  # fmt: skip
+    if role is not None:
+        keep.append(users.Member(dn(who), grants=[{"role": role, "calibrations": []}]))
+    users.sync(api.db, keep, "test")
 
 
 @contextmanager
@@ -630,9 +631,7 @@ def test_the_api_reads_the_grid_certificates_folder_as_fetch_crl_leaves_it(
 def test_the_registry_says_whom_the_vo_dropped(api: Served) -> None:
     gone = api.pki.user("Gwen Gone")
     register(api, gone, "viewer")
-    keep = [users.Member(u.dn, u.name, u.email, u.vo_grants)
-            for u in users.users(api.db) if u.in_vo and u.dn != dn(gone)]  # fmt: skip
-    users.sync(api.db, keep, "test")
+    register(api, gone, None)
     status, doc = call(api, gone, "GET", "/whoami")
     assert doc["registry"] == "in the registry, but the VO no longer lists them"
     status, doc = call(api, gone, "GET", "/status")

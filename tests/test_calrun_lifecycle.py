@@ -23,11 +23,11 @@ from b2cal.db.states import CalRunState, SignoffDecision
 from b2cal.errors import CollectionFailed, Interrupted
 from b2cal.processing.lifecycle import (
     Resume,
-    auto_approves,
     failed,
     on_start,
     outcome_recorded,
     step_started,
+    waits_for_a_person,
 )
 from b2cal.sites import SignoffPolicy, Site
 
@@ -105,7 +105,8 @@ def test_a_failure_says_the_same_in_the_workspace_and_the_database(
 def test_the_site_approves_alone_only_what_passed_under_an_auto_policy(tmp_path: Path) -> None:
     policies = {"default": SignoffPolicy.EXPERT, "BeamSpot": SignoffPolicy.AUTO}
     site = Site(name="lab", storage_roots=[tmp_path], work_root=tmp_path, signoff=policies)
-    assert auto_approves(site, "BeamSpot", {"passed": True})
-    assert not auto_approves(site, "BeamSpot", {"passed": False})
-    assert not auto_approves(site, "BeamSpot", None)
-    assert not auto_approves(site, "ChannelT0", {"passed": True})
+    assert waits_for_a_person(site, "BeamSpot", {"passed": True}) is None
+    assert waits_for_a_person(site, "BeamSpot", {"passed": False}) == "validation failed"
+    assert waits_for_a_person(site, "BeamSpot", None) == "validation failed"
+    expert = "the site's policy wants an expert"
+    assert waits_for_a_person(site, "ChannelT0", {"passed": True}) == expert

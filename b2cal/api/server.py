@@ -35,7 +35,6 @@ import datetime as dt
 import io
 import json
 import logging
-import re
 import socket
 import ssl
 import threading
@@ -48,6 +47,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from b2cal.api.bounds import MAX_DEPTH, RequestClock, nesting_depth
 from b2cal.api.routes import Api, Route, route
 from b2cal.auth.identity import Identity, authenticate
 from b2cal.auth.tls import peer_chain, server_context
@@ -70,66 +70,6 @@ from b2cal.sites import Site
 log = logging.getLogger("b2cal.api")
 #: Largest body accepted (a request with its settings is a few kB).
 MAX_BODY = 1 << 20
-#: Deepest nesting of arrays and objects in a body (a request's settings need four).
-MAX_DEPTH = 32
-_NESTING = re.compile(rb'[\[\]{}"\\]')
-
-
-def nesting_depth(raw: bytes) -> int:
-    """How deep arrays and objects nest in a JSON text (brackets inside strings do not
-    count); read before the text is parsed, so a body of ``[`` x 100000 is refused cheaply
-    instead of exhausting the parser's recursion."""
-    depth = deepest = 0
-    in_string = False
-    escaped_at = -1  # the position of the character a backslash escapes
-    for match in _NESTING.finditer(raw):
-        char, at = match.group(), match.start()
-        if in_string:
-            if at == escaped_at:
-                continue
-            if char == b"\\":
-                escaped_at = at + 1
-            elif char == b'"':
-                in_string = False
-            continue
-        if char == b'"':
-            in_string = True
-        elif char in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in (b"]", b"}"):
-            depth -= 1
-    return deepest
-
-
-class _RequestClock(io.RawIOBase):
-    """The connection's reading side, with time limits: waiting for a request's first byte
-    may take ``idle`` seconds; from that byte on, the whole request must arrive within
-    ``request`` seconds, however the client spreads its bytes (``socket.settimeout`` alone
-    bounds only the gap between two of them)."""
-
-    def __init__(self, sock: socket.socket, idle: float, request: float) -> None:
-        self.sock, self.idle, self.request = sock, idle, request
-        self.deadline: float | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.deadline is None:
-            wait = self.idle
-        else:
-            wait = self.deadline - time.monotonic()
-            if wait <= 0:
-                raise TimeoutError("the request took too long to arrive")
-        self.sock.settimeout(wait)
-        count = self.sock.recv_into(buffer)
-        if count and self.deadline is None:
-            self.deadline = time.monotonic() + self.request
-        return count
-
-    def next_request(self) -> None:
-        self.deadline = None
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -193,10 +133,6 @@ class ApiServer(ThreadingHTTPServer):
                     del self._open[host]
         super().shutdown_request(request)
 
-    def open_connections(self) -> dict[str, int]:
-        with self._counting:
-            return dict(self._open)
-
     def encoded(self, doc: object) -> bytes:
         """The JSON of an answer. The status document is one object for its cache period,
         shared by every script polling it: encoded once for all of them."""
@@ -235,13 +171,13 @@ class _Connection(BaseHTTPRequestHandler):
     chain: list[Any]
     #: The last verdict on the chain, and the trust store it was reached with.
     _verdict: tuple[TrustStore | None, Identity | NotAuthenticated]
-    _clock: _RequestClock
+    _clock: RequestClock
 
     def setup(self) -> None:
         self.request.settimeout(self.server.settings.api_request_seconds)
         super().setup()
         chosen = self.server.settings
-        self._clock = _RequestClock(
+        self._clock = RequestClock(
             self.request, chosen.api_idle_seconds, chosen.api_request_seconds
         )
         self.rfile = io.BufferedReader(self._clock)

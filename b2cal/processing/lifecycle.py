@@ -95,8 +95,11 @@ def failed(
     return message
 
 
-def auto_approves(site: Site, calibration: str, summary: dict[str, Any] | None) -> bool:
-    """Whether the site approves without a person: its policy for the calibration is ``auto``
-    and the validation passed."""
-    passed = bool((summary or {}).get("passed"))
-    return passed and site.signoff_policy(calibration) is SignoffPolicy.AUTO
+def waits_for_a_person(site: Site, calibration: str, summary: dict[str, Any] | None) -> str | None:
+    """The sign-off decision: None if the site approves without a person (its policy for the
+    calibration is ``auto`` and the validation passed), else why it waits for one."""
+    if not (summary or {}).get("passed"):
+        return "validation failed"
+    if site.signoff_policy(calibration) is not SignoffPolicy.AUTO:
+        return "the site's policy wants an expert"
+    return None
