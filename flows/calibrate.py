@@ -14,7 +14,6 @@ expert holds nothing: the flow run ends with the calibration run AWAITING_SIGNOF
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -38,23 +37,27 @@ from b2cal.caf.steps import (
     run_algorithm,
 )
 from b2cal.cdb.store import ConditionsStore
-from b2cal.db.database import SYSTEM, StateDatabase
+from b2cal.db.database import StateDatabase
 from b2cal.db.model import Request
-from b2cal.db.states import ACTIVE, CalRunState, SignoffDecision
-from b2cal.errors import B2CalError, CollectionFailed, Interrupted, StateConflict
+from b2cal.db.states import CalRunState
+from b2cal.errors import B2CalError, CollectionFailed, Interrupted
 from b2cal.orchestrator.registration import SIGNOFF_EVENT, job_limit_name
 from b2cal.processing.area import RequestArea
 from b2cal.processing.jobs import cancel_left_jobs, mark_failed_inputs
 from b2cal.processing.lifecycle import (
     Resume,
+    approved_by_the_site,
+    cancelled,
     failed,
+    not_run,
     on_start,
     outcome_recorded,
     step_started,
+    taken_up,
+    validated,
     waits_for_a_person,
 )
 from b2cal.processing.preparation import (
-    blocked_by,
     calibrations_of,
     fetch_upstream,
     planned_attempt,
@@ -72,9 +75,6 @@ from flows.common import (
     stopping,
     subflow_turns,
 )
-
-#: Who approves when the site's policy and a passing validation allow it.
-AUTO_APPROVER = f"{SYSTEM} (site policy: auto)"
 
 
 @task(name="collect", cache_policy=NONE)
@@ -227,10 +227,7 @@ def _cancelled(flow: Any, flow_run: Any, state: Any) -> None:
     here = site_of(parameters.get("site"))
     request_id, calibration = int(parameters["request_id"]), parameters["calibration"]
     with records(here) as (db, _):
-        calrun = db.calibration_run_of(request_id, calibration)
-        with contextlib.suppress(StateConflict):
-            db.move(calrun.id, CalRunState.CANCELLED, message="flow run cancelled",
-                    expected=ACTIVE)  # fmt: skip
+        cancelled(db, db.calibration_run_of(request_id, calibration).id, "flow run cancelled")
     # batch jobs outlive the process that was stopped: remove them on purpose
     workspace = RequestArea(here.request_folder(request_id)).workspace
     cancel_left_jobs(here.backend, workspace, calibration)
@@ -266,19 +263,11 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
                 prepare(db, store, here, request)  # on its own, or a new attempt
             depends = calibrations_of(request)[0][calibration].depends_on
             waiting = awaited_here(request_id, depends)
-            db.move(
-                calrun.id,
-                CalRunState.PLANNED,
-                flow_run_id=str(flow_run.id or ""),
-                message=f"waiting for the payloads of {', '.join(waiting)}" if waiting else None,
-                expected=ACTIVE | {CalRunState.FAILED},  # not if cancelled or skipped meanwhile
-            )
+            taken_up(db, calrun.id, str(flow_run.id or ""), waiting)
             workspace = RequestArea(here.request_folder(request_id)).workspace
             try:
                 _wait_for(request_id, waiting)
-                blocked = blocked_by(db, request_id, list(depends))
-                if blocked:
-                    db.move(calrun.id, CalRunState.FAILED, message="not run: " + "; ".join(blocked))
+                if not_run(db, calrun, depends):
                     return CalRunState.FAILED.value
                 fetched = fetch_upstream(db, store, here, request, calibration)
                 if fetched:
@@ -315,9 +304,7 @@ def _validate_and_sign_off(
     validation = validate_task(
         here, request.id, calibration, reference, request.reference_tag is not None
     )
-    why = "" if validation["passed"] else "validation failed: " + "; ".join(validation["problems"])
-    db.move(calrun_id, CalRunState.AWAITING_SIGNOFF, summary=validation,
-            message=why or "validated: waiting for a sign-off")  # fmt: skip
+    validated(db, calrun_id, validation)
     return _sign_off(here, db, store, calrun_id, request.id, calibration)
 
 
@@ -346,8 +333,7 @@ def _sign_off(
     calrun = db.calibration_run(calrun_id)
     why = waits_for_a_person(here, calibration, calrun.summary)
     if why is None:
-        with contextlib.suppress(StateConflict):  # someone signed it off meanwhile
-            db.signoff(calrun_id, SignoffDecision.APPROVE, AUTO_APPROVER, "validation passed")
+        approved_by_the_site(db, calrun_id)
         upload_and_advance(db, store, here, request_id)
         return db.calibration_run(calrun_id).state.value
     emit_event(

@@ -20,13 +20,19 @@ from b2cal.caf.steps import plan
 from b2cal.caf.workspace import Workspace
 from b2cal.db.database import StateDatabase
 from b2cal.db.states import CalRunState, SignoffDecision
-from b2cal.errors import CollectionFailed, Interrupted
+from b2cal.errors import CollectionFailed, Interrupted, StateConflict
 from b2cal.processing.lifecycle import (
+    AUTO_APPROVER,
     Resume,
+    approved_by_the_site,
+    cancelled,
     failed,
+    not_run,
     on_start,
     outcome_recorded,
     step_started,
+    taken_up,
+    validated,
     waits_for_a_person,
 )
 from b2cal.sites import SignoffPolicy, Site
@@ -55,6 +61,48 @@ def test_a_started_run_does_what_its_state_asks(db: StateDatabase) -> None:
     assert on_start(db.calibration_run(spot.id)) is Resume.COMPUTE  # a retry tries again
     db.cancel_request(t0.request_id, "/CN=Ada")
     assert on_start(db.calibration_run(t0.id)) is Resume.NOTHING
+
+
+def test_a_run_taken_up_waits_for_its_dependencies_or_is_not_run(db: StateDatabase) -> None:
+    runs = started_request(db, ("ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot"))
+    t0, gain, align = runs["ChannelT0"], runs["ChannelGain"], runs["ModuleAlignment"]
+    waiting = taken_up(db, gain, "flow-1", ["ChannelT0"])
+    assert (waiting.state, waiting.flow_run_id) == (S.PLANNED, "flow-1")
+    assert waiting.message == "waiting for the payloads of ChannelT0"
+    assert not not_run(db, waiting, ["ChannelT0"])  # still running: it may run
+    db.move(t0, S.COLLECTING)
+    db.move(t0, S.FAILED, message="jobs failed")
+    assert taken_up(db, t0, "flow-2").message == ""  # a failed run is taken up again
+    db.move(t0, S.COLLECTING)
+    db.move(t0, S.ALGORITHM)
+    db.move(t0, S.NOT_ENOUGH_DATA)
+    assert not_run(db, db.calibration_run(align), ["ChannelT0", "ChannelGain"])
+    blocked = db.calibration_run(align)
+    assert (blocked.state, blocked.message) == (
+        S.FAILED,
+        "not run: ChannelT0 ended NOT_ENOUGH_DATA",
+    )
+    # cancelled meanwhile: not taken up, and a cancelled flow run leaves an ended run alone
+    cancelled(db, runs["BeamSpot"], "flow run cancelled")
+    assert db.calibration_run(runs["BeamSpot"]).state is S.CANCELLED
+    with pytest.raises(StateConflict):
+        taken_up(db, runs["BeamSpot"], "flow-3")
+    cancelled(db, align, "flow run cancelled")
+    assert db.calibration_run(align).state is S.FAILED
+
+
+def test_a_validation_is_recorded_and_the_site_may_approve_it(db: StateDatabase) -> None:
+    runs = started_request(db, ("ChannelT0", "BeamSpot"), through=TO_SIGNOFF[:-1])
+    good = validated(db, runs["ChannelT0"], {"passed": True, "problems": []})
+    assert (good.state, good.message) == (S.AWAITING_SIGNOFF, "validated: waiting for a sign-off")
+    bad = validated(db, runs["BeamSpot"], {"passed": False, "problems": ["t0 moved", "x"]})
+    assert bad.message == "validation failed: t0 moved; x" and bad.summary["passed"] is False  # type: ignore[index]
+    db.signoff(runs["BeamSpot"], SignoffDecision.REJECT, "/CN=Ada", "no")
+    approved_by_the_site(db, runs["ChannelT0"])
+    approved_by_the_site(db, runs["BeamSpot"])  # someone decided meanwhile: left so
+    assert db.calibration_run(runs["ChannelT0"]).state is S.APPROVED
+    assert db.calibration_run(runs["BeamSpot"]).state is S.REJECTED
+    assert db.approval(runs["ChannelT0"]).actor == AUTO_APPROVER  # type: ignore[union-attr]
 
 
 def test_the_state_follows_the_steps_and_the_outcome(db: StateDatabase) -> None:

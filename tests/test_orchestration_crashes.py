@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -31,14 +30,18 @@ pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("in_stack")]
 
 
 def retry(stack: Stack, flow_run: str) -> None:
-    """``prefect flow-run retry`` of a crashed run, as a user would: not in the very second
-    it crashed. (A worker may report the crash a moment after the flow-run process did; a
-    retry in between is overwritten by that late report while the worker already runs it, and
-    a second retry would then start it twice: a Prefect race, which b2cal's calibration locks
-    turn into a refused run rather than a double computation.)"""
-    time.sleep(5)
+    """``prefect flow-run retry`` of a crashed run, as a user would."""
     retried = stack.prefect("flow-run", "retry", flow_run)
     assert retried.returncode == 0, retried.stdout + retried.stderr
+
+
+def reported_by_the_worker(flow_run: str) -> None:
+    """Until the worker that ran the killed process has reported its crash. (A retry before
+    that report is overwritten by it while the worker already runs the retry, and a second
+    retry would then start it twice: a Prefect race, which b2cal's calibration locks turn into
+    a refused run rather than a double computation.)"""
+    crash = "infrastructure exited with non-zero status"
+    wait_until(lambda: crash in flow_run_message(flow_run), 60, "the worker's crash report")
 
 
 def done_jobs(stack: Stack, site: str, request: int, calibration: str) -> dict[str, int]:
@@ -109,7 +112,8 @@ def test_a_killed_flow_run_is_crashed_and_its_retry_reuses_finished_work(
     before = wait_until(four_done, 120, "four collector jobs done")
     for pid in flow_run_pids(flow_run):
         os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: flow_run_state(flow_run) == "CRASHED", 60, "the run to be Crashed")
+    reported_by_the_worker(flow_run)
+    assert flow_run_state(flow_run) == "CRASHED"
     retry(stack, flow_run)
     wait_until(lambda: flow_run_state(flow_run) == "COMPLETED", 180, "the retry to complete")
     after = done_jobs(stack, "local", request, "SlowT0")
@@ -155,8 +159,8 @@ def test_cancelling_a_request_stops_its_collector_jobs(stack: Stack) -> None:
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     wait_until(lambda: flow_run_state(flow_run) == "CANCELLED", 60, "the run to be Cancelled")
     wait_until(lambda: not flow_run_pids(flow_run), 30, "the flow-run processes to end")
-    finished = len(done_jobs(stack, "local", request, "SlowT0"))
-    time.sleep(2)
-    assert len(done_jobs(stack, "local", request, "SlowT0")) == finished < 24  # none goes on
+    # the collector jobs ran in those processes (they share the flow run's environment): with
+    # them gone, no job can finish later
+    assert len(done_jobs(stack, "local", request, "SlowT0")) < 24
     assert calruns(stack, request)["SlowT0"].state is S.CANCELLED
     assert request_state(stack, request) is RequestState.CANCELLED

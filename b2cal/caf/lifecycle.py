@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from b2cal.caf.calibration import AlgorithmResult
-from b2cal.caf.records import CalibrationOutcome
+from b2cal.caf.records import CalibrationOutcome, IterationResult
 from b2cal.caf.workspace import CalibrationArea
 from b2cal.errors import B2CalError, Interrupted
+
+ITERATE = AlgorithmResult.ITERATE
 
 
 class StepKind(enum.StrEnum):
@@ -43,6 +45,21 @@ class Step:
         return self.kind.value if self.iteration is None else f"{self.kind} {self.iteration}"
 
 
+def iterations_run(area: CalibrationArea, max_iterations: int) -> list[IterationResult]:
+    """The results of the iterations recorded in ``area``, in order, up to the first that is
+    missing or does not ask to iterate: what :func:`next_step` goes on from and what finishing
+    reads."""
+    results: list[IterationResult] = []
+    for iteration in range(max_iterations):
+        result = area.iteration(iteration).result()
+        if result is None:
+            break
+        results.append(result)
+        if result.result is not AlgorithmResult.ITERATE:
+            break
+    return results
+
+
 def next_step(area: CalibrationArea, max_iterations: int, collected: Container[int] = ()) -> Step:
     """The next step of the calibration in ``area``, from what its workspace records.
 
@@ -53,14 +70,12 @@ def next_step(area: CalibrationArea, max_iterations: int, collected: Container[i
     done = area.outcome()
     if done is not None and done.finished:
         return Step(StepKind.DONE)
-    for iteration in range(max_iterations):
-        result = area.iteration(iteration).result()
-        if result is None:
-            kind = StepKind.ALGORITHM if iteration in collected else StepKind.COLLECT
-            return Step(kind, iteration)
-        if result.result is not AlgorithmResult.ITERATE:
-            break
-    return Step(StepKind.FINISH)
+    results = iterations_run(area, max_iterations)
+    if len(results) == max_iterations or (results and results[-1].result is not ITERATE):
+        return Step(StepKind.FINISH)
+    iteration = len(results)
+    kind = StepKind.ALGORITHM if iteration in collected else StepKind.COLLECT
+    return Step(kind, iteration)
 
 
 class Steps(Protocol):

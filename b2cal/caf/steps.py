@@ -31,6 +31,7 @@ from b2cal.caf.calibration import AlgorithmResult, Calibration, PayloadDoc
 from b2cal.caf.chain import PayloadChain, chain_links
 from b2cal.caf.config import Overrides, configure
 from b2cal.caf.jobs import collected_jobs, job_specs, merge_job_outputs, prepare_jobs, run_jobs
+from b2cal.caf.lifecycle import iterations_run
 from b2cal.caf.locks import one_holder
 from b2cal.caf.outputs import inputs_digest, validate, write_final_output
 from b2cal.caf.plan import CalibrationRequest, Plan, fingerprint, make_plan, record_plan
@@ -371,14 +372,9 @@ def finish(
 
 def _iteration_results(area: CalibrationArea, max_iterations: int) -> list[IterationResult]:
     """The results of the iterations run, up to the first that does not ask to iterate."""
-    results: list[IterationResult] = []
-    for index in range(max_iterations):
-        result = area.iteration(index).result()
-        if result is None:
-            break
-        results.append(result)
-        if result.result is not AlgorithmResult.ITERATE:
-            return results
+    results = iterations_run(area, max_iterations)
+    if results and results[-1].result is not AlgorithmResult.ITERATE:
+        return results
     if not results:
         raise B2CalError(f"{area.name} has no finished iteration: collect and run it first")
     if len(results) < max_iterations:

@@ -12,19 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import enum
+from collections.abc import Sequence
 from typing import Any
 
 from b2cal.caf.calibration import AlgorithmResult
 from b2cal.caf.lifecycle import Step, StepKind, failure_message, record_failure
 from b2cal.caf.records import CalibrationOutcome
 from b2cal.caf.workspace import CalibrationArea
-from b2cal.db.database import StateDatabase
+from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.model import CalibrationRun
-from b2cal.db.states import ACTIVE, CalRunState
+from b2cal.db.states import ACTIVE, CalRunState, SignoffDecision
 from b2cal.errors import Interrupted, StateConflict
+from b2cal.processing.placement import WITHOUT_PAYLOADS
 from b2cal.sites import SignoffPolicy, Site
 
 S = CalRunState
+
+#: Who approves when the site's policy and a passing validation allow it.
+AUTO_APPROVER = f"{SYSTEM} (site policy: auto)"
 
 
 class Resume(enum.StrEnum):
@@ -48,6 +53,33 @@ def on_start(calrun: CalibrationRun) -> Resume:
     if calrun.state is S.FAILED or calrun.state.active:
         return Resume.COMPUTE
     return Resume.NOTHING
+
+
+def taken_up(
+    db: StateDatabase, calrun_id: int, flow_run_id: str, waiting: Sequence[str] = ()
+) -> CalibrationRun:
+    """The run is this flow run's (again, after a failure): PLANNED, saying which dependencies
+    it waits for (an earlier failure's line goes). Raises StateConflict if it was cancelled or
+    skipped meanwhile."""
+    return db.move(
+        calrun_id,
+        S.PLANNED,
+        flow_run_id=flow_run_id,
+        message=f"waiting for the payloads of {', '.join(waiting)}" if waiting else "",
+        expected=ACTIVE | {S.FAILED},
+    )
+
+
+def not_run(db: StateDatabase, calrun: CalibrationRun, dependencies: Sequence[str]) -> bool:
+    """A calibration whose dependencies ended without payloads (FAILED, NOT_ENOUGH_DATA,
+    CANCELLED) is not computed: FAILED, saying which (``"not run: X ended FAILED"``).
+    Returns whether it was."""
+    ended = [db.calibration_run_of(calrun.request_id, dep) for dep in dependencies]
+    why = [f"{run.calibration} ended {run.state.value}" for run in ended
+           if run.state in WITHOUT_PAYLOADS]  # fmt: skip
+    if why:
+        db.move(calrun.id, S.FAILED, message="not run: " + "; ".join(why))
+    return bool(why)
 
 
 #: The state a calibration run is in while the engine takes each kind of step.
@@ -95,6 +127,22 @@ def failed(
     return message
 
 
+def validated(db: StateDatabase, calrun_id: int, summary: dict[str, Any]) -> CalibrationRun:
+    """The validation's summary recorded; the run waits for its sign-off (which may be the
+    site's own: :func:`waits_for_a_person`)."""
+    problems = "; ".join(summary.get("problems", []))
+    message = "validated: waiting for a sign-off"
+    if not summary.get("passed"):
+        message = "validation failed: " + problems
+    return db.move(calrun_id, S.AWAITING_SIGNOFF, summary=summary, message=message)
+
+
+def cancelled(db: StateDatabase, calrun_id: int, why: str) -> None:
+    """Cancelled outside b2cal (its flow run was): CANCELLED, unless it had ended already."""
+    with contextlib.suppress(StateConflict):
+        db.move(calrun_id, S.CANCELLED, message=why, expected=ACTIVE)
+
+
 def waits_for_a_person(site: Site, calibration: str, summary: dict[str, Any] | None) -> str | None:
     """The sign-off decision: None if the site approves without a person (its policy for the
     calibration is ``auto`` and the validation passed), else why it waits for one."""
@@ -103,3 +151,10 @@ def waits_for_a_person(site: Site, calibration: str, summary: dict[str, Any] | N
     if site.signoff_policy(calibration) is not SignoffPolicy.AUTO:
         return "the site's policy wants an expert"
     return None
+
+
+def approved_by_the_site(db: StateDatabase, calrun_id: int) -> None:
+    """Approved without a person (:func:`waits_for_a_person` said so), unless someone signed
+    it off meanwhile."""
+    with contextlib.suppress(StateConflict):
+        db.signoff(calrun_id, SignoffDecision.APPROVE, AUTO_APPROVER, "validation passed")

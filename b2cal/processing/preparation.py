@@ -33,7 +33,7 @@ from b2cal.db.model import Request
 from b2cal.db.states import CalRunState
 from b2cal.errors import B2CalError, TagExists
 from b2cal.processing.area import RequestArea
-from b2cal.processing.placement import WITHOUT_PAYLOADS, computed_at
+from b2cal.processing.placement import computed_at
 from b2cal.sites import Site
 
 
@@ -241,14 +241,3 @@ def dry_run(
         }
         plans[name] = make_plan(engine_request(request, area), calibrations, overrides, elsewhere)
     return plans
-
-
-def blocked_by(db: StateDatabase, request_id: int, dependencies: list[str]) -> list[str]:
-    """Why a calibration of the request cannot run: its dependencies that ended without
-    payloads (FAILED, NOT_ENOUGH_DATA, CANCELLED), as ``"X ended FAILED"``."""
-    runs = [db.calibration_run_of(request_id, dep) for dep in dependencies]
-    return [
-        f"{run.calibration} ended {run.state.value}"
-        for run in runs
-        if run.state in WITHOUT_PAYLOADS
-    ]
