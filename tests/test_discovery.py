@@ -387,3 +387,29 @@ def test_the_migration_holds_the_buckets_whose_request_was_cancelled_on_purpose(
     with StateDatabase(url) as db:  # opening it upgrades it
         states = [b.state for b in discovery.buckets(db)]
     assert states == [BucketState.HELD, BucketState.CLOSED]
+
+
+@pytest.mark.unit  # SQLite, the command line
+def test_a_bad_file_is_listed_with_its_reason_and_its_mark_cleared_by_a_person(
+    toy_files: Path, tmp_path: Path
+) -> None:
+    from cli import assert_one_line_error, b2cal
+
+    home = tmp_path / "home"
+    copy_runs(toy_files, home / "storage", [1, 2])
+    env = {"B2CAL_HOME": str(home), "B2CAL_SITE_SETTLE_SECONDS": "0"}
+    assert b2cal("discover", env=env).returncode == 0
+    assert "no bad files at site local" in b2cal("files", "bad", env=env).stdout
+    with StateDatabase(f"sqlite:///{home / 'state.sqlite'}") as db:
+        path = discovery.files(db, "local", FileStatus.REGISTERED)[0].path
+        assert discovery.mark_bad(db, "local", path, "truncated (it broke a collector)", "b2cal")
+    listed = b2cal("files", "bad", "--json", env=env)
+    assert '"reason": "truncated (it broke a collector)"' in listed.stdout, listed.stderr
+    cleared = b2cal("files", "clear", path, env=env)
+    assert cleared.returncode == 0 and "mark cleared" in cleared.stdout, cleared.stderr
+    with StateDatabase(f"sqlite:///{home / 'state.sqlite'}") as db:
+        assert [a.action for a in db.actions(limit=2)] == ["clear bad", "mark bad"]
+    assert b2cal("discover", env=env).returncode == 0  # read again: the file is good
+    with StateDatabase(f"sqlite:///{home / 'state.sqlite'}") as db:
+        assert discovery.files(db, "local", FileStatus.BAD) == []
+    assert_one_line_error(b2cal("files", "clear", path, env=env), "is REGISTERED")

@@ -57,6 +57,19 @@ def read_metadata(path: Path) -> dict[str, Any]:
         return _metadata(source, path)
 
 
+def read_whole(file: InputFile) -> int:
+    """Read every branch of every event of ``file``: how a file is tried alone, to tell a fault
+    of its own from a collector's. Returns its events; BadInputFile if any of it is unusable."""
+    with _open(file.path) as source:
+        try:
+            branches = list(source[EVENTS_TREE].keys())
+        except Exception as exc:
+            raise BadInputFile(
+                file.path, f"no readable '{EVENTS_TREE}' tree: {one_line(exc)}"
+            ) from exc
+    return sum(len(chunk) for chunk in read_chunks(file, branches))
+
+
 def read_chunks(file: InputFile, branches: Sequence[str]) -> Iterator[Any]:
     """Yield the events of ``file`` in chunks of ``branches``; BadInputFile if unusable."""
     path = file.path

@@ -31,7 +31,7 @@ from b2cal.cli.arguments import (
 from b2cal.cli.caf import caf_app, calibrations_app
 from b2cal.cli.cdb import cdb_app
 from b2cal.cli.dashboard import dashboard
-from b2cal.cli.discovery import bucket_app, discover
+from b2cal.cli.discovery import bucket_app, discover, files_app
 from b2cal.cli.https_api import api_app
 from b2cal.cli.jobs import jobs_app
 from b2cal.cli.requests import request_app
@@ -56,6 +56,7 @@ app.add_typer(calibrations_app, name="calibrations")
 app.add_typer(cdb_app, name="cdb")
 app.command("discover")(discover)
 app.add_typer(bucket_app, name="bucket")
+app.add_typer(files_app, name="files")
 app.add_typer(request_app, name="request")
 app.add_typer(jobs_app, name="jobs")
 app.command("status")(status)

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 bucket_app = typer.Typer(
     help="Buckets: run ranges of new data, one prompt request each.", no_args_is_help=True
 )
+files_app = typer.Typer(
+    help="Data files found bad (unreadable, or unreadable when a collector broke on them).",
+    no_args_is_help=True,
+)
 
 
 def discover(
@@ -124,3 +128,43 @@ def bucket_close(
         if start:
             request = _start_prompt(db, here, closed.id)
             console.print(f"started {request.label}")
+
+
+@files_app.command("bad")
+def files_bad(site: SiteOption = None, as_json: Json = False) -> None:
+    """The files of the site marked bad, and why; new requests leave them out."""
+    from rich.table import Table
+
+    from b2cal.cli.console import console
+    from b2cal.db import discovery
+    from b2cal.db.states import FileStatus
+
+    here = open_site(site)
+    with state_db(here, create=False) as db:
+        bad = discovery.files(db, here.name, FileStatus.BAD)
+    if as_json:
+        doc = [{"path": f.path, "run": f.run, "stream": f.stream, "reason": f.reason} for f in bad]
+        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+        return
+    table = Table(title=f"Bad files at site {here.name}")
+    for column in ("path", "run", "reason"):
+        table.add_column(column, overflow="fold")
+    for f in bad:
+        table.add_row(f.path, str(f.run or ""), f.reason or "")
+    console.print(table if bad else f"no bad files at site {here.name}")
+
+
+@files_app.command("clear")
+def files_clear(
+    path: Annotated[str, typer.Argument(help="The file, as `b2cal files bad` lists it.")],
+    site: SiteOption = None,
+) -> None:
+    """Clear a file's bad mark (repaired, or marked wrongly): the next discovery reads it again
+    and registers it (or marks it bad again, saying why)."""
+    from b2cal.cli.console import console
+    from b2cal.db import discovery
+
+    here = open_site(site)
+    with state_db(here, create=False) as db:
+        cleared = discovery.clear_bad(db, here.name, path, actor())
+    console.print(f"{cleared.path}: mark cleared; the next discovery looks at it again")

@@ -82,17 +82,22 @@ def discover(
     return report
 
 
+def _file_row(session: Session, site: str, path: str | Path) -> FileRow | None:
+    """The file's row, locked for the transaction."""
+    return session.scalar(
+        select(FileRow)
+        .where(FileRow.site == site, FileRow.path_key == path_key(path))
+        .with_for_update()
+    )
+
+
 def _observe(db: StateDatabase, site: str, seen: Observation, moment: datetime) -> datetime | None:
     """Record the file as seen; the time since which it is unchanged if it is (still) SEEN."""
     return db.write(lambda session: _observed(session, site, seen, moment))
 
 
 def _observed(session: Session, site: str, seen: Observation, moment: datetime) -> datetime | None:
-    row = session.scalar(
-        select(FileRow)
-        .where(FileRow.site == site, FileRow.path_key == path_key(seen.path))
-        .with_for_update()
-    )
+    row = _file_row(session, site, seen.path)
     if row is None:
         session.add(
             FileRow(
@@ -147,11 +152,7 @@ def _register(
         events, reason = 0, one_line(exc)
 
     def work(session: Session) -> str | None:
-        row = session.scalar(
-            select(FileRow)
-            .where(FileRow.site == site.name, FileRow.path_key == path_key(seen.path))
-            .with_for_update()
-        )
+        row = _file_row(session, site.name, seen.path)
         if (
             row is None
             or row.status != FileStatus.SEEN
@@ -369,16 +370,31 @@ def mark_bad(db: StateDatabase, site: str, path: str, reason: str, actor: str) -
     target = f"file {path}"
 
     def work(session: Session) -> bool:
-        row = session.scalar(
-            select(FileRow)
-            .where(FileRow.site == site, FileRow.path_key == path_key(path))
-            .with_for_update()
-        )
+        row = _file_row(session, site, path)
         if row is None or row.status != FileStatus.REGISTERED:
             return False
         row.status, row.reason = FileStatus.BAD, reason
         add_action(session, actor, "mark bad", target, "ok", {"site": site, "reason": reason})
         return True
+
+    return db.write(work)
+
+
+def clear_bad(db: StateDatabase, site: str, path: str, actor: str) -> DataFile:
+    """A person clears a file's BAD mark (the file was repaired, or the mark was wrong): it is
+    SEEN again, and the next discovery reads and registers it once it has settled (or marks
+    it bad again, saying why). Refused for a file that is not marked bad."""
+    target = f"file {path}"
+
+    def work(session: Session) -> DataFile:
+        row = _file_row(session, site, path)
+        if row is None:
+            raise UnknownRecord(f"file at site {site}", path)
+        if row.status != FileStatus.BAD:
+            raise StateConflict(target, row.status, FileStatus.SEEN, "it is not marked bad")
+        add_action(session, actor, "clear bad", target, "ok", {"site": site, "was": row.reason})
+        row.status, row.reason, row.seen = FileStatus.SEEN, None, now()
+        return _file_value(row)
 
     return db.write(work)
 
