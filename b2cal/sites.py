@@ -163,6 +163,11 @@ class Site(BaseSettings):
         default_factory=lambda: {"default": SignoffPolicy.EXPERT}
     )
     retention: Retention = Retention()
+    #: A request whose flow run crashed (its process, its worker or its node died) is retried
+    #: by b2cal this many times, the n-th retry ``crash_backoff_seconds * 2**(n-1)`` after the
+    #: crash (a failing calibration is not a crash: it is never retried this way).
+    crash_retries: int = Field(default=2, ge=0, le=10)
+    crash_backoff_seconds: float = Field(default=10.0, ge=0)
 
     @classmethod
     def settings_customise_sources(

@@ -242,7 +242,7 @@ def running_stack(home: Path) -> Iterator[Stack]:
     )
     for exp in (2, 6, 8, 9):  # 9: signed off in a browser (test_dashboard_signoff.py)
         generate_toy(toy / str(exp), exp, range(1, 5), seed=exp)
-    for exp in (3, 4, 5, 7):
+    for exp in (3, 4, 5, 7, 10):  # 10: a lost node (test_orchestration_crashes.py)
         generate_toy(toy / str(exp), exp, range(1, 5), files_per_run=6, events=200, seed=exp)
     env = stack_environment(home)
     with database_url("postgresql", home) as prefect_db, webhook_receiver() as receiver:
@@ -258,7 +258,8 @@ def running_stack(home: Path) -> Iterator[Stack]:
             discover=False,
             worker_poll_seconds=1,
             notify_url=receiver.url,
-            heartbeat_timeout=45,
+            heartbeat_timeout=45,  # the shortest that Prefect's 30-s heartbeats allow safely
+            reconcile_seconds=2,
         )
         try:
             with own():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from cli import B2CAL, assert_one_line_error
 from prefect_stack import free_port, processes_with, stack_environment
+from waiting import wait_until
 
 from b2cal.toy.generate import generate_toy
 
@@ -49,8 +51,8 @@ def test_server_up_status_down(home: tuple[Path, dict[str, str]]) -> None:
     assert up.returncode == 0, up.stdout + up.stderr
     assert f"Prefect UI: http://127.0.0.1:{port}" in up.stdout
     stack = json.loads((folder / "server" / "stack.json").read_text())
-    pids = [stack["server_pid"], *stack["workers"].values()]
-    assert all(alive(pid) for pid in pids)
+    pids = [stack["server_pid"], *stack["workers"].values(), *stack["reconcilers"].values()]
+    assert len(pids) == 3 and all(alive(pid) for pid in pids)
     again = run(env, "server", "up", "--port", port, "--no-discover", "--poll", "1")
     assert again.returncode == 0 and "already up" in again.stdout, again.stdout + again.stderr
     assert json.loads((folder / "server" / "stack.json").read_text())["server_pid"] == pids[0]
@@ -86,7 +88,14 @@ def test_server_up_status_down(home: tuple[Path, dict[str, str]]) -> None:
     assert waited.returncode == 0, waited.stdout + waited.stderr
     assert "UPLOADED" in waited.stdout
     status = run(env, "server", "status")
-    assert "healthy" in status.stdout, status.stdout
+    assert "healthy" in status.stdout and "reconciler local" in status.stdout, status.stdout
+    os.kill(stack["reconcilers"]["local"], signal.SIGTERM)  # a service manager's stop
+    wait_until(lambda: not alive(stack["reconcilers"]["local"]), 30, "the reconciler to stop")
+    assert "reconciler of site local stopped" in (folder / "server" / "logs" /
+                                                  "reconciler-local.log").read_text()  # fmt: skip
+    status = run(env, "server", "status")
+    said = " ".join(status.stdout.split())
+    assert "reconciler local is not running: b2cal server up --sites local" in said, said
     down = run(env, "server", "down")
     assert down.returncode == 0, down.stderr
     assert not any(alive(pid) for pid in pids)
@@ -113,6 +122,7 @@ def test_a_failed_start_leaves_nothing_running(home: tuple[Path, dict[str, str]]
     stack = json.loads((folder / "server" / "stack.json").read_text())
     assert "server_pid" not in stack and stack["workers"] == {}
     assert stack_processes(folder) == []
+    assert processes_with(f"B2CAL_HOME={folder}", b"reconcile") == []
 
 
 def stack_processes(folder: Path) -> list[int]:

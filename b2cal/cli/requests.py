@@ -351,7 +351,10 @@ def request_wait(
             while True:
                 request = db.request(found)
                 runs = db.calibration_runs(found)
-                live.update(calrun_table(runs, f"{request.label}: {request.state.value}"))
+                title = f"{request.label}: {request.state.value}"
+                if request.message:  # a crash, and the automatic retry it waits for
+                    title += f" ({request.message})"
+                live.update(calrun_table(runs, title))
                 settled = bool(runs) and (
                     request.state in (RequestState.DONE, RequestState.FAILED)
                     or (request.state is RequestState.WAITING and _only_people(request, runs))
@@ -364,6 +367,8 @@ def request_wait(
                     )
                 time.sleep(1)
     console.print(calrun_table(runs, f"{request.label}: {request.state.value}"))
+    if request.message:
+        console.print(f"message: {request.message}")
     if request.state is RequestState.WAITING:
         console.print("waiting for sign-offs: b2cal signoff CALRUN approve|reject")
     if request.state in (RequestState.FAILED, RequestState.CANCELLED):

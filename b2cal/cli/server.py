@@ -36,6 +36,24 @@ def server_up(
             help="Webhook that hears of failed flow runs and of calibrations awaiting sign-off.",
         ),
     ] = None,
+    heartbeat_timeout: Annotated[
+        int,
+        typer.Option(
+            metavar="SECONDS",
+            help="A running flow run without a heartbeat this long is marked Crashed "
+            "(Prefect sends one every 30 s).",
+            min=45,
+        ),
+    ] = 90,
+    reconcile_seconds: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="How often each site's reconciler looks for crashed runs to heal; a crash is "
+            "seen within the heartbeat timeout plus this.",
+            min=1,
+        ),
+    ] = 30.0,
 ) -> None:
     """Start the local stack (what runs already is kept); prints where the UI is."""
     from b2cal.cli.console import console, errors
@@ -47,6 +65,8 @@ def server_up(
         discover=discover,
         worker_poll_seconds=poll,
         notify_url=notify_url,
+        heartbeat_timeout=heartbeat_timeout,
+        reconcile_seconds=reconcile_seconds,
     )
     stack = LocalStack()
     with errors.status("starting the local stack") as shown:
@@ -77,6 +97,13 @@ def server_status() -> None:
         log = stack.log(name.replace(" ", "-"))
         table.add_row(name, str(pid or "-"), "[green]yes[/]" if alive else "[red]no[/]", str(log))
     console.print(table)
+    for name, _, alive in stack.processes():
+        site = name.partition(" ")[2]
+        if site and not alive and state.get("server_pid"):
+            console.print(
+                f"[red]{name} is not running[/]: b2cal server up --sites {site} starts it again "
+                f"(its log: {stack.log(name.replace(' ', '-'))})"
+            )
     if not state.get("server_pid"):
         console.print("stopped: b2cal server up starts it")
     elif state.get("api_url"):
@@ -98,3 +125,34 @@ def server_down() -> None:
 
     LocalStack().down(say=console.print)
     console.print("local stack stopped")
+
+
+@server_app.command("reconcile")
+def server_reconcile(
+    site: Annotated[str, typer.Option(metavar="SITE", help="The site whose runs it heals.")],
+    every: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Seconds between passes.", min=1)
+    ] = 30.0,
+) -> None:
+    """The site's reconciler, a service (``server up`` starts one per site): every pass, flow
+    runs that crashed, were cancelled outside b2cal or lost their process are seen and their
+    requests healed (retried up to the site's ``crash_retries``, else FAILED). Runs until
+    SIGTERM or Ctrl-C; each pass's actions are logged as they happen."""
+    import logging
+    import signal
+    import sys
+    import threading
+
+    from b2cal.orchestrator.client import use_local_stack
+    from b2cal.requests.reconciler import serve
+    from b2cal.sites import load_site
+
+    logging.basicConfig(
+        stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    here = load_site(site)
+    use_local_stack()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    serve(here, every, stop)

@@ -58,8 +58,11 @@ def status(site: SiteOption = None, as_json: Json = False) -> None:
             f"[yellow]late files[/]: {b.label} has {b.late_files} files that came after it closed"
         )
     for r in requests:
-        if r.state.value in ("PENDING", "FAILED") and not any(c.request_id == r.id for c in runs):
+        alone = not any(c.request_id == r.id for c in runs)
+        if r.state.value in ("PENDING", "FAILED") and alone:
             console.print(f"{r.label}: {r.state.value}" + (f" ({r.message})" if r.message else ""))
+        elif r.state.value == "RUNNING" and r.message:  # a crash, a pending automatic retry
+            console.print(f"[bold red]{r.label}[/]: {r.message}")
     if not requests:
         console.print(f"no requests at site {here.name} yet")
 

@@ -1,5 +1,6 @@
-"""The local stack: a Prefect server on loopback, one process worker per site pool, the
-deployments of ``prefect.yaml`` and the automations, started and stopped by ``b2cal server``.
+"""The local stack: a Prefect server on loopback, one process worker and one reconciler per
+site, the deployments of ``prefect.yaml`` and the automations, started and stopped by
+``b2cal server``.
 
 Everything lives under ``B2CAL_HOME/server/``: the Prefect home (its SQLite database unless
 ``B2CAL_PREFECT_DATABASE_URL`` names a PostgreSQL one), one log per process, and
@@ -13,14 +14,12 @@ through the certificate-checking proxy), never directly. ``B2CAL_PREFECT_AUTH_ST
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,20 +27,22 @@ from typing import Any
 
 import httpx
 
-from b2cal.core.files import atomic_write_bytes, atomic_write_json
+from b2cal.core.files import atomic_write_json
 from b2cal.errors import B2CalError
 from b2cal.orchestrator.client import stack_folder, stack_state
+from b2cal.orchestrator.profile import write_profile
 from b2cal.settings import Settings
 from b2cal.sites import Site, load_site, site_names
 
 CHECKOUT = Path(__file__).resolve().parents[2]
-PROFILE = "b2cal"
 #: Seconds a stopping process gets before it is killed.
 STOP_SECONDS = 15.0
 #: Flow runs send a heartbeat this often; the automation marks a run Crashed after
 #: :data:`HEARTBEAT_TIMEOUT` seconds without one (its worker and process both gone).
 HEARTBEAT_SECONDS = 30
 HEARTBEAT_TIMEOUT = 90
+#: A crash is seen within HEARTBEAT_TIMEOUT + RECONCILE_SECONDS (worker and process gone).
+RECONCILE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class StackOptions:
     notify_url: str | None = None
     #: Seconds without a heartbeat after which a running flow run is marked Crashed.
     heartbeat_timeout: int = HEARTBEAT_TIMEOUT
+    #: Seconds between the passes of each site's reconciler (crashes healed).
+    reconcile_seconds: float = RECONCILE_SECONDS
 
 
 def _prefect() -> str:
@@ -69,7 +72,8 @@ def _started(pid: int) -> str | None:
         return None
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """Whether the process is there (a zombie child of ours counts as gone)."""
     if not pid:
         return False
     try:
@@ -123,14 +127,15 @@ class LocalStack:
         return stack_state(self.settings) or {"workers": {}}
 
     def _save(self, state: dict[str, Any]) -> None:
-        pids = [state.get("server_pid"), *state.get("workers", {}).values()]
+        pids = [state.get("server_pid"), *state.get("workers", {}).values(),
+                *state.get("reconcilers", {}).values()]  # fmt: skip
         known = state.get("started", {})
         state["started"] = {str(pid): known.get(str(pid)) or _started(pid) for pid in pids if pid}
         atomic_write_json(self.folder / "stack.json", state)
 
     def ours(self, pid: int | None, state: dict[str, Any]) -> bool:
         """Whether ``pid`` is the process this stack started (alive, same start time)."""
-        if not _alive(pid):
+        if not process_alive(pid):
             return False
         assert pid is not None
         recorded = state.get("started", {}).get(str(pid))
@@ -207,7 +212,7 @@ class LocalStack:
                 self._save(state)
                 self._wait_healthy(url, state["server_pid"])
                 say(f"Prefect server up at {url}")
-            self._write_profile(url)
+            write_profile(url, self.auth_string)
             self._register(url, options, say)
             workers = dict(state.get("workers", {}))
             for site in sites:
@@ -218,6 +223,12 @@ class LocalStack:
                 started.append(workers[site.name])
                 say(f"worker started for pool {site.work_pool} (site {site.name})")
             state["workers"] = workers
+            reconcilers = dict(state.get("reconcilers", {}))
+            for site in sites:
+                if not self.ours(reconcilers.get(site.name), state):
+                    reconcilers[site.name] = self._start_reconciler(url, site, options)
+                    started.append(reconcilers[site.name])
+            state["reconcilers"] = reconcilers
             state["ui_url"] = url.removesuffix("/api")
             self._save(state)
             return state
@@ -228,8 +239,9 @@ class LocalStack:
                 recorded = self.state()
                 if recorded.get("server_pid") in started:
                     recorded = {"workers": {}, "api_url": url}
-                workers = recorded.get("workers", {})
-                recorded["workers"] = {s: p for s, p in workers.items() if p not in started}
+                for kind in ("workers", "reconcilers"):
+                    pids = recorded.get(kind, {})
+                    recorded[kind] = {s: p for s, p in pids.items() if p not in started}
                 self._save(recorded)
             raise
 
@@ -256,7 +268,7 @@ class LocalStack:
         while time.monotonic() < deadline:
             if _healthy(url):
                 return
-            if not _alive(pid):
+            if not process_alive(pid):
                 raise B2CalError(f"the Prefect server stopped: {_tail(self.log('server'))}")
             time.sleep(0.3)
         raise B2CalError(
@@ -283,29 +295,13 @@ class LocalStack:
         )
         return self._spawn(f"worker-{site.name}", command, env)
 
-    def _write_profile(self, url: str) -> None:
-        """A ``b2cal`` Prefect profile with the API address, in the user's Prefect home, so
-        ``prefect -p b2cal deployment run ...`` (or PREFECT_PROFILE=b2cal) reaches this stack;
-        it becomes the active profile when the active one has no API address."""
-        home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
-        path = home / "profiles.toml"
-        try:
-            doc: dict[str, Any] = tomllib.loads(path.read_text()) if path.is_file() else {}
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise B2CalError(f"Prefect profiles {path} cannot be read: {exc}") from None
-        profiles: dict[str, dict[str, Any]] = doc.setdefault("profiles", {})
-        active = doc.get("active", "ephemeral")
-        profile = {"PREFECT_API_URL": url}
-        if self.auth_string:
-            profile["PREFECT_API_AUTH_STRING"] = self.auth_string
-        profiles[PROFILE] = profile
-        if "PREFECT_API_URL" not in profiles.get(active, {}):
-            doc["active"] = PROFILE
-        lines = [f"active = {json.dumps(doc['active'])}" if "active" in doc else ""]
-        for name, values in profiles.items():
-            lines.append(f"\n[profiles.{json.dumps(name)}]")
-            lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-        atomic_write_bytes(path, ("\n".join(lines).strip() + "\n").encode())
+    def _start_reconciler(self, url: str, site: Site, options: StackOptions) -> int:
+        """The site's reconciler (:mod:`b2cal.requests.reconciler`): a process of its own, not a
+        run in the site's pool, so that it sees that pool's worker die."""
+        every = f"{options.reconcile_seconds:g}"
+        command = [sys.executable, "-m", "b2cal", "server", "reconcile", "--site", site.name,
+                   "--every", every]  # fmt: skip
+        return self._spawn(f"reconciler-{site.name}", command, self._env(url, B2CAL_SITE=site.name))
 
     # --- registration: pools, deployments, automations ------------------------------------
     def _register(self, url: str, options: StackOptions, say: Callable[[str], None]) -> None:
@@ -349,20 +345,23 @@ class LocalStack:
         rows: list[tuple[str, int | None, bool]] = [
             ("server", state.get("server_pid"), self.ours(state.get("server_pid"), state))
         ]
-        for site, pid in sorted(state.get("workers", {}).items()):
-            rows.append((f"worker {site}", pid, self.ours(pid, state)))
+        for kind in ("worker", "reconciler"):
+            for site, pid in sorted(state.get(f"{kind}s", {}).items()):
+                rows.append((f"{kind} {site}", pid, self.ours(pid, state)))
         return rows
 
     def down(self, say: Callable[[str], None] = lambda _: None) -> None:
-        """Stop the workers (and the flow runs they started), then the server."""
+        """Stop the reconcilers, the workers (and the flow runs they started), then the
+        server."""
         state = self.state()
-        pids = [(f"worker {s}", p) for s, p in state.get("workers", {}).items()]
+        pids = [(f"reconciler {s}", p) for s, p in state.get("reconcilers", {}).items()]
+        pids += [(f"worker {s}", p) for s, p in state.get("workers", {}).items()]
         pids.append(("server", state.get("server_pid")))
         for name, pid in pids:
             if pid and self.ours(pid, state):
                 _stop_group(pid)
                 say(f"stopped {name} (pid {pid})")
-        state["workers"] = {}
+        state["workers"], state["reconcilers"] = {}, {}
         state.pop("server_pid", None)
         self._save(state)
 
@@ -382,7 +381,7 @@ def _stop_group(pid: int) -> None:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):  # reap it if it is our child
                 os.waitpid(pid, os.WNOHANG)
-            if not _alive(pid):
+            if not process_alive(pid):
                 return
             time.sleep(0.1)
 

@@ -1,0 +1,149 @@
+"""The reconciler: a service process per site, started by ``b2cal server up`` beside the site's
+worker (never a run in the site's own pool, whose worker may be what died), that compares
+Prefect's flow-run states with b2cal's records every ``reconcile_seconds`` and heals what it
+finds (:mod:`b2cal.requests.healing` says what).
+
+A crash is seen within the heartbeat timeout (Prefect's automation marks a run whose process
+and worker are both gone Crashed) plus one period; a run whose worker is alive is marked
+Crashed by the worker at once, and a run on this host whose process is gone is marked Crashed
+here, in one period. Prefect is read before b2cal's records are read again, so a flow run that
+ended normally has written its calibration runs' end before the reconciler looks at them.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from b2cal.db.database import StateDatabase
+from b2cal.orchestrator.client import prefect_client
+from b2cal.orchestrator.stack import process_alive
+from b2cal.processing.area import RequestArea
+from b2cal.processing.jobs import cancel_left_jobs
+from b2cal.requests.healing import (
+    Decision,
+    FlowRunView,
+    Verdict,
+    decide,
+    record,
+    retries_made,
+    watched_runs,
+)
+from b2cal.sites import Site
+
+log = logging.getLogger("b2cal.reconciler")
+
+
+def _where(infrastructure_pid: str | None) -> tuple[str | None, int | None]:
+    """``host:pid`` as the process worker records it."""
+    host, _, pid = (infrastructure_pid or "").rpartition(":")
+    return (host or None, int(pid)) if pid.isdigit() else (None, None)
+
+
+def flow_run_views(ids: Sequence[str]) -> dict[str, FlowRunView]:
+    """Prefect's word on these flow runs (those it does not know are left out)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    wanted = []
+    for value in dict.fromkeys(ids):
+        try:
+            wanted.append(UUID(value))
+        except ValueError:
+            continue
+    if not wanted:
+        return {}
+    with prefect_client() as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=wanted)), limit=len(wanted)
+        )
+    views = {}
+    for run in runs:
+        if run.state is None:
+            continue
+        host, pid = _where(run.infrastructure_pid)
+        since = run.state.timestamp or datetime.now(UTC)
+        views[str(run.id)] = FlowRunView(
+            str(run.id), run.state.type.value, run.state.message or "", since, host, pid
+        )
+    return views
+
+
+def _set_state(flow_run_id: str, state: Any, force: bool) -> bool:
+    from prefect.client.schemas.responses import SetStateStatus
+
+    with prefect_client() as client:
+        result = client.set_flow_run_state(UUID(flow_run_id), state, force=force)
+    return bool(result.status == SetStateStatus.ACCEPT)
+
+
+def act(site: Site, db: StateDatabase, decision: Decision) -> bool:
+    """Carry a decision out: Prefect's side first (a retry that Prefect refuses is not
+    recorded as made), then b2cal's. Returns whether it was carried out."""
+    from prefect.states import Crashed, Failed, Scheduled
+
+    verdict, flow_run = decision.verdict, decision.watched.flow_run_id
+    if verdict is Verdict.NOTHING:
+        return False
+    if verdict is Verdict.MARK_CRASHED:
+        return _set_state(flow_run, Crashed(message=decision.line), force=False)
+    if verdict is Verdict.RETRY and not _set_state(
+        flow_run, Scheduled(message=decision.line), force=True
+    ):
+        return False
+    if verdict is Verdict.GIVE_UP:  # Failed: the notification webhook hears of it
+        _set_state(flow_run, Failed(message=decision.line), force=True)
+    record(db, decision)
+    if verdict is Verdict.CANCEL:  # batch jobs outlive the process that was stopped
+        area = RequestArea(site.request_folder(decision.watched.request_id))
+        if area.workspace.exists():
+            for calibration in area.workspace.run_record().calibrations:
+                cancel_left_jobs(site.backend, area.workspace, calibration)
+    return True
+
+
+def reconcile(
+    site: Site,
+    db: StateDatabase,
+    *,
+    now: datetime | None = None,
+    alive: Callable[[int], bool] = process_alive,
+) -> list[Decision]:
+    """One pass: every watched flow run of the site judged and healed; returns what was
+    done (NOTHING left out)."""
+    first = watched_runs(db, site.name)
+    views = flow_run_views([w.flow_run_id for w in first])
+    done = []
+    for watched in watched_runs(db, site.name):  # again: after Prefect's word
+        decision = decide(
+            watched,
+            views.get(watched.flow_run_id),
+            retries_made=retries_made(db, watched.request_id, watched.flow_run_id),
+            crash_retries=site.crash_retries,
+            backoff_seconds=site.crash_backoff_seconds,
+            now=now or datetime.now(UTC),
+            host=socket.gethostname(),
+            alive=alive,
+        )
+        if decision.verdict is not Verdict.NOTHING and act(site, db, decision):
+            done.append(decision)
+    return done
+
+
+def serve(site: Site, period: float, stop: threading.Event) -> None:
+    """Reconcile every ``period`` seconds until ``stop`` is set; a pass that fails is said in
+    one line and the next one tries again."""
+    log.info("reconciling site %s every %g s", site.name, period)
+    while not stop.is_set():
+        try:
+            with StateDatabase(site.state_database_url) as db:
+                for decision in reconcile(site, db):
+                    log.info("%s: %s", decision.verdict.value, decision.line)
+        except Exception as exc:  # the next pass tries again
+            log.warning("reconciliation failed: %s: %s", type(exc).__name__, exc)
+        stop.wait(period)
+    log.info("reconciler of site %s stopped", site.name)

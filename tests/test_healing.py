@@ -1,0 +1,147 @@
+"""Crash healing's rules (b2cal.requests.healing), without Prefect: which flow runs b2cal
+watches, what a crash, a lost process, a cancellation or an early end leads to, the backoff
+and the limit of automatic retries, and what each leaves in the state database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from calibration_runs import started_request
+
+from b2cal.db.database import StateDatabase
+from b2cal.db.states import CalRunState, RequestState
+from b2cal.requests.healing import (
+    HEALER,
+    RETRY_ACTION,
+    Decision,
+    FlowRunView,
+    Verdict,
+    Watched,
+    decide,
+    record,
+    retries_made,
+    watched_runs,
+)
+from b2cal.sites import RequestKind
+
+pytestmark = pytest.mark.unit
+S = CalRunState
+NOW = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+WATCHED = Watched(7, "run-7", (1, 2), "process-request of request 7")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[StateDatabase]:
+    with StateDatabase(f"sqlite:///{tmp_path / 'state.sqlite'}") as opened:
+        yield opened
+
+
+def judged(
+    state: str, *, made: int = 0, retries: int = 2, ago: float = 60.0, **run: object
+) -> Decision:
+    view = FlowRunView("run-7", state, "exit -9", NOW - timedelta(seconds=ago), **run)  # type: ignore[arg-type]
+    return decide(
+        WATCHED, view, retries_made=made, crash_retries=retries, backoff_seconds=10,
+        now=NOW, host="node1", alive=lambda pid: pid == 42,
+    )  # fmt: skip
+
+
+def test_a_crash_is_retried_after_its_backoff_until_the_retries_are_used_up() -> None:
+    first = judged("CRASHED", ago=11)
+    assert (first.verdict, first.retry) == (Verdict.RETRY, 1)
+    assert first.line == "process-request of request 7 crashed (exit -9); automatic retry 1 of 2"
+    pending = judged("CRASHED", made=1, ago=11)  # the second waits 20 s
+    assert (pending.verdict, pending.retry) == (Verdict.RETRY_PENDING, 2)
+    assert pending.due == NOW + timedelta(seconds=9)
+    assert pending.line.endswith("automatic retry 2 of 2 at 03:00:09 UTC")
+    assert judged("CRASHED", made=1, ago=20).verdict is Verdict.RETRY
+    spent = judged("CRASHED", made=2)
+    assert spent.verdict is Verdict.GIVE_UP
+    assert spent.line == "process-request of request 7 crashed (exit -9); 2 automatic retries made"
+    assert judged("CRASHED", retries=0).line.endswith("crash_retries = 0")
+
+
+def test_what_runs_or_waits_is_left_alone_and_a_lost_process_here_is_marked_crashed() -> None:
+    for state in ("SCHEDULED", "PENDING", "CANCELLING", "PAUSED"):
+        assert judged(state).verdict is Verdict.NOTHING, state
+    assert judged("RUNNING", host="node1", pid=42).verdict is Verdict.NOTHING
+    assert judged("RUNNING", host="node2", pid=43).verdict is Verdict.NOTHING  # not ours to see
+    lost = judged("RUNNING", host="node1", pid=43)
+    assert (lost.verdict, lost.line) == (
+        Verdict.MARK_CRASHED, "its process 43 on node1 is gone (seen by b2cal)")  # fmt: skip
+    assert judged("CANCELLED").verdict is Verdict.CANCEL
+    for state in ("COMPLETED", "FAILED"):
+        ended = judged(state)
+        assert ended.verdict is Verdict.ORPHANED
+        assert ended.line == f"process-request of request 7 ended {state} before it: exit -9"
+    nothing_active = Watched(7, "run-7", (), "process-request of request 7")
+    view = FlowRunView("run-7", "CRASHED", "", NOW)
+    assert decide(nothing_active, view, retries_made=0, crash_retries=2, backoff_seconds=0,
+                  now=NOW, host="h", alive=bool).verdict is Verdict.NOTHING  # fmt: skip
+    assert decide(WATCHED, None, retries_made=0, crash_retries=2, backoff_seconds=0,
+                  now=NOW, host="h", alive=bool).verdict is Verdict.NOTHING  # fmt: skip
+
+
+def test_the_watched_runs_are_the_running_requests_own_and_deferred_ones(
+    db: StateDatabase,
+) -> None:
+    runs = started_request(db, ("ChannelT0", "ChannelGain", "BeamSpot"), through=(S.COLLECTING,))
+    request_id = db.calibration_run(runs["ChannelT0"]).request_id
+    assert watched_runs(db, "local") == []  # no flow run recorded yet
+    db.set_request_flow_run(request_id, "run-1")
+    db.move(runs["BeamSpot"], S.ALGORITHM)
+    db.move(runs["BeamSpot"], S.NOT_ENOUGH_DATA)
+    (watched,) = watched_runs(db, "local")
+    assert watched == Watched(request_id, "run-1", (runs["ChannelT0"], runs["ChannelGain"]),
+                              f"process-request of request {request_id}")  # fmt: skip
+    assert watched_runs(db, "bnl") == []
+    # a deferred calibration placed at another site is watched there, with its own run
+    placed = db.create_request(
+        kind=RequestKind.PROMPT, site="local", exp=1, run_low=1, run_high=4,
+        calibrations=("BeamSpot",), input_tags=["base"], actor="test",
+        placement={"BeamSpot": "bnl"},
+    )  # fmt: skip
+    (spot,) = db.start_request(placed.id)
+    db.set_request_flow_run(placed.id, "run-2")
+    assert db.claim_start(spot.id, "starting")
+    db.set_flow_run(spot.id, "run-3")
+    db.move(spot.id, S.COLLECTING)
+    assert [w.flow_run_id for w in watched_runs(db, "bnl")] == ["run-3"]
+    assert sorted(w.calibration_runs for w in watched_runs(db, "local")) == [
+        (), (runs["ChannelT0"], runs["ChannelGain"])]  # fmt: skip
+
+
+def test_each_decision_leaves_its_record(db: StateDatabase) -> None:
+    runs = started_request(db, ("ChannelT0", "ChannelGain"), through=(S.COLLECTING,))
+    request_id = db.calibration_run(runs["ChannelT0"]).request_id
+    watched = Watched(request_id, "run-1", tuple(runs.values()), "process-request")
+    record(db, Decision(Verdict.RETRY_PENDING, watched, "crashed; automatic retry 1 of 2 at x"))
+    assert db.request(request_id).message == "crashed; automatic retry 1 of 2 at x"
+    assert db.request(request_id).state is RequestState.RUNNING  # request wait keeps waiting
+    assert retries_made(db, request_id, "run-1") == 0
+    record(db, Decision(Verdict.RETRY, watched, "crashed; automatic retry 1 of 2", retry=1))
+    assert retries_made(db, request_id, "run-1") == 1
+    assert retries_made(db, request_id, "run-0") == 0  # another flow run's retries
+    (action,) = [a for a in db.actions(target=f"request {request_id}") if a.action == RETRY_ACTION]
+    assert (action.actor, action.detail["retry"]) == (HEALER, 1)
+    assert {db.calibration_run(i).state for i in runs.values()} == {S.COLLECTING}
+    db.move(runs["ChannelGain"], S.ALGORITHM)
+    db.move(runs["ChannelGain"], S.VALIDATING)
+    record(db, Decision(Verdict.GIVE_UP, watched, "crashed; 2 automatic retries made", retry=2))
+    t0, gain = db.calibration_run(runs["ChannelT0"]), db.calibration_run(runs["ChannelGain"])
+    assert (t0.state, t0.message) == (S.FAILED, "crashed; 2 automatic retries made")
+    assert gain.state is S.FAILED
+    assert db.request(request_id).state is RequestState.FAILED
+
+
+def test_a_run_cancelled_in_prefect_cancels_its_request(db: StateDatabase) -> None:
+    runs = started_request(db, ("ChannelT0",), through=(S.COLLECTING,))
+    request_id = db.calibration_run(runs["ChannelT0"]).request_id
+    watched = Watched(request_id, "run-1", tuple(runs.values()), "process-request")
+    record(db, Decision(Verdict.CANCEL, watched, "prefect (flow run cancelled)"))
+    assert db.request(request_id).state is RequestState.CANCELLED
+    assert db.calibration_run(runs["ChannelT0"]).state is S.CANCELLED
+    record(db, Decision(Verdict.CANCEL, watched, "prefect (flow run cancelled)"))  # once only
