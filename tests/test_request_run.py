@@ -49,3 +49,42 @@ def test_a_request_run_begins_plans_and_ends(tmp_path: Path) -> None:
         db.cancel_request(again.request_id, "/CN=Ada")
         with pytest.raises(StateConflict):
             request_run.begin(db, again.request_id, "flow-run-2")  # nothing is prepared for it
+
+
+def test_a_skip_is_refused_when_no_input_tag_stands_in_for_its_dependants(
+    tmp_path: Path,
+) -> None:
+    from b2cal.cdb.model import TagState
+    from b2cal.cdb.store import NewPayloadIoV
+    from b2cal.core.iov import IoV
+    from b2cal.requests.operations import standing_in
+
+    with (
+        StateDatabase(f"sqlite:///{tmp_path / 'state.sqlite'}") as db,
+        EmbeddedStore(f"sqlite:///{tmp_path / 'cdb.sqlite'}", tmp_path / "payloads") as store,
+    ):
+        for tag in ("other-runs", "t0-known"):
+            store.create_tag(tag)
+        store.write_iovs("other-runs", [NewPayloadIoV("ChannelT0", b"{}", IoV(3, 20, 3, 30), {})],
+                         state=TagState.OPEN)  # fmt: skip
+        store.write_iovs("t0-known", [NewPayloadIoV("ChannelT0", b"{}", IoV(3, 1, 3, 4), {})],
+                         state=TagState.OPEN)  # fmt: skip
+
+        def request(*tags: str, calibrations: tuple[str, ...] = ("ChannelGain",)) -> object:
+            return db.create_request(
+                kind=RequestKind.PROMPT, site="lab", exp=3, run_low=1, run_high=8,
+                calibrations=calibrations, input_tags=list(tags),
+            )  # fmt: skip
+
+        with pytest.raises(B2CalError) as refused:
+            standing_in(store, request(), "ChannelT0")  # type: ignore[arg-type]
+        assert str(refused.value).startswith(
+            "ChannelT0 cannot be skipped: ChannelGain read its payloads, and no input tag of "
+        )
+        assert "(input tags: none) holds a ChannelT0 payload for runs 1-8" in str(refused.value)
+        with pytest.raises(B2CalError, match="input tags: other-runs"):  # not for these runs
+            standing_in(store, request("other-runs"), "ChannelT0")  # type: ignore[arg-type]
+        held = standing_in(store, request("other-runs", "t0-known"), "ChannelT0")  # type: ignore[arg-type]
+        assert held == ["t0-known"]
+        # nothing depends on it: nothing to stand in for
+        assert standing_in(store, request(calibrations=("ChannelT0",)), "ChannelT0") == []  # type: ignore[arg-type]
