@@ -65,6 +65,7 @@ from b2cal.processing.preparation import (
 )
 from b2cal.processing.validation import validate_output
 from b2cal.requests.deferred import advance, upload_and_advance
+from b2cal.requests.healing import record_process
 from b2cal.sites import Site
 from flows.common import (
     awaited_here,
@@ -244,6 +245,8 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
     log = get_run_logger()
     here = site_of(site)
     ready = output_written(request_id, calibration)
+    if not awaited_here(request_id, [calibration]):  # a deployment run of its own: watched
+        record_process(RequestArea(here.request_folder(request_id)), str(flow_run.id or ""))
     try:
         with records(here) as (db, store):
             request = db.request(request_id)

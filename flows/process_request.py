@@ -26,6 +26,7 @@ from b2cal.errors import StateConflict
 from b2cal.processing.area import RequestArea
 from b2cal.processing.jobs import cancel_left_jobs
 from b2cal.requests import run as request_run
+from b2cal.requests.healing import record_process
 from b2cal.requests.run import Planned
 from b2cal.sites import Site
 from flows.calibrate import calibrate
@@ -86,6 +87,7 @@ def process_request(request_id: int, site: str | None = None) -> str:
     here = site_of(site)
     with records(here) as (db, _):
         begun = request_run.begin(db, request_id, str(flow_run.id or ""))
+    record_process(RequestArea(here.request_folder(request_id)), str(flow_run.id or ""))
     title = begun.title
     with tags(*begun.tags):
         planned = plan_task(here, request_id)

@@ -18,6 +18,7 @@ from b2cal.requests.healing import (
     RETRY_ACTION,
     Decision,
     FlowRunView,
+    ProcessRecord,
     Verdict,
     Watched,
     decide,
@@ -40,12 +41,18 @@ def db(tmp_path: Path) -> Iterator[StateDatabase]:
 
 
 def judged(
-    state: str, *, made: int = 0, retries: int = 2, ago: float = 60.0, **run: object
+    state: str,
+    *,
+    made: int = 0,
+    retries: int = 2,
+    ago: float = 60.0,
+    process: ProcessRecord | None = None,
 ) -> Decision:
-    view = FlowRunView("run-7", state, "exit -9", NOW - timedelta(seconds=ago), **run)  # type: ignore[arg-type]
+    since = NOW - timedelta(seconds=ago)
     return decide(
-        WATCHED, view, retries_made=made, crash_retries=retries, backoff_seconds=10,
-        now=NOW, host="node1", alive=lambda pid: pid == 42,
+        WATCHED, FlowRunView("run-7", state, "exit -9", since), retries_made=made,
+        crash_retries=retries, backoff_seconds=10, now=NOW, process=process, host="node1",
+        alive=lambda record: record.pid == 42,
     )  # fmt: skip
 
 
@@ -67,9 +74,12 @@ def test_a_crash_is_retried_after_its_backoff_until_the_retries_are_used_up() ->
 def test_what_runs_or_waits_is_left_alone_and_a_lost_process_here_is_marked_crashed() -> None:
     for state in ("SCHEDULED", "PENDING", "CANCELLING", "PAUSED"):
         assert judged(state).verdict is Verdict.NOTHING, state
-    assert judged("RUNNING", host="node1", pid=42).verdict is Verdict.NOTHING
-    assert judged("RUNNING", host="node2", pid=43).verdict is Verdict.NOTHING  # not ours to see
-    lost = judged("RUNNING", host="node1", pid=43)
+    assert judged("RUNNING").verdict is Verdict.NOTHING  # no record of its process
+    here = ProcessRecord(host="node1", pid=42)
+    assert judged("RUNNING", process=here).verdict is Verdict.NOTHING
+    elsewhere = ProcessRecord(host="node2", pid=43)
+    assert judged("RUNNING", process=elsewhere).verdict is Verdict.NOTHING  # not ours to see
+    lost = judged("RUNNING", process=ProcessRecord(host="node1", pid=43))
     assert (lost.verdict, lost.line) == (
         Verdict.MARK_CRASHED, "its process 43 on node1 is gone (seen by b2cal)")  # fmt: skip
     assert judged("CANCELLED").verdict is Verdict.CANCEL
@@ -80,9 +90,9 @@ def test_what_runs_or_waits_is_left_alone_and_a_lost_process_here_is_marked_cras
     nothing_active = Watched(7, "run-7", (), "process-request of request 7")
     view = FlowRunView("run-7", "CRASHED", "", NOW)
     assert decide(nothing_active, view, retries_made=0, crash_retries=2, backoff_seconds=0,
-                  now=NOW, host="h", alive=bool).verdict is Verdict.NOTHING  # fmt: skip
+                  now=NOW).verdict is Verdict.NOTHING  # fmt: skip
     assert decide(WATCHED, None, retries_made=0, crash_retries=2, backoff_seconds=0,
-                  now=NOW, host="h", alive=bool).verdict is Verdict.NOTHING  # fmt: skip
+                  now=NOW).verdict is Verdict.NOTHING  # fmt: skip
 
 
 def test_the_watched_runs_are_the_running_requests_own_and_deferred_ones(
@@ -145,3 +155,23 @@ def test_a_run_cancelled_in_prefect_cancels_its_request(db: StateDatabase) -> No
     assert db.request(request_id).state is RequestState.CANCELLED
     assert db.calibration_run(runs["ChannelT0"]).state is S.CANCELLED
     record(db, Decision(Verdict.CANCEL, watched, "prefect (flow run cancelled)"))  # once only
+
+
+def test_a_flow_run_process_records_where_it_runs_and_is_seen_alive_or_gone(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    from b2cal.processing.area import RequestArea
+    from b2cal.requests.healing import record_process, recorded_process
+
+    area = RequestArea(tmp_path / "requests" / "3")
+    assert recorded_process(area, "run-1") is None
+    record_process(area, "run-1")
+    mine = recorded_process(area, "run-1")
+    assert mine is not None and mine.alive() and mine.started is not None
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not ProcessRecord(host=mine.host, pid=child.pid).alive()  # gone
+    assert not mine.model_copy(update={"started": "1"}).alive()  # the PID reused by another

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from b2cal.core.files import atomic_write_json
+from b2cal.core.processes import alive, started
 from b2cal.errors import B2CalError
 from b2cal.orchestrator.client import stack_folder, stack_state
 from b2cal.orchestrator.profile import write_profile
@@ -61,32 +62,6 @@ class StackOptions:
 
 def _prefect() -> str:
     return str(Path(sys.executable).with_name("prefect"))
-
-
-def _started(pid: int) -> str | None:
-    """When the process started (clock ticks since boot; None if it is gone): with the PID it
-    names one process, so a PID reused after a reboot is never taken for ours."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def process_alive(pid: int | None) -> bool:
-    """Whether the process is there (a zombie child of ours counts as gone)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _port_taken(port: int) -> bool:
@@ -130,16 +105,16 @@ class LocalStack:
         pids = [state.get("server_pid"), *state.get("workers", {}).values(),
                 *state.get("reconcilers", {}).values()]  # fmt: skip
         known = state.get("started", {})
-        state["started"] = {str(pid): known.get(str(pid)) or _started(pid) for pid in pids if pid}
+        state["started"] = {str(pid): known.get(str(pid)) or started(pid) for pid in pids if pid}
         atomic_write_json(self.folder / "stack.json", state)
 
     def ours(self, pid: int | None, state: dict[str, Any]) -> bool:
         """Whether ``pid`` is the process this stack started (alive, same start time)."""
-        if not process_alive(pid):
+        if not alive(pid):
             return False
         assert pid is not None
         recorded = state.get("started", {}).get(str(pid))
-        return recorded is None or recorded == _started(pid)
+        return recorded is None or recorded == started(pid)
 
     def log(self, name: str) -> Path:
         return self.folder / "logs" / f"{name}.log"
@@ -268,7 +243,7 @@ class LocalStack:
         while time.monotonic() < deadline:
             if _healthy(url):
                 return
-            if not process_alive(pid):
+            if not alive(pid):
                 raise B2CalError(f"the Prefect server stopped: {_tail(self.log('server'))}")
             time.sleep(0.3)
         raise B2CalError(
@@ -381,7 +356,7 @@ def _stop_group(pid: int) -> None:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):  # reap it if it is our child
                 os.waitpid(pid, os.WNOHANG)
-            if not process_alive(pid):
+            if not alive(pid):
                 return
             time.sleep(0.1)
 

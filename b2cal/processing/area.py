@@ -9,6 +9,8 @@ is already done. Inside::
     attempts.json       the attempt of each calibration as last planned here (a rerun is newer)
     output/             the engine's output folder: output/<Calibration>/outputdb/ and the rest
     validation/<Cal>/   validation report and plots of each calibration
+    processes/<flow run id>.json  where the process of a top-level flow run runs (host, pid,
+                        start time), so that the site's reconciler sees it die
 
 Each site that computes calibrations of a request has its own workspace, under its own work
 root; they share nothing but the state database and the conditions database.
@@ -46,6 +48,9 @@ class RequestArea:
     @property
     def attempts(self) -> Path:
         return self.root / "attempts.json"
+
+    def process_record(self, flow_run_id: str) -> Path:
+        return self.root / "processes" / f"{flow_run_id}.json"
 
     @contextmanager
     def turn(self, what: str) -> Iterator[None]:

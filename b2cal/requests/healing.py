@@ -19,13 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pydantic import BaseModel
+
+from b2cal.core.files import atomic_write_json
+from b2cal.core.processes import alive, started
 from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.states import ACTIVE, CalRunState, RequestState
 from b2cal.errors import B2CalError, StateConflict
+from b2cal.processing.area import RequestArea
 from b2cal.processing.placement import in_process
 from b2cal.processing.preparation import calibrations_of
 from b2cal.requests.deferred import STARTING
@@ -39,16 +46,40 @@ GIVE_UP_ACTION = "request crashed"
 
 @dataclass(frozen=True)
 class FlowRunView:
-    """What Prefect says of a flow run: its state (a Prefect state type, ``"CRASHED"``...), the
-    state's message and time, and where its process runs (``host``, ``pid``; the process
-    worker records them)."""
+    """What Prefect says of a flow run: its state (a Prefect state type, ``"CRASHED"``...), and
+    the state's message and time."""
 
     id: str
     state: str
     message: str
     since: datetime
-    host: str | None = None
-    pid: int | None = None
+
+
+class ProcessRecord(BaseModel):
+    """Where a top-level flow run's process runs, as it recorded itself when it began (Prefect
+    keeps a bare PID, without the host): a reconciler on that host can see it die."""
+
+    host: str
+    pid: int
+    #: When it started (clock ticks since boot): a reused PID is not taken for it.
+    started: str | None = None
+
+    def alive(self) -> bool:
+        return alive(self.pid, self.started)
+
+
+def record_process(area: RequestArea, flow_run_id: str) -> None:
+    """The flow run's process records itself (called where a top-level flow run begins)."""
+    pid = os.getpid()
+    here = ProcessRecord(host=socket.gethostname(), pid=pid, started=started(pid))
+    atomic_write_json(area.process_record(flow_run_id), here.model_dump())
+
+
+def recorded_process(area: RequestArea, flow_run_id: str) -> ProcessRecord | None:
+    try:
+        return ProcessRecord.model_validate_json(area.process_record(flow_run_id).read_bytes())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -103,16 +134,18 @@ def decide(
     crash_retries: int,
     backoff_seconds: float,
     now: datetime,
-    host: str,
-    alive: Callable[[int], bool],
+    process: ProcessRecord | None = None,
+    host: str = "",
+    alive: Callable[[ProcessRecord], bool] = ProcessRecord.alive,
 ) -> Decision:
     """What to do with a watched flow run, from Prefect's view of it (None: Prefect does not
-    know it) and the automatic retries made for it so far."""
+    know it), the automatic retries made for it so far, and where its process runs (judged
+    only on the reconciler's own ``host``)."""
     if run is None or not watched.calibration_runs:
         return Decision(Verdict.NOTHING, watched)
     if run.state == "RUNNING":
-        if run.host == host and run.pid is not None and not alive(run.pid):
-            line = f"its process {run.pid} on {host} is gone (seen by b2cal)"
+        if process is not None and process.host == host and not alive(process):
+            line = f"its process {process.pid} on {host} is gone (seen by b2cal)"
             return Decision(Verdict.MARK_CRASHED, watched, line)
         return Decision(Verdict.NOTHING, watched)
     if run.state == "CANCELLED":

@@ -15,34 +15,29 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from b2cal.db.database import StateDatabase
 from b2cal.orchestrator.client import prefect_client
-from b2cal.orchestrator.stack import process_alive
 from b2cal.processing.area import RequestArea
 from b2cal.processing.jobs import cancel_left_jobs
 from b2cal.requests.healing import (
     Decision,
     FlowRunView,
     Verdict,
+    Watched,
     decide,
     record,
+    recorded_process,
     retries_made,
     watched_runs,
 )
 from b2cal.sites import Site
 
 log = logging.getLogger("b2cal.reconciler")
-
-
-def _where(infrastructure_pid: str | None) -> tuple[str | None, int | None]:
-    """``host:pid`` as the process worker records it."""
-    host, _, pid = (infrastructure_pid or "").rpartition(":")
-    return (host or None, int(pid)) if pid.isdigit() else (None, None)
 
 
 def flow_run_views(ids: Sequence[str]) -> dict[str, FlowRunView]:
@@ -65,10 +60,9 @@ def flow_run_views(ids: Sequence[str]) -> dict[str, FlowRunView]:
     for run in runs:
         if run.state is None:
             continue
-        host, pid = _where(run.infrastructure_pid)
         since = run.state.timestamp or datetime.now(UTC)
         views[str(run.id)] = FlowRunView(
-            str(run.id), run.state.type.value, run.state.message or "", since, host, pid
+            str(run.id), run.state.type.value, run.state.message or "", since
         )
     return views
 
@@ -106,18 +100,16 @@ def act(site: Site, db: StateDatabase, decision: Decision) -> bool:
     return True
 
 
-def reconcile(
-    site: Site,
-    db: StateDatabase,
-    *,
-    now: datetime | None = None,
-    alive: Callable[[int], bool] = process_alive,
-) -> list[Decision]:
+def reconcile(site: Site, db: StateDatabase, *, now: datetime | None = None) -> list[Decision]:
     """One pass: every watched flow run of the site judged and healed; returns what was
     done (NOTHING left out)."""
     first = watched_runs(db, site.name)
     views = flow_run_views([w.flow_run_id for w in first])
     done = []
+
+    def area(watched: Watched) -> RequestArea:
+        return RequestArea(site.request_folder(watched.request_id))
+
     for watched in watched_runs(db, site.name):  # again: after Prefect's word
         decision = decide(
             watched,
@@ -126,8 +118,8 @@ def reconcile(
             crash_retries=site.crash_retries,
             backoff_seconds=site.crash_backoff_seconds,
             now=now or datetime.now(UTC),
+            process=recorded_process(area(watched), watched.flow_run_id),
             host=socket.gethostname(),
-            alive=alive,
         )
         if decision.verdict is not Verdict.NOTHING and act(site, db, decision):
             done.append(decision)
