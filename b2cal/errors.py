@@ -85,18 +85,34 @@ class InputsChanged(WorkspaceError):
     #: How many changed files a message names before it only counts the rest.
     SHOWN = 5
 
-    def __init__(self, output: Path | str, calibration: str, changed: Sequence[str]) -> None:
+    def __init__(
+        self,
+        output: Path | str,
+        calibration: str,
+        changed: Sequence[str],
+        replaced: bool = False,
+        accept: str = "",
+    ) -> None:
         self.calibration = calibration
         self.changed = list(changed)
+        #: Only files replaced in place (the same paths): a rerun accepts them.
+        self.replaced = replaced
         named = ", ".join(self.changed[: self.SHOWN])
         more = len(self.changed) - self.SHOWN
         if more > 0:
             named += f" and {more} more"
+        if replaced:
+            accept = accept or f"caf run --rerun {calibration}"
+            advice = (
+                f"{accept} accepts the replaced files, collecting only their jobs again; a "
+                "plain resume keeps refusing them"
+            )
+            what = "replaced since (another size, time or inode)"
+        else:
+            advice = "use a new --output to calibrate the files as they are now"
+            what = "changed since (new, gone, or another size, time or inode)"
         super().__init__(
-            output,
-            f"was started on other input files of {calibration}: {named} changed since "
-            "(new, gone, or another size, time or inode); use a new --output to calibrate the "
-            "files as they are now",
+            output, f"was started on other input files of {calibration}: {named} {what}; {advice}"
         )
 
 

@@ -126,6 +126,47 @@ def test_corrupt_file_is_named_and_the_calibration_goes_on(
     assert [b["path"] for b in outcome["bad_files"]] == [str(bad)]
 
 
+def test_a_replaced_corrupt_file_is_taken_by_a_rerun_that_collects_only_its_job(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    """The normal recovery from a corrupt transfer: the good copy put in place, then ``caf run
+    --rerun``; a plain resume refuses the replaced file and names the command."""
+    import shutil
+
+    storage, clean = tmp_path / "s", tmp_path / "clean"
+    shutil.copytree(small_storage, storage)
+    bad = storage / "e0001/r00001/bhabha/bhabha.e0001.r00001.f00001.root"
+    good = bad.read_bytes()
+    bad.write_bytes(good[:1000])
+    args = caf_run(storage, tmp_path / "o", "1-4", "ChannelT0")
+    assert b2cal(*args).returncode == 0
+    jobs = tmp_path / "o/ChannelT0/iterations/0/jobs"
+    before = {s.parent.name: s.stat().st_mtime_ns for s in jobs.glob("*/status.json")}
+    bad.write_bytes(good)  # transferred again
+    refused = b2cal(*args)
+    assert_one_line_error(refused, "replaced since")
+    said = " ".join(refused.stderr.split())
+    assert str(bad) in said and "caf run --rerun ChannelT0 accepts the replaced files" in said
+    taken = b2cal(*args, "--rerun", "ChannelT0")
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    after = {s.parent.name: s.stat().st_mtime_ns for s in jobs.glob("*/status.json")}
+    redone = sorted(job for job in before if after[job] != before[job])
+    assert len(redone) == 1  # the job of the replaced file, the others kept
+    outcome = json.loads((tmp_path / "o/ChannelT0/result.json").read_text())
+    assert outcome["bad_files"] == []
+    shutil.copytree(small_storage, clean)
+    assert b2cal(*caf_run(clean, tmp_path / "c", "1-4", "ChannelT0")).returncode == 0
+
+    def payloads(output: Path) -> dict[str, bytes]:
+        folder = output / "ChannelT0/outputdb"
+        return {
+            str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*") if f.is_file()
+        }
+
+    ours = payloads(tmp_path / "o")
+    assert len(ours) > 1 and ours == payloads(tmp_path / "c")  # byte-identical to a clean run
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

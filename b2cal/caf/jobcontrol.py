@@ -3,7 +3,8 @@
 * :func:`resubmit`: chosen jobs of a collection that stopped (failed jobs, by default) start
   afresh: their status and their attempts are forgotten, so the next run of the calibration
   (``caf run`` again, a rerun or retried flow run) submits them with the full number of
-  retries; finished jobs are kept.
+  retries; finished jobs are kept. Their input files replaced in place since (a corrupt copy
+  transferred again) are accepted, recorded with their new stamps.
 * :func:`cancel_left`: batch jobs that a driver left queued or running when it stopped (a
   batch system keeps them for a restarted driver to pick up) are removed on purpose.
 
@@ -12,12 +13,17 @@ Both refuse while a driver holds the calibration: a running collection is the dr
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import logging
+from collections.abc import Collection, Sequence
+from pathlib import Path
 
 from b2cal.backends.base import Backend, Job, JobHandle
 from b2cal.caf.collection import JOB_TARGET
-from b2cal.caf.workspace import IterationArea, JobArea, Workspace
+from b2cal.caf.workspace import CalibrationArea, IterationArea, JobArea, Workspace
+from b2cal.catalog.inputs import FileStamp
 from b2cal.errors import B2CalError
+
+log = logging.getLogger("b2cal.caf")
 
 
 def _collection(workspace: Workspace, name: str, iteration: int | None) -> IterationArea:
@@ -58,7 +64,26 @@ def resubmit(
         for number in chosen:
             jobs[number].forget_status()
             jobs[number].forget_submission()
+        _restamp(area, [job for n, job in jobs.items() if n in chosen])
         return chosen
+
+
+def _restamp(area: CalibrationArea, jobs: Sequence[JobArea]) -> list[str]:
+    """The files of resubmitted jobs that were replaced in place (a corrupt copy transferred
+    again) are recorded with their new stamps: the resumed run accepts them, and their jobs'
+    specs change, so they are collected again. Returns their paths."""
+    record = area.record()
+    paths = {str(f.path) for job in jobs if (spec := job.spec()) is not None for f in spec.files}
+    stamps, replaced = [], []
+    for stamp in record.stamps:
+        now = FileStamp.of(Path(stamp.path)) if stamp.path in paths else stamp
+        if now != stamp and now.size >= 0:  # replaced, not gone
+            replaced.append(stamp.path)
+            log.info("%s: %s replaced: its jobs are collected again", area.name, stamp.path)
+        stamps.append(now if now.size >= 0 else stamp)
+    if replaced:
+        area.write_record(record.model_copy(update={"stamps": stamps}))
+    return replaced
 
 
 def _failed(job: JobArea) -> bool:

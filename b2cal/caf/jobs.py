@@ -18,7 +18,7 @@ from b2cal.caf.accumulator import RunAccumulators, merge_runs
 from b2cal.caf.calibration import Calibration
 from b2cal.caf.collection import JOB_TARGET, collector_bytes, collector_digest
 from b2cal.caf.progress import plural
-from b2cal.caf.records import ChainLink, JobSpec, JobSubmission
+from b2cal.caf.records import CalibrationRecord, ChainLink, JobSpec, JobSubmission
 from b2cal.caf.workspace import IterationArea, JobArea
 from b2cal.catalog.inputs import InputFile
 from b2cal.core.files import atomic_write_bytes
@@ -48,12 +48,13 @@ def split_files(
 def job_specs(
     area: IterationArea,
     calibration: Calibration,
-    files: Sequence[InputFile],
+    record: CalibrationRecord,
     chain: Sequence[ChainLink],
 ) -> list[JobSpec]:
     """The specs of one collection's jobs, in job order, as they must be now."""
     digest = collector_digest(calibration.collector, calibration.settings)
-    groups = split_files(files, calibration.max_files_per_job, calibration.max_jobs)
+    groups = split_files(record.files, calibration.max_files_per_job, calibration.max_jobs)
+    stamps = {stamp.path: stamp for stamp in record.stamps}
     return [
         JobSpec(
             calibration=calibration.name,
@@ -62,6 +63,7 @@ def job_specs(
             collector_digest=digest,
             chain=list(chain),
             files=list(group),
+            stamps=[stamps[str(f.path)] for f in group if str(f.path) in stamps],
         )
         for group in groups
     ]
@@ -70,14 +72,14 @@ def job_specs(
 def prepare_jobs(
     area: IterationArea,
     calibration: Calibration,
-    files: Sequence[InputFile],
+    record: CalibrationRecord,
     chain: Sequence[ChainLink],
 ) -> list[JobArea]:
     """Write the job specs of one collection (keeping jobs whose spec is unchanged)."""
     atomic_write_bytes(
         area.collector_path, collector_bytes(calibration.collector, calibration.settings)
     )
-    specs = job_specs(area, calibration, files, chain)
+    specs = job_specs(area, calibration, record, chain)
     jobs = []
     for index, spec in enumerate(specs):
         job = area.job(index)

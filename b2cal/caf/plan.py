@@ -252,8 +252,9 @@ def _checked(
         if before is None:
             continue
         changed = changed_files(before.stamps, now.stamps)
-        if changed:
-            raise InputsChanged(workspace.root, name, changed)
+        replaced = {s.path for s in before.stamps} == {s.path for s in now.stamps}
+        if changed and not (replaced and name in again):  # a rerun takes replaced files
+            raise InputsChanged(workspace.root, name, changed, replaced)
         if name in again:
             continue
         if before.elsewhere != now.elsewhere:

@@ -134,6 +134,9 @@ class JobSpec(Record):
     collector_digest: str
     chain: list[ChainLink]
     files: list[InputFile]
+    #: The files' stamps as planned: a file replaced since (and accepted by a rerun or a
+    #: resubmission) gives another spec, so only its job is collected again.
+    stamps: list[FileStamp] = Field(default_factory=list)
 
     def digest(self) -> str:
         """Identifies the spec: a status says which spec its job ran."""

@@ -143,7 +143,7 @@ def _write_jobs(
     record = _planned(workspace, calibration)
     _check_ready(workspace, area, record, iteration)
     chain = chain_links(chain_directories(workspace, area, record, iteration))
-    jobs = prepare_jobs(area.iteration(iteration), calibration, record.files, chain)
+    jobs = prepare_jobs(area.iteration(iteration), calibration, record, chain)
     done = sum(1 for job in jobs if job.done)
     kept = f", {done} done before" if done else ""
     count = plural(len(jobs), "job")
@@ -162,7 +162,7 @@ def _prepared_jobs(
     record = _planned(workspace, calibration)
     current = area.iteration(iteration)
     chain = chain_links(chain_directories(workspace, area, record, iteration))
-    specs = job_specs(current, calibration, record.files, chain)
+    specs = job_specs(current, calibration, record, chain)
     jobs = {job.index: job for job in current.jobs()}
     stale = sorted(
         n for n in numbers if n not in jobs or n >= len(specs) or jobs[n].spec() != specs[n]
@@ -263,7 +263,7 @@ def run_algorithm(
         record = _planned(workspace, calibration)
         run = workspace.run_record()
         directories = chain_directories(workspace, area, record, iteration)
-        specs = job_specs(current, calibration, record.files, chain_links(directories))
+        specs = job_specs(current, calibration, record, chain_links(directories))
         jobs = collected_jobs(current, specs)
         shown.stage(name, f"iteration {iteration}: merging and running the algorithm")
         start = time.perf_counter()

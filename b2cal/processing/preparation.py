@@ -31,7 +31,7 @@ from b2cal.db import discovery
 from b2cal.db.database import StateDatabase
 from b2cal.db.model import Request
 from b2cal.db.states import CalRunState
-from b2cal.errors import B2CalError, TagExists
+from b2cal.errors import B2CalError, InputsChanged, TagExists
 from b2cal.processing.area import RequestArea
 from b2cal.processing.placement import computed_at
 from b2cal.sites import Site
@@ -137,14 +137,20 @@ def prepare(
             for name in calibrations
             if name not in here
         }
-        made = plan(
-            area.workspace,
-            engine_request(request, area),
-            calibrations,
-            overrides,
-            rerun=[n for n in here if n in set(rerun) | set(newer)],
-            elsewhere=elsewhere,
-        )
+        try:
+            made = plan(
+                area.workspace,
+                engine_request(request, area),
+                calibrations,
+                overrides,
+                rerun=[n for n in here if n in set(rerun) | set(newer)],
+                elsewhere=elsewhere,
+            )
+        except InputsChanged as exc:  # the request's own advice, not caf run's
+            if not exc.replaced or exc.calibration not in runs:
+                raise
+            accept = f"b2cal request rerun {runs[exc.calibration].id}"
+            raise InputsChanged(exc.output, exc.calibration, exc.changed, True, accept) from None
         atomic_write_json(area.attempts, {**planned, **attempts})
     return made, calibrations
 

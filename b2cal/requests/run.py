@@ -13,8 +13,9 @@ from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import StateDatabase
 from b2cal.db.model import Request
 from b2cal.db.states import RequestState
-from b2cal.errors import StateConflict
+from b2cal.errors import B2CalError, StateConflict
 from b2cal.orchestrator.labels import bucket_of, request_tags, request_title
+from b2cal.processing.lifecycle import failed
 from b2cal.processing.placement import in_process
 from b2cal.processing.preparation import calibrations_of, prepare
 from b2cal.requests.deferred import advance, upload_and_advance
@@ -51,8 +52,9 @@ class Planned:
 
 def plan(db: StateDatabase, store: ConditionsStore, site: Site, request_id: int) -> Planned:
     """Fix the request's inputs here, export its input tags, create its staging tag, plan what
-    this site computes, start its calibration runs; a plan that fails leaves the request
-    FAILED, saying why. Then start the deferred calibrations that may start."""
+    this site computes, start its calibration runs; a plan that fails leaves the request and
+    the calibration runs it would have computed here FAILED, saying why. Then start the
+    deferred calibrations that may start."""
     request = db.request(request_id)
     try:
         prepare(db, store, site, request)
@@ -60,8 +62,12 @@ def plan(db: StateDatabase, store: ConditionsStore, site: Site, request_id: int)
         calibrations, _ = calibrations_of(request)
         runs = {run.calibration: run for run in db.calibration_runs(request_id)}
         here = in_process(request, calibrations, runs)
-    except Exception as exc:
-        db.fail_request(request_id, f"not planned: {exc}")
+    except Exception as exc:  # the request and what it would have computed say why
+        line = f"not planned: {exc}"
+        db.fail_request(request_id, line)
+        for run in db.calibration_runs(request_id):
+            if run.state.active and request.site_of(run.calibration) == site.name:
+                failed(db, run.id, B2CalError(line))
         raise
     return Planned(here, advance(db, request_id))
 
