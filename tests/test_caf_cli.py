@@ -321,3 +321,39 @@ def test_inspect_splits_columns_of_several_components() -> None:
         ("vertices[0]", "mean 2 std 1"),
         ("vertices[1]", "mean 20 std 10"),
     ]
+
+
+def test_a_mended_file_is_taken_when_its_failed_jobs_are_resubmitted(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    """A file that breaks the collector every time is transferred again: ``jobs resubmit``
+    takes the new copy (a plain resume before it refuses it) and only its jobs run again."""
+    import shutil
+
+    storage, markers, output = tmp_path / "s", tmp_path / "markers", tmp_path / "o"
+    shutil.copytree(small_storage, storage)
+    markers.mkdir()
+    (markers / "r3.fail-always").touch()
+    env = {"B2CAL_TEST_FLAKY": str(markers)}
+    args = ["caf", "run", "--storage", storage, "--exp", "1", "--runs", "1-4",
+            "--calibrations", "FlakyT0", "--output", output, "--workers", "1"]  # fmt: skip
+    failed = b2cal(*args, plugins=True, env=env)
+    assert failed.returncode == 2 and "run 3 fails every time" in failed.stdout + failed.stderr
+    jobs = output / "FlakyT0/iterations/0/jobs"
+    before = {s.parent.name: s.stat().st_mtime_ns for s in jobs.glob("*/status.json")}
+    (markers / "r3.fail-always").unlink()
+    mended = storage / "e0001/r00003/bhabha/bhabha.e0001.r00003.f00000.root"
+    copy = mended.read_bytes()
+    mended.unlink()
+    mended.write_bytes(copy)  # transferred again: another inode
+    assert_one_line_error(b2cal(*args, plugins=True, env=env), "replaced since")
+    chosen = ["--output", output, "--calibration", "FlakyT0"]
+    resubmitted = b2cal("jobs", "resubmit", *chosen, plugins=True, env=env)
+    assert resubmitted.returncode == 0, resubmitted.stdout + resubmitted.stderr
+    again = b2cal(*args, plugins=True, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = {s.parent.name: s.stat().st_mtime_ns for s in jobs.glob("*/status.json")}
+    redone = sorted(name for name in after if before.get(name) != after[name])
+    specs = {job.name: json.loads((job / "spec.json").read_text()) for job in jobs.iterdir()}
+    run3 = sorted(n for n, spec in specs.items() if {f["run"] for f in spec["files"]} == {3})
+    assert redone == run3 and len(run3) < len(after)  # run 3's jobs, the others kept

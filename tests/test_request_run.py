@@ -88,3 +88,39 @@ def test_a_skip_is_refused_when_no_input_tag_stands_in_for_its_dependants(
         assert held == ["t0-known"]
         # nothing depends on it: nothing to stand in for
         assert standing_in(store, request(calibrations=("ChannelT0",)), "ChannelT0") == []  # type: ignore[arg-type]
+
+
+def test_a_replaced_input_fails_the_plan_saying_how_to_take_it_and_a_rerun_takes_it(
+    tmp_path: Path, small_storage: Path
+) -> None:
+    import shutil
+
+    from b2cal.db import discovery
+
+    storage = tmp_path / "storage"
+    shutil.copytree(small_storage, storage)
+    site = Site(name="lab", storage_roots=[storage], work_root=tmp_path / "work",
+                settle_seconds=0)  # fmt: skip
+    with (
+        StateDatabase(f"sqlite:///{tmp_path / 'state.sqlite'}") as db,
+        EmbeddedStore(f"sqlite:///{tmp_path / 'cdb.sqlite'}", tmp_path / "payloads") as store,
+    ):
+        discovery.discover(db, site)
+        made = db.create_request(
+            kind=RequestKind.PROMPT, site="lab", exp=1, run_low=1, run_high=4,
+            calibrations=["ChannelT0"], input_tags=[],
+        )  # fmt: skip
+        request_run.begin(db, made.id, "flow-run-1")
+        assert request_run.plan(db, store, site, made.id).here == ["ChannelT0"]
+        replaced = next(storage.rglob("*.r00002.f00000.root"))
+        copy = replaced.read_bytes()
+        replaced.unlink()
+        replaced.write_bytes(copy)  # transferred again
+        calrun = db.calibration_run_of(made.id, "ChannelT0")
+        with pytest.raises(B2CalError, match=f"b2cal request rerun {calrun.id} accepts"):
+            request_run.plan(db, store, site, made.id)  # a retried flow run
+        failed = db.calibration_run(calrun.id)
+        assert failed.state is CalRunState.FAILED and "replaced since" in (failed.message or "")
+        assert db.request(made.id).state is RequestState.FAILED
+        db.rerun([calrun.id], "/CN=Ada")
+        assert request_run.plan(db, store, site, made.id).here == ["ChannelT0"]  # taken
