@@ -175,8 +175,10 @@ def watched_runs(db: StateDatabase, site: str) -> list[Watched]:
     calibration runs that are active, and each active deferred calibration run placed here
     with its own ``calibrate`` run."""
     found: list[Watched] = []
-    for request in db.requests(limit=10_000, state=RequestState.RUNNING):
-        runs = {run.calibration: run for run in db.calibration_runs(request.id)}
+    running = db.requests(limit=10_000, state=RequestState.RUNNING)
+    by_request = db.calibration_runs_of([request.id for request in running])
+    for request in running:
+        runs = {run.calibration: run for run in by_request.get(request.id, [])}
         try:
             own = set(in_process(request, calibrations_of(request)[0], runs))
         except B2CalError:  # its calibrations cannot be configured: it never got far

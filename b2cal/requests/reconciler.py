@@ -38,6 +38,8 @@ from b2cal.requests.healing import (
 from b2cal.sites import Site
 
 log = logging.getLogger("b2cal.reconciler")
+#: Flow runs asked for in one API call (Prefect's server answers at most 200).
+PAGE = 200
 
 
 def flow_run_views(ids: Sequence[str]) -> dict[str, FlowRunView]:
@@ -52,10 +54,13 @@ def flow_run_views(ids: Sequence[str]) -> dict[str, FlowRunView]:
             continue
     if not wanted:
         return {}
+    runs = []
     with prefect_client() as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=wanted)), limit=len(wanted)
-        )
+        for start in range(0, len(wanted), PAGE):  # the API answers at most 200 at a time
+            chunk = wanted[start : start + PAGE]
+            runs += client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk)
+            )
     views = {}
     for run in runs:
         if run.state is None:
