@@ -202,6 +202,8 @@ def test_a_collector_that_always_fails_is_not_a_crash(stack: Stack) -> None:
     assert waited.returncode == 2, waited.stdout + waited.stderr
     calrun = calruns(stack, request)["FlakyT0"]
     assert calrun.state is S.FAILED and "run 2 fails every time" in (calrun.message or "")
+    # the request's state is written before its flow run ends
+    wait_until(lambda: flow_run_state(flow_run) in ("FAILED", "CRASHED", "COMPLETED"), 60, "end")
     assert flow_run_state(flow_run) == "FAILED"
     stack.receiver.wait_for(lambda d: d.get("kind") == "failed" and d.get("id") == flow_run)
     with stack.db() as db:
