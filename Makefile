@@ -9,7 +9,7 @@ DEMO := build/demo
 # tiers share one Prefect stack, Slurm or nginx per session, so they run in one.
 UNIT_WORKERS := -n 2
 
-.PHONY: install demo demo-down test check lint bench bench-prompt bench-slurm bench-dashboard clean
+.PHONY: install demo demo-down test check lint bench bench-prompt bench-slurm bench-dashboard bench-healing clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,11 @@ bench-slurm: install
 bench-dashboard: install
 	bash scripts/tools.sh
 	$(BIN)/python bench/dashboard.py 60
+
+# Heal times of a request whose flow-run process (or process and worker) was killed, against the
+# same request left alone, and the reconciler's pass over 1000 active flow runs (~10 minutes).
+bench-healing: install
+	$(BIN)/python bench/healing.py
 
 clean:
 	rm -rf build $(VENV) *.egg-info
