@@ -244,7 +244,7 @@ def running_stack(home: Path) -> Iterator[Stack]:
     )
     for exp in (2, 6, 8, 9):  # 9: signed off in a browser (test_dashboard_signoff.py)
         generate_toy(toy / str(exp), exp, range(1, 5), seed=exp)
-    for exp in (3, 4, 5, 7, 10):  # 10: a lost node (test_orchestration_crashes.py)
+    for exp in (3, 4, 5, 7, 10, 11):  # 10, 11: a lost node, a stopped worker (crash tests)
         generate_toy(toy / str(exp), exp, range(1, 5), files_per_run=6, events=200, seed=exp)
     env = stack_environment(home)
     with database_url("postgresql", home) as prefect_db, webhook_receiver() as receiver:

@@ -141,8 +141,12 @@ def test_a_failure_says_the_same_in_the_workspace_and_the_database(
     except ValueError as exc:
         bug = failed(db, runs["ChannelGain"], exc, area)
     assert bug.startswith("internal error ValueError: a bug (see ") and area.error_log.is_file()
+    db.move(runs["BeamSpot"], S.COLLECTING)
     stopped = failed(db, runs["BeamSpot"], Interrupted("Counting before its collect 0"), area)
     assert "rerun to resume" in stopped and area.outcome().message == bug  # type: ignore[union-attr]
+    # an interrupt is no failure: still active (the retry of its flow run resumes it)
+    interrupted = db.calibration_run(runs["BeamSpot"])
+    assert (interrupted.state, interrupted.message) == (S.PLANNED, stopped)
     # cancelled meanwhile: it stays cancelled
     again = started_request(db, ("ChannelT0",))
     db.cancel_request(db.calibration_run(again["ChannelT0"]).request_id, "/CN=Ada")

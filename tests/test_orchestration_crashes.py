@@ -25,6 +25,7 @@ from prefect_stack import (
     wait_until,
 )
 
+from b2cal.core.processes import alive
 from b2cal.db import discovery
 from b2cal.db.states import FileStatus, RequestState
 from b2cal.requests.healing import HEALER, RETRY_ACTION
@@ -153,6 +154,22 @@ def test_a_lost_node_is_healed_once_a_worker_is_back(stack: Stack) -> None:
     wait_until(lambda: seen in flow_run_message(flow_run), 60, "b2cal to see the lost process")
     stack.local.up(stack.options)  # as a service manager restarts the worker
     healed_by_b2cal(stack, request, flow_run, killed)
+
+
+def test_a_worker_stopped_with_sigterm_costs_a_retry_not_the_request(stack: Stack) -> None:
+    """A service manager's stop (SIGTERM) of the worker: Prefect's worker stops the runs it
+    started, their calibrations stay active ("interrupted"), and b2cal retries them once a
+    worker is back; nothing ends FAILED."""
+    request, flow_run = start_slow_request(stack, 11)
+    wait_until(lambda: len(done_jobs(stack, "local", request, "SlowT0")) >= 2, 120, "jobs")
+    worker = stack.local.state()["workers"]["local"]
+    os.kill(worker, signal.SIGTERM)
+    stopped = time.monotonic()
+    wait_until(lambda: not alive(worker), 60, "the worker to stop")
+    assert calruns(stack, request)["SlowT0"].state is not S.FAILED
+    stack.local.up(stack.options)  # the service manager starts it again
+    healed_by_b2cal(stack, request, flow_run, stopped)
+    assert calruns(stack, request)["SlowT0"].state is S.UPLOADED
 
 
 def test_a_retry_while_the_old_process_lives_is_refused(stack: Stack) -> None:

@@ -115,15 +115,18 @@ def failed(
 ) -> str:
     """The failure policy: a calibration run that cannot go on is FAILED with the error's one
     line — also as a FAILURE outcome in its workspace (``area``, once planned), as ``caf run``
-    leaves it — unless it was cancelled or skipped meanwhile (it stays so). An interrupt is
-    recorded in the state database only: a rerun resumes the workspace where it stopped.
-    Returns the line."""
-    if area is not None and area.has_record() and not isinstance(error, Interrupted):
-        message = record_failure(area, error).message or str(error)
+    leaves it — unless it was cancelled or skipped meanwhile (it stays so). An interrupt
+    (SIGTERM: its worker stopped, ``server down``) is no failure: the run stays active, back
+    at PLANNED and saying so, and its workspace as it is, so that the retry of its flow run
+    (b2cal's reconciler makes it) resumes where it stopped. Returns the line."""
+    if isinstance(error, Interrupted):
+        message, state = failure_message(error), S.PLANNED
+    elif area is not None and area.has_record():
+        message, state = record_failure(area, error).message or str(error), S.FAILED
     else:
-        message = failure_message(error)
+        message, state = failure_message(error), S.FAILED
     with contextlib.suppress(StateConflict):
-        db.move(calrun_id, S.FAILED, message=message, expected=ACTIVE)
+        db.move(calrun_id, state, message=message, expected=ACTIVE)
     return message
 
 
