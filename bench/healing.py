@@ -12,7 +12,8 @@ For each: the ratio to the baseline, and the heal time (kill -> request DONE).
 Then the reconciler's cost per pass: 1000 RUNNING requests, each with an active calibration
 run and a real Prefect flow run (Running, no process of its own), against a pass over 10.
 
-Usage: python bench/healing.py [RUNS FILES_PER_RUN EVENTS_PER_FILE]   (default 8 8 20000)
+Usage: python bench/healing.py [--passes] [RUNS FILES_PER_RUN EVENTS_PER_FILE]
+(default 8 8 20000; --passes: the reconciler's cost alone)
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ def free_port() -> int:
 
 
 def main() -> int:
+    only_passes = "--passes" in sys.argv  # the reconciler's cost alone
+    numbers = [a for a in sys.argv[1:] if a != "--passes"]
     runs, files_per_run, events = (
-        (int(a) for a in sys.argv[1:4]) if len(sys.argv) > 3 else (8, 8, 20_000)
+        (int(a) for a in numbers[:3]) if len(numbers) > 2 else (8, 8, 20_000)
     )
     console = Console(width=130)
     folder = Path(tempfile.mkdtemp(prefix="b2cal-bench-healing-"))
@@ -123,23 +126,26 @@ def main() -> int:
     results: dict[str, tuple[float, float | None]] = {}
     try:
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("requests", total=3)
-            for name, kill in (("uninterrupted", None), ("flow-run process killed", kill_process),
-                               ("process and worker killed", kill_node)):  # fmt: skip
+            cases = (("uninterrupted", None), ("flow-run process killed", kill_process),
+                     ("process and worker killed", kill_node))  # fmt: skip
+            task = progress.add_task("requests", total=0 if only_passes else len(cases))
+            for name, kill in () if only_passes else cases:
                 results[name] = request(kill)
                 progress.advance(task)
         passes = reconciler_passes(db, site)
     finally:
         db.close()
         stack.down()
-    table = Table(title=f"healing: request created -> DONE ({runs} runs x {files_per_run} files)")
-    for column in ("case", "request [s]", "ratio to uninterrupted", "heal (kill -> DONE) [s]"):
-        table.add_column(column, justify="right")
-    base = results["uninterrupted"][0]
-    for name, (total, heal) in results.items():
-        table.add_row(name, f"{total:.1f}", f"{total / base:.2f}",
-                      "-" if heal is None else f"{heal:.1f}")  # fmt: skip
-    console.print(table)
+    if results:
+        title = f"healing: request created -> DONE ({runs} runs x {files_per_run} files)"
+        table = Table(title=title)
+        for column in ("case", "request [s]", "ratio to uninterrupted", "heal (kill -> DONE) [s]"):
+            table.add_column(column, justify="right")
+        base = results["uninterrupted"][0]
+        for name, (total, heal) in results.items():
+            table.add_row(name, f"{total:.1f}", f"{total / base:.2f}",
+                          "-" if heal is None else f"{heal:.1f}")  # fmt: skip
+        console.print(table)
     costs = Table(title="the reconciler's pass (b2cal's records, one Prefect read, decisions)")
     for column in ("active flow runs", "pass [s]", "ratio to 10"):
         costs.add_column(column, justify="right")

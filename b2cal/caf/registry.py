@@ -12,6 +12,8 @@ without arguments returning one. The entry-point name must equal the calibration
 
 from __future__ import annotations
 
+import functools
+import sys
 from importlib.metadata import EntryPoint, entry_points
 
 from b2cal.caf.calibration import Calibration
@@ -21,6 +23,14 @@ ENTRY_POINT_GROUP = "b2cal.calibrations"
 
 
 def _entry_points() -> dict[str, EntryPoint]:
+    """The registered calibrations, read once per import path: reading the installed
+    packages' metadata costs ~30 ms, and a long-lived process (a flow run, the reconciler)
+    asks for every request."""
+    return _read_entry_points(tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_entry_points(path: tuple[str, ...]) -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 

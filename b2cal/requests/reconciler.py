@@ -116,14 +116,21 @@ def reconcile(site: Site, db: StateDatabase, *, now: datetime | None = None) -> 
         return RequestArea(site.request_folder(watched.request_id))
 
     for watched in watched_runs(db, site.name):  # again: after Prefect's word
+        view = views.get(watched.flow_run_id)
+        state = view.state if view is not None else None
         decision = decide(
             watched,
-            views.get(watched.flow_run_id),
-            retries_made=retries_made(db, watched.request_id, watched.flow_run_id),
+            view,
+            # read only where they count: a crash's retries, a running run's process
+            retries_made=retries_made(db, watched.request_id, watched.flow_run_id)
+            if state == "CRASHED"
+            else 0,
             crash_retries=site.crash_retries,
             backoff_seconds=site.crash_backoff_seconds,
             now=now or datetime.now(UTC),
-            process=recorded_process(area(watched), watched.flow_run_id),
+            process=recorded_process(area(watched), watched.flow_run_id)
+            if state == "RUNNING"
+            else None,
             host=socket.gethostname(),
         )
         if decision.verdict is not Verdict.NOTHING and act(site, db, decision):
