@@ -7,6 +7,7 @@ turn (interleaved), so a noisy neighbour slows both alike; the median of the rep
 
 from __future__ import annotations
 
+import socket
 import statistics
 import tempfile
 import time
@@ -17,6 +18,27 @@ from b2cal.toy.generate import generate_toy
 
 EXP = 1
 RUNS = list(range(1, 7))
+
+#: The ``local`` site of the benchmarks that run the local stack: files registered at once, one
+#: bucket, two workers, sign-off by the site's policy.
+STACK_SITE = """
+storage_roots = ["{storage}"]
+work_root = "{home}/work"
+settle_seconds = 0
+[buckets]
+runs = 100000
+[backend]
+workers = 2
+[signoff]
+default = "auto"
+"""
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for the stack's Prefect server."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def make_storage(events: int = 4000, files_per_run: int = 2, runs: list[int] = RUNS) -> Path:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import EXP
+from common import EXP, STACK_SITE, free_port
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -37,23 +36,6 @@ from rich.table import Table
 from b2cal.toy.generate import generate_toy
 
 CALIBRATIONS = ("ChannelT0", "ChannelGain")
-SITE = """
-storage_roots = ["{storage}"]
-work_root = "{home}/work"
-settle_seconds = 0
-[buckets]
-runs = 100000
-[backend]
-workers = 2
-[signoff]
-default = "auto"
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def main() -> int:
@@ -68,7 +50,7 @@ def main() -> int:
     generate_toy(storage, EXP, list(range(1, runs + 1)), files_per_run=files_per_run,
                  events=events, seed=5)  # fmt: skip
     (home / "sites").mkdir(parents=True)
-    (home / "sites" / "local.toml").write_text(SITE.format(storage=storage, home=home))
+    (home / "sites" / "local.toml").write_text(STACK_SITE.format(storage=storage, home=home))
     os.environ.update(B2CAL_HOME=str(home), B2CAL_SITES_DIR=str(home / "sites"),
                       PREFECT_HOME=str(home / "prefect-user"))  # fmt: skip
     os.environ.pop("PREFECT_API_URL", None)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import EXP, interleaved
+from common import EXP, STACK_SITE, free_port, interleaved
 from rich.console import Console
 from rich.table import Table
 
@@ -45,24 +44,6 @@ from b2cal.toy.generate import generate_toy
 HERE = Path(__file__).parent
 CALIBRATIONS = ("ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot")
 DEPENDENCIES = {"ChannelGain": "ChannelT0", "BeamSpot": "ModuleAlignment"}
-
-SITE = """
-storage_roots = ["{storage}"]
-work_root = "{home}/work"
-settle_seconds = 0
-[buckets]
-runs = 100000
-[backend]
-workers = 2
-[signoff]
-default = "auto"
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def job_times(workspace: Workspace, calibration: str) -> list[list[tuple[float, float]]]:
@@ -152,7 +133,7 @@ def main() -> int:
     home = folder / "home"
     sites = home / "sites"
     sites.mkdir(parents=True)
-    (sites / "local.toml").write_text(SITE.format(storage=storage, home=home))
+    (sites / "local.toml").write_text(STACK_SITE.format(storage=storage, home=home))
     os.environ.update(
         B2CAL_HOME=str(home), B2CAL_SITES_DIR=str(sites), PREFECT_HOME=str(home / "prefect-user")
     )
