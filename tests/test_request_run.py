@@ -57,7 +57,7 @@ def test_a_skip_is_refused_when_no_input_tag_stands_in_for_its_dependants(
     from b2cal.cdb.model import TagState
     from b2cal.cdb.store import NewPayloadIoV
     from b2cal.core.iov import IoV
-    from b2cal.requests.operations import standing_in
+    from b2cal.processing.preparation import standing_in
 
     with (
         StateDatabase(f"sqlite:///{tmp_path / 'state.sqlite'}") as db,

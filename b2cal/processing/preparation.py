@@ -88,6 +88,30 @@ def export_input_tags(store: ConditionsStore, request: Request, area: RequestAre
             export_local_database(store, tag, folder, within=run_range(request))
 
 
+def standing_in(store: ConditionsStore, request: Request, name: str) -> list[str]:
+    """The input tags that hold ``name``'s payloads (named after it, as its dependants read
+    them) for some of the request's runs: what stands in for it when it is skipped. A skip
+    that would leave a dependant with none is refused, naming the dependants and what they
+    would need."""
+    calibrations, _ = calibrations_of(request)
+    dependants = sorted(n for n, c in calibrations.items() if name in c.depends_on)
+    runs = run_range(request)
+    holding = [
+        tag
+        for tag in request.input_tags
+        if any(entry.iov.overlaps(runs) for entry in store.iovs(tag, name))
+    ]
+    if dependants and not holding:
+        tags = ", ".join(request.input_tags) or "none"
+        raise B2CalError(
+            f"{name} cannot be skipped: {', '.join(dependants)} read its payloads, and no input "
+            f"tag of {request.label} (input tags: {tags}) holds a {name} payload for runs "
+            f"{request.run_low}-{request.run_high}; rerun it, or make a new request with an "
+            "input tag that holds one"
+        )
+    return holding
+
+
 def ensure_staging_tag(store: ConditionsStore, request: Request) -> None:
     """The request's staging tag, OPEN (created once; a retried flow run finds it)."""
     try:

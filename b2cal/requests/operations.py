@@ -12,7 +12,6 @@ from typing import Any
 from b2cal.caf.config import configured_calibrations
 from b2cal.caf.graph import upstream
 from b2cal.cdb.connect import open_store
-from b2cal.cdb.store import ConditionsStore
 from b2cal.db import discovery
 from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.model import CalibrationRun, Request, Signoff
@@ -26,7 +25,7 @@ from b2cal.orchestrator.client import (
     start_deployment_run,
 )
 from b2cal.processing.placement import computed_at
-from b2cal.processing.preparation import calibrations_of, input_files, run_range
+from b2cal.processing.preparation import calibrations_of, input_files, standing_in
 from b2cal.processing.upload import upload_approved
 from b2cal.requests.deferred import upload_and_advance
 from b2cal.sites import SITE_NAME, RequestKind, Site, load_site, site_names
@@ -356,30 +355,6 @@ def skip_calibration(
         with open_store(load_site(request.site).cdb_database_url) as store:
             upload_approved(db, store, load_site(request.site), request.id)
     return changed, flow_run
-
-
-def standing_in(store: ConditionsStore, request: Request, name: str) -> list[str]:
-    """The input tags that hold ``name``'s payloads (named after it, as its dependants read
-    them) for some of the request's runs: what stands in for it when it is skipped. A skip
-    that would leave a dependant with none is refused, naming the dependants and what they
-    would need."""
-    calibrations, _ = calibrations_of(request)
-    dependants = sorted(n for n, c in calibrations.items() if name in c.depends_on)
-    runs = run_range(request)
-    holding = [
-        tag
-        for tag in request.input_tags
-        if any(entry.iov.overlaps(runs) for entry in store.iovs(tag, name))
-    ]
-    if dependants and not holding:
-        tags = ", ".join(request.input_tags) or "none"
-        raise B2CalError(
-            f"{name} cannot be skipped: {', '.join(dependants)} read its payloads, and no input "
-            f"tag of {request.label} (input tags: {tags}) holds a {name} payload for runs "
-            f"{request.run_low}-{request.run_high}; rerun it, or make a new request with an "
-            "input tag that holds one"
-        )
-    return holding
 
 
 def _downstream(request: Request, name: str) -> list[str]:
