@@ -147,9 +147,12 @@ def server_reconcile(
     from b2cal.requests.reconciler import serve
     from b2cal.sites import load_site
 
+    # what the reconciler does, as it happens; the libraries only when they warn (no line per
+    # HTTP request or per database connection every pass)
     logging.basicConfig(
-        stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+        stream=sys.stdout, level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s"
     )
+    logging.getLogger("b2cal.reconciler").setLevel(logging.INFO)
     here = load_site(site)
     use_local_stack()
     stop = threading.Event()

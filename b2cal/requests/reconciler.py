@@ -17,7 +17,7 @@ import socket
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from b2cal.db.database import StateDatabase
@@ -37,12 +37,15 @@ from b2cal.requests.healing import (
 )
 from b2cal.sites import Site
 
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+
 log = logging.getLogger("b2cal.reconciler")
 #: Flow runs asked for in one API call (Prefect's server answers at most 200).
 PAGE = 200
 
 
-def flow_run_views(ids: Sequence[str]) -> dict[str, FlowRunView]:
+def flow_run_views(client: SyncPrefectClient, ids: Sequence[str]) -> dict[str, FlowRunView]:
     """Prefect's word on these flow runs (those it does not know are left out)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -52,15 +55,12 @@ def flow_run_views(ids: Sequence[str]) -> dict[str, FlowRunView]:
             wanted.append(UUID(value))
         except ValueError:
             continue
-    if not wanted:
-        return {}
     runs = []
-    with prefect_client() as client:
-        for start in range(0, len(wanted), PAGE):  # the API answers at most 200 at a time
-            chunk = wanted[start : start + PAGE]
-            runs += client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk)
-            )
+    for start in range(0, len(wanted), PAGE):  # the API answers at most 200 at a time
+        chunk = wanted[start : start + PAGE]
+        runs += client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk)
+        )
     views = {}
     for run in runs:
         if run.state is None:
@@ -72,30 +72,26 @@ def flow_run_views(ids: Sequence[str]) -> dict[str, FlowRunView]:
     return views
 
 
-def _set_state(flow_run_id: str, state: Any, force: bool) -> bool:
-    from prefect.client.schemas.responses import SetStateStatus
-
-    with prefect_client() as client:
-        result = client.set_flow_run_state(UUID(flow_run_id), state, force=force)
-    return bool(result.status == SetStateStatus.ACCEPT)
-
-
-def act(site: Site, db: StateDatabase, decision: Decision) -> bool:
+def act(site: Site, db: StateDatabase, client: SyncPrefectClient, decision: Decision) -> bool:
     """Carry a decision out: Prefect's side first (a retry that Prefect refuses is not
     recorded as made), then b2cal's. Returns whether it was carried out."""
+    from prefect.client.schemas.responses import SetStateStatus
     from prefect.states import Crashed, Failed, Scheduled
 
-    verdict, flow_run = decision.verdict, decision.watched.flow_run_id
+    def set_state(state: Any, force: bool) -> bool:
+        flow_run = UUID(decision.watched.flow_run_id)
+        result = client.set_flow_run_state(flow_run, state, force=force)
+        return bool(result.status == SetStateStatus.ACCEPT)
+
+    verdict = decision.verdict
     if verdict is Verdict.NOTHING:
         return False
     if verdict is Verdict.MARK_CRASHED:
-        return _set_state(flow_run, Crashed(message=decision.line), force=False)
-    if verdict is Verdict.RETRY and not _set_state(
-        flow_run, Scheduled(message=decision.line), force=True
-    ):
+        return set_state(Crashed(message=decision.line), force=False)
+    if verdict is Verdict.RETRY and not set_state(Scheduled(message=decision.line), force=True):
         return False
     if verdict is Verdict.GIVE_UP:  # Failed: the notification webhook hears of it
-        _set_state(flow_run, Failed(message=decision.line), force=True)
+        set_state(Failed(message=decision.line), force=True)
     record(db, decision)
     if verdict is Verdict.CANCEL:  # batch jobs outlive the process that was stopped
         area = RequestArea(site.request_folder(decision.watched.request_id))
@@ -106,48 +102,60 @@ def act(site: Site, db: StateDatabase, decision: Decision) -> bool:
 
 
 def reconcile(site: Site, db: StateDatabase, *, now: datetime | None = None) -> list[Decision]:
-    """One pass: every watched flow run of the site judged and healed; returns what was
-    done (NOTHING left out)."""
+    """One pass: every watched flow run of the site judged and healed, through one Prefect
+    client (none when nothing is watched); returns what was done (NOTHING left out)."""
     first = watched_runs(db, site.name)
-    views = flow_run_views([w.flow_run_id for w in first])
+    if not first:
+        return []
     done = []
 
     def area(watched: Watched) -> RequestArea:
         return RequestArea(site.request_folder(watched.request_id))
 
-    for watched in watched_runs(db, site.name):  # again: after Prefect's word
-        view = views.get(watched.flow_run_id)
-        state = view.state if view is not None else None
-        decision = decide(
-            watched,
-            view,
-            # read only where they count: a crash's retries, a running run's process
-            retries_made=retries_made(db, watched.request_id, watched.flow_run_id)
-            if state == "CRASHED"
-            else 0,
-            crash_retries=site.crash_retries,
-            backoff_seconds=site.crash_backoff_seconds,
-            now=now or datetime.now(UTC),
-            process=recorded_process(area(watched), watched.flow_run_id)
-            if state == "RUNNING"
-            else None,
-            host=socket.gethostname(),
-        )
-        if decision.verdict is not Verdict.NOTHING and act(site, db, decision):
-            done.append(decision)
+    with prefect_client() as client:
+        views = flow_run_views(client, [w.flow_run_id for w in first])
+        for watched in watched_runs(db, site.name):  # again: after Prefect's word
+            view = views.get(watched.flow_run_id)
+            state = view.state if view is not None else None
+            decision = decide(
+                watched,
+                view,
+                # read only where they count: a crash's retries, a running run's process
+                retries_made=retries_made(db, watched.request_id, watched.flow_run_id)
+                if state == "CRASHED"
+                else 0,
+                crash_retries=site.crash_retries,
+                backoff_seconds=site.crash_backoff_seconds,
+                now=now or datetime.now(UTC),
+                process=recorded_process(area(watched), watched.flow_run_id)
+                if state == "RUNNING"
+                else None,
+                host=socket.gethostname(),
+            )
+            if decision.verdict is not Verdict.NOTHING and act(site, db, client, decision):
+                done.append(decision)
     return done
 
 
 def serve(site: Site, period: float, stop: threading.Event) -> None:
-    """Reconcile every ``period`` seconds until ``stop`` is set; a pass that fails is said in
-    one line and the next one tries again."""
+    """Reconcile every ``period`` seconds until ``stop`` is set; the state database stays
+    open between passes (opened again after a pass that failed), and a pass that fails is said
+    in one line and the next one tries again."""
     log.info("reconciling site %s every %g s", site.name, period)
-    while not stop.is_set():
-        try:
-            with StateDatabase(site.state_database_url) as db:
+    db: StateDatabase | None = None
+    try:
+        while not stop.is_set():
+            try:
+                db = db or StateDatabase(site.state_database_url)
                 for decision in reconcile(site, db):
                     log.info("%s: %s", decision.verdict.value, decision.line)
-        except Exception as exc:  # the next pass tries again
-            log.warning("reconciliation failed: %s: %s", type(exc).__name__, exc)
-        stop.wait(period)
+            except Exception as exc:  # the next pass tries again, on a new connection
+                log.warning("reconciliation failed: %s: %s", type(exc).__name__, exc)
+                if db is not None:
+                    db.close()
+                db = None
+            stop.wait(period)
+    finally:
+        if db is not None:
+            db.close()
     log.info("reconciler of site %s stopped", site.name)
