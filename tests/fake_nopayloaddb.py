@@ -641,7 +641,8 @@ def running_fake(**options: Any) -> Iterator[FakeNopayloaddb]:
     server = make_server(
         "127.0.0.1", 0, fake, server_class=_ThreadingServer, handler_class=_QuietHandler
     )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default, per server started
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
     try:

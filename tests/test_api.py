@@ -91,7 +91,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             users.sync(db, members, "test")
             calruns = started_request(db, CALIBRATIONS, through=TO_SIGNOFF)
         server = open_server(site, "127.0.0.1", 0)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
         try:
             url = f"https://127.0.0.1:{server.server_port}"
@@ -492,7 +492,7 @@ def another_server(api: Served, **settings: Any) -> Iterator[str]:
         for key, value in api.env.items():
             patch.setenv(key, value)
         server = open_server(load_site("local"), "127.0.0.1", 0, Settings(**settings))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"https://127.0.0.1:{server.server_port}"

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli import assert_one_line_error, b2cal
+from cli import assert_one_line_error, b2cal_inline
 
 pytestmark = pytest.mark.unit
 
@@ -48,7 +48,7 @@ def test_config_overrides_and_expert_settings_reach_the_algorithm(
         "[ChannelT0.settings]\nmin_peak_hits = 1000000\n",
     )
     out = tmp_path / "o"
-    ran = b2cal(
+    ran = b2cal_inline(
         *run_args(out, "--storage", small_storage, "--config", config,
                   calibrations="Counting,ChannelT0"),
         plugins=True,
@@ -64,7 +64,7 @@ def test_config_overrides_and_expert_settings_reach_the_algorithm(
 
     # the config is part of the run's identity
     other = write(tmp_path / "d.toml", "[Counting.settings]\nminimum = 99\n")
-    again = b2cal(
+    again = b2cal_inline(
         *run_args(out, "--storage", small_storage, "--config", other,
                   calibrations="Counting,ChannelT0"),
         plugins=True,
@@ -89,7 +89,7 @@ def test_bad_config_is_one_line_naming_key_and_file(
     small_storage: Path, tmp_path: Path, text: str, fragments: tuple[str, ...]
 ) -> None:
     config = write(tmp_path / "bad.toml", text)
-    ran = b2cal(
+    ran = b2cal_inline(
         *run_args(tmp_path / "o", "--storage", small_storage, "--config", config), plugins=True
     )
     assert_one_line_error(ran, str(config), *fragments)
@@ -100,11 +100,11 @@ def test_settings_for_a_calibration_without_settings_are_refused(
     small_storage: Path, tmp_path: Path
 ) -> None:
     config = write(tmp_path / "c.toml", "[CountingChild.settings]\nminimum = 5\n")
-    ran = b2cal(*run_args(tmp_path / "o", "--storage", small_storage, "--config", config,
+    ran = b2cal_inline(*run_args(tmp_path / "o", "--storage", small_storage, "--config", config,
                           calibrations="CountingChild"), plugins=True)  # fmt: skip
     assert_one_line_error(ran, "[CountingChild.settings]", "declares no expert settings")
     strategy = write(tmp_path / "s.toml", "[Counting.strategy]\nname = 'single_iov'\n")
-    ok = b2cal(*run_args(tmp_path / "p", "--storage", small_storage, "--config", strategy,
+    ok = b2cal_inline(*run_args(tmp_path / "p", "--storage", small_storage, "--config", strategy,
                          "--dry-run"), plugins=True)  # fmt: skip
     assert ok.returncode == 0 and "single_iov" in ok.stdout
 
@@ -118,7 +118,7 @@ def test_files_from_gives_the_payloads_storage_gives(small_storage: Path, tmp_pa
     for name, option in [("storage", ("--storage", small_storage)),
                          ("streams", ("--files-from", by_stream)),
                          ("list", ("--files-from", plain))]:  # fmt: skip
-        ran = b2cal(*run_args(tmp_path / name, *option), plugins=True)
+        ran = b2cal_inline(*run_args(tmp_path / name, *option), plugins=True)
         assert ran.returncode == 0, ran.stdout + ran.stderr
         outputs[name] = database(tmp_path / name, "Counting")
     assert outputs["streams"] == outputs["storage"] == outputs["list"]
@@ -129,18 +129,20 @@ def test_files_from_refuses_missing_files_and_wrong_metadata(
 ) -> None:
     files = sorted(str(p) for p in small_storage.rglob("bhabha.*.root"))
     missing = write(tmp_path / "missing.json", json.dumps([*files, str(tmp_path / "gone.root")]))
-    ran = b2cal(*run_args(tmp_path / "o", "--files-from", missing), plugins=True)
+    ran = b2cal_inline(*run_args(tmp_path / "o", "--files-from", missing), plugins=True)
     assert_one_line_error(ran, "gone.root: does not exist", "1 of 9 files cannot be used")
     wrong = write(tmp_path / "wrong.json", json.dumps({"mumu": files[:1]}))
-    ran = b2cal(*run_args(tmp_path / "o", "--files-from", wrong), plugins=True)
+    ran = b2cal_inline(*run_args(tmp_path / "o", "--files-from", wrong), plugins=True)
     assert_one_line_error(ran, "listed under stream mumu", "says stream bhabha")
     junk = tmp_path / "junk.root"
     junk.write_bytes(b"not ROOT")
-    ran = b2cal(*run_args(tmp_path / "o", "--files-from", write(tmp_path / "j.json",
+    ran = b2cal_inline(*run_args(tmp_path / "o", "--files-from", write(tmp_path / "j.json",
                                                                   json.dumps([str(junk)]))),
                 plugins=True)  # fmt: skip
     assert_one_line_error(ran, "junk.root", "cannot open as ROOT")
-    both = b2cal(*run_args(tmp_path / "o", "--files-from", missing, "--storage", small_storage))
+    both = b2cal_inline(
+        *run_args(tmp_path / "o", "--files-from", missing, "--storage", small_storage)
+    )
     assert_one_line_error(both, "exactly one of --storage DIR and --files-from FILE")
     assert not (tmp_path / "o").exists()
 
@@ -148,7 +150,7 @@ def test_files_from_refuses_missing_files_and_wrong_metadata(
 # --- --dry-run, runs without files ----------------------------------------------------------------
 def test_dry_run_prints_the_plan_and_creates_nothing(small_storage: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    ran = b2cal(
+    ran = b2cal_inline(
         "caf", "run", "--storage", small_storage, "--exp", "1", "--runs", "1-6",
         "--calibrations", "ChannelGain", "--output", out, "--dry-run",
     )  # fmt: skip
@@ -170,7 +172,7 @@ def test_runs_without_files_are_warned_in_the_table_and_the_log(
     out = tmp_path / "o"
     args = ["caf", "run", "--storage", small_storage, "--exp", "1", "--runs", "1-6",
             "--calibrations", "Counting", "--output", out]  # fmt: skip
-    ran = b2cal(*args, plugins=True)
+    ran = b2cal_inline(*args, plugins=True)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "no input files for runs 5-6" in " ".join(ran.stdout.split())
     assert "Counting: no input files for requested runs 5-6" in (out / "b2cal.log").read_text()
@@ -186,7 +188,7 @@ def test_rerun_recomputes_exactly_a_calibration_and_its_dependants(
 ) -> None:
     out = tmp_path / "o"
     calibrations = "CountingChild,ChannelT0"
-    first = b2cal(*run_args(out, "--storage", small_storage, calibrations=calibrations),
+    first = b2cal_inline(*run_args(out, "--storage", small_storage, calibrations=calibrations),
                   plugins=True)  # fmt: skip
     assert first.returncode == 0, first.stdout + first.stderr
     results = stamps(out, "*/result.json")
@@ -195,7 +197,7 @@ def test_rerun_recomputes_exactly_a_calibration_and_its_dependants(
 
     # an algorithm-only change: Counting and its dependant are recomputed, nothing collected
     config = write(tmp_path / "c.toml", "[Counting.settings]\nminimum = 3000\n")
-    rerun = b2cal(*run_args(out, "--storage", small_storage, "--config", config,
+    rerun = b2cal_inline(*run_args(out, "--storage", small_storage, "--config", config,
                             "--rerun", "Counting", calibrations=calibrations),
                   plugins=True)  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
@@ -209,7 +211,7 @@ def test_rerun_recomputes_exactly_a_calibration_and_its_dependants(
 
     # a change that moves Counting's payloads: the dependant's jobs read them, so they rerun
     config.write_text("[Counting.settings]\nminimum = 100\n")
-    moved = b2cal(*run_args(out, "--storage", small_storage, "--config", config,
+    moved = b2cal_inline(*run_args(out, "--storage", small_storage, "--config", config,
                             "--rerun", "Counting", calibrations=calibrations),
                   plugins=True)  # fmt: skip
     assert moved.returncode == 0, moved.stdout + moved.stderr
@@ -225,48 +227,53 @@ def test_rerun_of_a_calibration_not_in_the_output_is_refused(
     small_storage: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "o"
-    assert b2cal(*run_args(out, "--storage", small_storage), plugins=True).returncode == 0
+    assert b2cal_inline(*run_args(out, "--storage", small_storage), plugins=True).returncode == 0
     before = stamps(out, "**/*")
-    ran = b2cal(*run_args(out, "--storage", small_storage, "--rerun", "ChannelT0"), plugins=True)
+    ran = b2cal_inline(
+        *run_args(out, "--storage", small_storage, "--rerun", "ChannelT0"), plugins=True
+    )
     assert_one_line_error(ran, "has no calibration ChannelT0 to rerun", "it has Counting")
     assert stamps(out, "**/*") == before  # nothing changed
-    nowhere = b2cal(*run_args(tmp_path / "x", "--storage", small_storage, "--rerun", "Counting"),
-                    plugins=True)  # fmt: skip
+    nowhere = b2cal_inline(
+        *run_args(tmp_path / "x", "--storage", small_storage, "--rerun", "Counting"), plugins=True
+    )
     assert_one_line_error(nowhere, "is not the output of a b2cal calibration run")
 
 
 # --- caf status, caf inspect -------------------------------------------------------------------
 def test_status_and_inspect_after_a_run(small_storage: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    assert b2cal(*run_args(out, "--storage", small_storage), plugins=True).returncode == 0
-    status = b2cal("caf", "status", out, "--json")
+    assert b2cal_inline(*run_args(out, "--storage", small_storage), plugins=True).returncode == 0
+    status = b2cal_inline("caf", "status", out, "--json")
     assert status.returncode == 0, status.stderr
     rows = json.loads(status.stdout)
     assert rows[0] | {"last_error": ""} == {
         "calibration": "Counting", "state": "OK", "active": False, "iteration": 0,
         "jobs": 4, "done": 4, "failed": 0, "running": 0, "last_error": "",
     }  # fmt: skip
-    table = b2cal("caf", "status", out)
+    table = b2cal_inline("caf", "status", out)
     assert table.returncode == 0 and "Counting" in table.stdout and "OK" in table.stdout
 
-    inspect = b2cal("caf", "inspect", out, "Counting", "--run", "1", "--plot", tmp_path / "p.png")
+    inspect = b2cal_inline(
+        "caf", "inspect", out, "Counting", "--run", "1", "--plot", tmp_path / "p.png"
+    )
     assert inspect.returncode == 0, inspect.stderr
     text = " ".join(inspect.stdout.split())
     assert "events │ number │ 1200" in text  # two files of 600 events in run 1
     assert "nothing to plot" in text and not (tmp_path / "p.png").exists()  # numbers only
     assert_one_line_error(
-        b2cal("caf", "inspect", out, "Counting", "--run", "9"), "no data of run 9"
+        b2cal_inline("caf", "inspect", out, "Counting", "--run", "9"), "no data of run 9"
     )
-    assert_one_line_error(b2cal("caf", "inspect", out, "Nope"), "Nope is not a calibration")
-    assert_one_line_error(b2cal("caf", "status", tmp_path), "is not the output of a b2cal")
+    assert_one_line_error(b2cal_inline("caf", "inspect", out, "Nope"), "Nope is not a calibration")
+    assert_one_line_error(b2cal_inline("caf", "status", tmp_path), "is not the output of a b2cal")
 
 
 def test_inspect_plots_histograms(small_storage: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     args = ["caf", "run", "--storage", small_storage, "--exp", "1", "--runs", "1-2",
             "--calibrations", "ChannelT0", "--output", out]  # fmt: skip
-    assert b2cal(*args).returncode == 0
-    inspect = b2cal("caf", "inspect", out, "ChannelT0", "--plot", tmp_path / "t0.png")
+    assert b2cal_inline(*args).returncode == 0
+    inspect = b2cal_inline("caf", "inspect", out, "ChannelT0", "--plot", tmp_path / "t0.png")
     assert inspect.returncode == 0, inspect.stderr
     assert "hits │ 2-D histogram" in " ".join(inspect.stdout.split())
     assert (tmp_path / "t0.png").read_bytes()[:4] == b"\x89PNG"
@@ -278,19 +285,19 @@ def test_more_bad_input_is_one_line_and_changes_nothing(
     out = tmp_path / "o"
     binary = tmp_path / "binary.toml"
     binary.write_bytes(b"\xff\xfe\x00junk")
-    ran = b2cal(*run_args(out, "--storage", small_storage, "--config", binary), plugins=True)
+    ran = b2cal_inline(*run_args(out, "--storage", small_storage, "--config", binary), plugins=True)
     assert_one_line_error(ran, "binary.toml", "not UTF-8 text")
     flag = write(tmp_path / "flag.toml", "[Counting.settings]\nminimum = true\n")
-    ran = b2cal(*run_args(out, "--storage", small_storage, "--config", flag), plugins=True)
+    ran = b2cal_inline(*run_args(out, "--storage", small_storage, "--config", flag), plugins=True)
     assert_one_line_error(ran, "[Counting.settings.minimum]", "expected a number, not true")
     assert not out.exists()
-    assert b2cal(*run_args(out, "--storage", small_storage), plugins=True).returncode == 0
+    assert b2cal_inline(*run_args(out, "--storage", small_storage), plugins=True).returncode == 0
     before = stamps(out, "**/*")
-    other = b2cal(*run_args(out, "--storage", small_storage, "--dry-run", "--open-ended"),
+    other = b2cal_inline(*run_args(out, "--storage", small_storage, "--dry-run", "--open-ended"),
                   plugins=True)  # fmt: skip
     assert_one_line_error(other, "was made with other arguments", "open_ended")
     assert other.stdout == ""  # not a word before the error
-    plot = b2cal("caf", "inspect", out, "Counting", "--plot", tmp_path / "plot.txt")
+    plot = b2cal_inline("caf", "inspect", out, "Counting", "--plot", tmp_path / "plot.txt")
     assert_one_line_error(plot, "the plot is a PNG file")
     assert plot.stdout == ""
     assert stamps(out, "**/*") == before
@@ -303,8 +310,10 @@ def test_status_says_why_a_calibration_was_not_run(tmp_path: Path) -> None:
     out = tmp_path / "o"
     args = ["caf", "run", "--storage", tmp_path / "s", "--exp", "1", "--runs", "1-2",
             "--calibrations", "BeamSpot", "--output", out]  # fmt: skip
-    assert b2cal(*args).returncode == 2
-    rows = {r["calibration"]: r for r in json.loads(b2cal("caf", "status", out, "--json").stdout)}
+    assert b2cal_inline(*args).returncode == 2
+    rows = {
+        r["calibration"]: r for r in json.loads(b2cal_inline("caf", "status", out, "--json").stdout)
+    }
     assert rows["ModuleAlignment"]["state"] == "NOT_ENOUGH_DATA"
     assert rows["BeamSpot"]["state"] == "not run"
     assert rows["BeamSpot"]["last_error"] == "dependency ModuleAlignment ended NOT_ENOUGH_DATA"
@@ -337,7 +346,7 @@ def test_a_mended_file_is_taken_when_its_failed_jobs_are_resubmitted(
     env = {"B2CAL_TEST_FLAKY": str(markers)}
     args = ["caf", "run", "--storage", storage, "--exp", "1", "--runs", "1-4",
             "--calibrations", "FlakyT0", "--output", output, "--workers", "1"]  # fmt: skip
-    failed = b2cal(*args, plugins=True, env=env)
+    failed = b2cal_inline(*args, plugins=True, env=env)
     assert failed.returncode == 2 and "run 3 fails every time" in failed.stdout + failed.stderr
     jobs = output / "FlakyT0/iterations/0/jobs"
     before = {s.parent.name: s.stat().st_mtime_ns for s in jobs.glob("*/status.json")}
@@ -346,11 +355,11 @@ def test_a_mended_file_is_taken_when_its_failed_jobs_are_resubmitted(
     copy = mended.read_bytes()
     mended.unlink()
     mended.write_bytes(copy)  # transferred again: another inode
-    assert_one_line_error(b2cal(*args, plugins=True, env=env), "replaced since")
+    assert_one_line_error(b2cal_inline(*args, plugins=True, env=env), "replaced since")
     chosen = ["--output", output, "--calibration", "FlakyT0"]
-    resubmitted = b2cal("jobs", "resubmit", *chosen, plugins=True, env=env)
+    resubmitted = b2cal_inline("jobs", "resubmit", *chosen, plugins=True, env=env)
     assert resubmitted.returncode == 0, resubmitted.stdout + resubmitted.stderr
-    again = b2cal(*args, plugins=True, env=env)
+    again = b2cal_inline(*args, plugins=True, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     after = {s.parent.name: s.stat().st_mtime_ns for s in jobs.glob("*/status.json")}
     redone = sorted(name for name in after if before.get(name) != after[name])

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli import assert_one_line_error, b2cal
+from cli import assert_one_line_error, b2cal_inline
 
 from b2cal.toy.generate import generate_toy
 
@@ -23,7 +23,7 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `b2cal caf run` output of ChannelT0 over runs 1-3 (run 2 with low statistics)."""
     base = tmp_path_factory.mktemp("calibrated")
     generate_toy(base / "s", 1, [1, 2, 3], events=1500, low_stat={2: 30}, seed=4)
-    result = b2cal(
+    result = b2cal_inline(
         "caf", "run", "--storage", base / "s", "--exp", "1", "--runs", "1-3",
         "--calibrations", "ChannelT0", "--output", base / "o", "--open-ended",
     )  # fmt: skip
@@ -33,7 +33,7 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def cdb(tmp_path: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     url = f"sqlite:///{tmp_path / 'cdb.sqlite'}"
-    return b2cal("cdb", "--db", url, *args, env={"B2CAL_HOME": str(tmp_path / "home")})
+    return b2cal_inline("cdb", "--db", url, *args, env={"B2CAL_HOME": str(tmp_path / "home")})
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -124,10 +124,10 @@ def test_a_missing_database_is_refused_and_not_created(tmp_path: Path, default: 
         ("state", "t", "TESTING"),
         ("promote", "a", "b", "--from", "1", "1"),
     ]:
-        result = b2cal("cdb", *options, *command, env=env)
+        result = b2cal_inline("cdb", *options, *command, env=env)
         assert_one_line_error(result, url, "nothing has been stored in it yet")
     assert list(tmp_path.iterdir()) == []
-    ok(b2cal("cdb", *options, "create", "t", env=env))
+    ok(b2cal_inline("cdb", *options, "create", "t", env=env))
     assert missing.is_file()
-    listed = json.loads(ok(b2cal("cdb", *options, "tags", "--json", env=env)))
+    listed = json.loads(ok(b2cal_inline("cdb", *options, "tags", "--json", env=env)))
     assert [t["name"] for t in listed] == ["t"]

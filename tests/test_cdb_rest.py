@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cli import assert_one_line_error, b2cal
+from cli import assert_one_line_error, b2cal_inline
 from fake_nopayloaddb import (
     REAL_TOKEN_ENV,
     hs256_token,
@@ -275,7 +275,7 @@ def test_the_command_line_reports_a_server_error_in_one_line(tmp_path: Path) -> 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    result = b2cal("cdb", "--db", f"http://127.0.0.1:{port}", "tags")
+    result = b2cal_inline("cdb", "--db", f"http://127.0.0.1:{port}", "tags")
     assert_one_line_error(result, "cannot reach")
 
 
@@ -290,7 +290,7 @@ def test_the_command_line_works_on_nopayloaddb_by_configuration(tmp_path: Path) 
             env["B2CAL_CDB_TOKEN"] = server_token() or ""
 
         def cdb(*args: str) -> subprocess.CompletedProcess[str]:
-            return b2cal("cdb", *args, env=env)
+            return b2cal_inline("cdb", *args, env=env)
 
         assert cdb("create", "staging", "--description", "bucket 1").returncode == 0
         assert cdb("state", "staging", "TESTING").returncode == 0

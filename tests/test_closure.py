@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli import b2cal
+from cli import b2cal_inline
 
 from b2cal.toy.closure import check_closure, format_closure_table
 from b2cal.toy.generate import generate_toy
@@ -23,7 +23,7 @@ ALL = "ChannelT0,ChannelGain,ModuleAlignment,BeamSpot"
 
 
 def caf_run(storage: Path, output: Path, runs: str, *extra: str) -> None:
-    result = b2cal(
+    result = b2cal_inline(
         "caf", "run", "--storage", storage, "--exp", "1", "--runs", runs,
         "--calibrations", ALL, "--output", output, *extra,
     )  # fmt: skip

@@ -336,19 +336,19 @@ def test_a_buckets_prompt_request_calibrates_what_the_site_names(
 ) -> None:
     """The site's ``prompt_calibrations`` (here through the environment, as a site file
     would say it), with what they depend on added."""
-    from cli import b2cal
+    from cli import b2cal_inline
 
     home = tmp_path / "home"
     copy_runs(toy_files, home / "storage", [1, 2])
     env = {"B2CAL_HOME": str(home), "B2CAL_SITE_SETTLE_SECONDS": "0",
            "B2CAL_SITE_BUCKETS__RUNS": "2"}  # fmt: skip
-    found = b2cal("discover", env=env)
+    found = b2cal_inline("discover", env=env)
     assert "closed e1 bucket 1" in found.stdout, found.stdout + found.stderr
     create = ["request", "create", "--bucket", "1", "--exp", "1", "--dry-run"]
-    planned = b2cal(*create, env={**env, "B2CAL_SITE_PROMPT_CALIBRATIONS": '["BeamSpot"]'})
+    planned = b2cal_inline(*create, env={**env, "B2CAL_SITE_PROMPT_CALIBRATIONS": '["BeamSpot"]'})
     assert planned.returncode == 0, planned.stderr
     assert "(pool local): ModuleAlignment, BeamSpot" in planned.stdout
-    default = b2cal(*create, env=env)
+    default = b2cal_inline(*create, env=env)
     assert "(pool local): ChannelT0, ChannelGain, ModuleAlignment, BeamSpot" in default.stdout
 
 
@@ -393,23 +393,23 @@ def test_the_migration_holds_the_buckets_whose_request_was_cancelled_on_purpose(
 def test_a_bad_file_is_listed_with_its_reason_and_its_mark_cleared_by_a_person(
     toy_files: Path, tmp_path: Path
 ) -> None:
-    from cli import assert_one_line_error, b2cal
+    from cli import assert_one_line_error, b2cal_inline
 
     home = tmp_path / "home"
     copy_runs(toy_files, home / "storage", [1, 2])
     env = {"B2CAL_HOME": str(home), "B2CAL_SITE_SETTLE_SECONDS": "0"}
-    assert b2cal("discover", env=env).returncode == 0
-    assert "no bad files at site local" in b2cal("files", "bad", env=env).stdout
+    assert b2cal_inline("discover", env=env).returncode == 0
+    assert "no bad files at site local" in b2cal_inline("files", "bad", env=env).stdout
     with StateDatabase(f"sqlite:///{home / 'state.sqlite'}") as db:
         path = discovery.files(db, "local", FileStatus.REGISTERED)[0].path
         assert discovery.mark_bad(db, "local", path, "truncated (it broke a collector)", "b2cal")
-    listed = b2cal("files", "bad", "--json", env=env)
+    listed = b2cal_inline("files", "bad", "--json", env=env)
     assert '"reason": "truncated (it broke a collector)"' in listed.stdout, listed.stderr
-    cleared = b2cal("files", "clear", path, env=env)
+    cleared = b2cal_inline("files", "clear", path, env=env)
     assert cleared.returncode == 0 and "mark cleared" in cleared.stdout, cleared.stderr
     with StateDatabase(f"sqlite:///{home / 'state.sqlite'}") as db:
         assert [a.action for a in db.actions(limit=2)] == ["clear bad", "mark bad"]
-    assert b2cal("discover", env=env).returncode == 0  # read again: the file is good
+    assert b2cal_inline("discover", env=env).returncode == 0  # read again: the file is good
     with StateDatabase(f"sqlite:///{home / 'state.sqlite'}") as db:
         assert discovery.files(db, "local", FileStatus.BAD) == []
-    assert_one_line_error(b2cal("files", "clear", path, env=env), "is REGISTERED")
+    assert_one_line_error(b2cal_inline("files", "clear", path, env=env), "is REGISTERED")

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from cli import assert_one_line_error, b2cal
+from cli import assert_one_line_error, b2cal_inline
 from typer.core import TyperGroup
 
 from b2cal.cli import build_command
@@ -22,10 +22,10 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("toy")
     storage, output = base / "storage", base / "output"
     generate = ("toy", "generate", "--storage", storage, "--exp", "1", "--runs", "1-2")
-    made = b2cal(*generate, "--files-per-run", "1", "--events", "600", "--seed", "3")
+    made = b2cal_inline(*generate, "--files-per-run", "1", "--events", "600", "--seed", "3")
     assert made.returncode == 0, made.stderr
     run = ("caf", "run", "--exp", "1", "--runs", "1-2", "--calibrations", "ChannelT0")
-    ran = b2cal(*run, "--storage", storage, "--output", output, "--workers", "1")
+    ran = b2cal_inline(*run, "--storage", storage, "--output", output, "--workers", "1")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     return storage / "truth.json", output
 
@@ -33,7 +33,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 # --- toy closure ---------------------------------------------------------------------------------
 def test_closure_refuses_a_missing_output_folder(toy: tuple[Path, Path], tmp_path: Path) -> None:
     truth, _ = toy
-    result = b2cal("toy", "closure", "--output", tmp_path / "nope", "--truth", truth)
+    result = b2cal_inline("toy", "closure", "--output", tmp_path / "nope", "--truth", truth)
     assert_one_line_error(result, "nope", "does not exist")
     assert result.stdout == ""
 
@@ -42,9 +42,9 @@ def test_closure_refuses_a_folder_that_is_not_a_caf_output(
     toy: tuple[Path, Path], tmp_path: Path
 ) -> None:
     truth, output = toy
-    result = b2cal("toy", "closure", "--output", tmp_path, "--truth", truth)
+    result = b2cal_inline("toy", "closure", "--output", tmp_path, "--truth", truth)
     assert_one_line_error(result, str(tmp_path), "is not the output of a b2cal calibration run")
-    result = b2cal("toy", "closure", "--output", output / "ChannelT0", "--truth", truth)
+    result = b2cal_inline("toy", "closure", "--output", output / "ChannelT0", "--truth", truth)
     assert_one_line_error(result, "is not the output of a b2cal calibration run")
     assert result.stdout == ""
 
@@ -67,14 +67,14 @@ def test_closure_refuses_a_truth_file_it_cannot_read(
         truth.mkdir()
     elif content is not None:
         truth.write_text(content)
-    result = b2cal("toy", "closure", "--output", output, "--truth", truth)
+    result = b2cal_inline("toy", "closure", "--output", output, "--truth", truth)
     assert_one_line_error(result, str(truth), *fragments)
     assert result.stdout == ""
 
 
 def test_closure_reports_calibrations_absent_from_the_output(toy: tuple[Path, Path]) -> None:
     truth, output = toy
-    result = b2cal(
+    result = b2cal_inline(
         "toy",
         "closure",
         "--output",
@@ -95,7 +95,9 @@ def test_closure_reports_calibrations_absent_from_the_output(toy: tuple[Path, Pa
 
 def test_closure_needs_a_calibration(toy: tuple[Path, Path]) -> None:
     truth, output = toy
-    result = b2cal("toy", "closure", "--output", output, "--truth", truth, "--calibrations", " , ")
+    result = b2cal_inline(
+        "toy", "closure", "--output", output, "--truth", truth, "--calibrations", " , "
+    )
     assert_one_line_error(result, "--calibrations names no calibration")
 
 
@@ -117,7 +119,7 @@ def test_generate_refuses_bad_arguments_before_anything_is_shown_or_made(
 ) -> None:
     storage = tmp_path / "storage"
     arguments = {"--storage": str(storage), "--exp": "1", "--runs": "1-3", option: value}
-    result = b2cal("toy", "generate", *(x for item in arguments.items() for x in item))
+    result = b2cal_inline("toy", "generate", *(x for item in arguments.items() for x in item))
     assert_one_line_error(result, message)
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1  # the error line alone: no progress bar drawn
@@ -127,15 +129,15 @@ def test_generate_refuses_bad_arguments_before_anything_is_shown_or_made(
 def test_generate_refuses_a_storage_holding_toy_data_or_a_file(tmp_path: Path) -> None:
     storage = tmp_path / "storage"
     args = ("toy", "generate", "--storage", storage, "--exp", "1", "--events", "20")
-    assert b2cal(*args, "--runs", "1-2").returncode == 0
+    assert b2cal_inline(*args, "--runs", "1-2").returncode == 0
     truth = (storage / "truth.json").read_bytes()
-    again = b2cal(*args, "--runs", "1-3", "--seed", "5")
+    again = b2cal_inline(*args, "--runs", "1-3", "--seed", "5")
     assert_one_line_error(again, "holds toy data already")
     assert again.stdout == ""
     assert (storage / "truth.json").read_bytes() == truth  # nothing was overwritten
     afile = tmp_path / "afile"
     afile.write_text("x")
-    into_file = b2cal("toy", "generate", "--storage", afile, "--exp", "1", "--runs", "1")
+    into_file = b2cal_inline("toy", "generate", "--storage", afile, "--exp", "1", "--runs", "1")
     assert_one_line_error(into_file, "is a file, not a folder")
     assert into_file.stdout == ""
 
@@ -161,7 +163,7 @@ TYPE_NAME = re.compile(r"<(?:bool|int|float|str|path|uuid|datetime|list|tuple|di
 
 @pytest.mark.parametrize("path", command_paths(), ids=lambda path: " ".join(path) or "b2cal")
 def test_help_names_values_not_python_types(path: tuple[str, ...]) -> None:
-    result = b2cal(*path, "--help")
+    result = b2cal_inline(*path, "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage: b2cal" in result.stdout
     assert TYPE_NAME.search(result.stdout) is None, result.stdout

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from cli import assert_one_line_error, b2cal
+from cli import assert_one_line_error, b2cal_inline
 
 from b2cal.auth.identity import Identity
 from b2cal.auth.policy import Grant, Role, role_map
@@ -60,7 +60,7 @@ def serving(answer: Any) -> Iterator[tuple[str, list[str]]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", asked
@@ -191,18 +191,20 @@ def test_the_users_commands(tmp_path: Path) -> None:
     members = {"vo": "belle", "members": [{"dn": ADA, "roles": ["/belle/Role=calibration"]}]}
     env = {"B2CAL_HOME": str(tmp_path)}
     with serving(lambda path, query, headers: (200, members)) as (url, _):
-        synced = b2cal("users", "sync", "--url", url, env=env)
+        synced = b2cal_inline("users", "sync", "--url", url, env=env)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert "1 members: 1 added, 0 changed, 0 removed" in synced.stdout
-    granted = b2cal("users", "grant", ADA, "expert:ChannelT0", env=env)
+    granted = b2cal_inline("users", "grant", ADA, "expert:ChannelT0", env=env)
     assert granted.returncode == 0, granted.stderr
     assert f"{ADA}: expert of ChannelT0" in granted.stdout.replace("\n", "")  # not just "expert"
-    listed = json.loads(b2cal("users", "list", "--json", env=env).stdout)
+    listed = json.loads(b2cal_inline("users", "list", "--json", env=env).stdout)
     assert listed[0]["dn"] == ADA and listed[0]["grants"] == [
         {"role": "expert", "calibrations": []},
         {"role": "expert", "calibrations": ["ChannelT0"]},
     ]
-    assert_one_line_error(b2cal("users", "grant", ADA, "wizard", env=env), "'wizard' is not a role")
     assert_one_line_error(
-        b2cal("users", "sync", "--url", "http://127.0.0.1:9/x", env=env), "cannot be reached"
+        b2cal_inline("users", "grant", ADA, "wizard", env=env), "'wizard' is not a role"
+    )
+    assert_one_line_error(
+        b2cal_inline("users", "sync", "--url", "http://127.0.0.1:9/x", env=env), "cannot be reached"
     )
