@@ -175,3 +175,38 @@ def test_a_flow_run_process_records_where_it_runs_and_is_seen_alive_or_gone(
     child.wait()
     assert not ProcessRecord(host=mine.host, pid=child.pid).alive()  # gone
     assert not mine.model_copy(update={"started": "1"}).alive()  # the PID reused by another
+
+
+def test_request_wait_exits_1_naming_the_crash_only_once_the_retries_are_used_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli import b2cal_inline
+
+    from b2cal.sites import load_site
+
+    env = {"B2CAL_HOME": str(tmp_path / "home")}
+    monkeypatch.setenv("B2CAL_HOME", env["B2CAL_HOME"])
+    with StateDatabase(load_site("local").state_database_url) as db:
+        healed = started_request(db, ("ChannelT0",), through=(S.COLLECTING,))
+        lost = started_request(db, ("ChannelT0",), through=(S.COLLECTING,))
+        ids = [db.calibration_run(c["ChannelT0"]).request_id for c in (healed, lost)]
+        for request_id, calruns in zip(ids, (healed, lost), strict=True):
+            watched = Watched(request_id, "run-1", tuple(calruns.values()), "process-request")
+            record(db, Decision(Verdict.RETRY, watched, "crashed; automatic retry 1 of 1", 1))
+        for state in (S.ALGORITHM, S.VALIDATING, S.APPROVED, S.UPLOADED):
+            db.move(healed["ChannelT0"], state)
+        db.finish_request(ids[0])
+        watched = Watched(ids[1], "run-1", tuple(lost.values()), "process-request")
+        line = "process-request crashed (exit -9); 1 automatic retries made"
+        record(db, Decision(Verdict.GIVE_UP, watched, line, retry=1))
+
+    done = b2cal_inline("request", "wait", str(ids[0]), "--timeout", "5", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "automatic retries after a crash: 1" in done.stdout
+    failed = b2cal_inline("request", "wait", str(ids[1]), "--timeout", "5", env=env)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "automatic retries after a crash: 1" in failed.stdout
+    (said,) = failed.stderr.strip().splitlines()
+    assert said.startswith(f"error: request {ids[1]} (") and said.endswith(
+        f"crashed and was not healed: {line}"
+    ), said

@@ -312,7 +312,9 @@ def request_wait(
     ] = 1800.0,
 ) -> None:
     """Watch a request until nothing more happens without a person: its calibrations' states
-    live, then the table. Exit 0 when it is DONE or waits for sign-offs, 2 when it failed."""
+    live, then the table. A crash with an automatic retry pending is waited through. Exit 0
+    when it is DONE or waits for sign-offs; 1 when it crashed and its automatic retries are
+    used up (the crash named); 2 when a calibration failed or it was cancelled."""
     import time
 
     from rich.live import Live
@@ -321,6 +323,7 @@ def request_wait(
     from b2cal.cli.console import console, errors
     from b2cal.db import discovery
     from b2cal.db.states import RequestState
+    from b2cal.requests.healing import crash_history
 
     if (request_id is None) == (bucket is None) or (bucket is not None and exp is None):
         raise B2CalError("give a request ID, or --exp E and --bucket N")
@@ -366,9 +369,14 @@ def request_wait(
                         f"{request.label} is still {request.state.value} after {timeout:g} s"
                     )
                 time.sleep(1)
+        history = crash_history(db, found)
     console.print(calrun_table(runs, f"{request.label}: {request.state.value}"))
     if request.message:
         console.print(f"message: {request.message}")
+    if history.retries:
+        console.print(f"automatic retries after a crash: {history.retries}")
+    if request.state is RequestState.FAILED and history.gave_up is not None:
+        raise B2CalError(f"{request.label} crashed and was not healed: {history.gave_up}")
     if request.state is RequestState.WAITING:
         console.print("waiting for sign-offs: b2cal signoff CALRUN approve|reject")
     if request.state in (RequestState.FAILED, RequestState.CANCELLED):

@@ -207,6 +207,23 @@ def retries_made(db: StateDatabase, request_id: int, flow_run_id: str) -> int:
     )
 
 
+@dataclass(frozen=True)
+class CrashHistory:
+    """What crash healing did for a request: the automatic retries it made, and the line it
+    gave up with when they were used up (None while it has not given up)."""
+
+    retries: int
+    gave_up: str | None
+
+
+def crash_history(db: StateDatabase, request_id: int) -> CrashHistory:
+    """A request's crash history, read from the action log (the one record of it)."""
+    actions = db.actions(limit=1000, target=f"request {request_id}")
+    retries = sum(1 for a in actions if a.action == RETRY_ACTION)
+    gave_up = next((a for a in actions if a.action == GIVE_UP_ACTION), None)  # newest first
+    return CrashHistory(retries, str(gave_up.detail.get("reason", "")) if gave_up else None)
+
+
 def record(db: StateDatabase, decision: Decision) -> None:
     """The b2cal side of a decision (the Prefect side is the reconciler's): the request's
     message while a retry is pending; the action log for a retry made; FAILED calibration
