@@ -1,13 +1,15 @@
 """Crash healing on the local stack, with the default settings: how long a request takes when
 something dies half-way, against the same request left alone, in the same run.
 
-Three requests of the same bucket (ChannelT0 and ChannelGain) are timed from creation to DONE:
+Five requests of the same bucket (ChannelT0 and ChannelGain) are timed from creation to DONE:
 * uninterrupted (the baseline);
-* the flow-run process killed (SIGKILL) while collector jobs are half done: its worker reports
-  the crash, the site's reconciler retries the run;
-* the flow-run process *and* its worker killed (a node lost), then ``server up`` as a service
-  manager would: the reconciler sees the process gone on its host and retries the run.
-For each: the ratio to the baseline, and the heal time (kill -> request DONE).
+* the flow-run (engine) process killed (SIGKILL) while collector jobs are half done: the run's
+  supervisor reports the crash, the site's reconciler retries the run;
+* the run's processes *and* its worker killed (a node lost), then ``server up`` as a service
+  manager would: the reconciler sees the process gone on its host and retries the run;
+* the worker stopped (SIGTERM), and killed (SIGKILL), then started again: the run, detached
+  from it, goes on (no retry: the ratio should be about 1).
+For each: the ratio to the baseline, and the time from the kill to the request DONE.
 
 Then the reconciler's cost per pass: 1000 RUNNING requests, each with an active calibration
 run and a real Prefect flow run (Running, no process of its own), against a pass over 10.
@@ -56,8 +58,10 @@ def main() -> int:
     os.environ.pop("PREFECT_API_URL", None)
 
     from b2cal.caf.workspace import Workspace
+    from b2cal.core.processes import alive
     from b2cal.db import discovery
     from b2cal.db.database import StateDatabase
+    from b2cal.orchestrator.launcher import running as detached_runs
     from b2cal.orchestrator.stack import LocalStack, StackOptions
     from b2cal.processing.area import RequestArea
     from b2cal.requests.healing import recorded_process
@@ -100,16 +104,32 @@ def main() -> int:
         os.kill(record.pid, signal.SIGKILL)
 
     def kill_node(request_id: int, flow_run: str) -> None:
+        """The worker, the run's supervisor and its engine: all of the run's host."""
         os.kill(stack.state()["workers"]["local"], signal.SIGKILL)
+        supervisor = detached_runs().get(flow_run)
+        if supervisor:
+            os.kill(supervisor, signal.SIGKILL)
         kill_process(request_id, flow_run)
         time.sleep(1)
         stack.up(options)  # as a service manager restarts the worker
+
+    def stop_worker(sig: signal.Signals) -> Callable[[int, str], None]:
+        def stop(request_id: int, flow_run: str) -> None:
+            worker = stack.state()["workers"]["local"]
+            os.kill(worker, sig)
+            while alive(worker):
+                time.sleep(0.1)
+            stack.up(options)  # as a service manager restarts the worker
+
+        return stop
 
     results: dict[str, tuple[float, float | None]] = {}
     try:
         with Progress(console=console, transient=True) as progress:
             cases = (("uninterrupted", None), ("flow-run process killed", kill_process),
-                     ("process and worker killed", kill_node))  # fmt: skip
+                     ("process and worker killed", kill_node),
+                     ("worker stopped (SIGTERM)", stop_worker(signal.SIGTERM)),
+                     ("worker killed (SIGKILL)", stop_worker(signal.SIGKILL)))  # fmt: skip
             task = progress.add_task("requests", total=0 if only_passes else len(cases))
             for name, kill in () if only_passes else cases:
                 results[name] = request(kill)
@@ -121,7 +141,7 @@ def main() -> int:
     if results:
         title = f"healing: request created -> DONE ({runs} runs x {files_per_run} files)"
         table = Table(title=title)
-        for column in ("case", "request [s]", "ratio to uninterrupted", "heal (kill -> DONE) [s]"):
+        for column in ("case", "request [s]", "ratio to uninterrupted", "kill -> DONE [s]"):
             table.add_column(column, justify="right")
         base = results["uninterrupted"][0]
         for name, (total, heal) in results.items():

@@ -1,14 +1,17 @@
 """Crashes, healing and cancellation through real Prefect (tests/prefect_stack.py): a killed
-flow-run process and a lost node (worker and process gone) healed by b2cal's reconciler, a
-retry while the old process lives refused, a cancelled request."""
+flow-run process and a lost node (worker and process gone) healed by b2cal's reconciler, runs
+that outlive their worker, a retry while the old process lives refused, a cancelled
+request."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,7 @@ from prefect_stack import (
 from b2cal.core.processes import alive
 from b2cal.db import discovery
 from b2cal.db.states import FileStatus, RequestState
+from b2cal.orchestrator.launcher import running as detached_runs
 from b2cal.requests.healing import HEALER, RETRY_ACTION
 from b2cal.requests.reconciler import reconcile
 from b2cal.sites import load_site
@@ -156,20 +160,50 @@ def test_a_lost_node_is_healed_once_a_worker_is_back(stack: Stack) -> None:
     healed_by_b2cal(stack, request, flow_run, killed)
 
 
-def test_a_worker_stopped_with_sigterm_costs_a_retry_not_the_request(stack: Stack) -> None:
-    """A service manager's stop (SIGTERM) of the worker: Prefect's worker stops the runs it
-    started, their calibrations stay active ("interrupted"), and b2cal retries them once a
-    worker is back; nothing ends FAILED."""
-    request, flow_run = start_slow_request(stack, 11)
-    wait_until(lambda: len(done_jobs(stack, "local", request, "SlowT0")) >= 2, 120, "jobs")
+@contextlib.contextmanager
+def slower_jobs(stack: Stack, seconds: float) -> Iterator[None]:
+    """SlowT0's collector jobs sleep ``seconds`` per file while inside."""
+    said = Path(stack.env["B2CAL_TEST_FLAKY"]) / "slow-seconds"
+    said.parent.mkdir(parents=True, exist_ok=True)
+    said.write_text(str(seconds))
+    try:
+        yield
+    finally:
+        said.unlink()
+
+
+def restart_worker(stack: Stack, sig: signal.Signals) -> None:
+    """The local pool's worker stopped with ``sig``, then started again as a service manager
+    would."""
     worker = stack.local.state()["workers"]["local"]
-    os.kill(worker, signal.SIGTERM)
-    stopped = time.monotonic()
+    os.kill(worker, sig)
     wait_until(lambda: not alive(worker), 60, "the worker to stop")
-    assert calruns(stack, request)["SlowT0"].state is not S.FAILED
-    stack.local.up(stack.options)  # the service manager starts it again
-    healed_by_b2cal(stack, request, flow_run, stopped)
-    assert calruns(stack, request)["SlowT0"].state is S.UPLOADED
+    stack.local.up(stack.options)
+
+
+def test_a_stopped_or_killed_worker_leaves_its_runs_running(stack: Stack) -> None:
+    """SIGTERM (a service manager's stop) of the worker that started one run, SIGKILL of the
+    worker that started the next: both runs go on in the same processes (detached from their
+    worker by b2cal's launcher) and finish; no crash, no retry, nothing FAILED."""
+    runs = []
+    for exp, sig in ((11, signal.SIGTERM), (12, signal.SIGKILL)):
+        with slower_jobs(stack, 1.0):  # each run outlasts a restart of the worker
+            request, flow_run = start_slow_request(stack, exp)
+            started = functools.partial(done_jobs, stack, "local", request, "SlowT0")
+            wait_until(lambda: len(started()) >= 2, 120, "jobs")  # noqa: B023 (called at once)
+            supervisor = detached_runs()[flow_run]
+            restart_worker(stack, sig)
+        runs.append((request, flow_run, supervisor))
+    for request, flow_run, supervisor in runs:
+        assert detached_runs().get(flow_run) in (supervisor, None)  # the same, or ended
+        state = functools.partial(flow_run_state, flow_run)
+        wait_until(lambda: state() == "COMPLETED", 240, "the run to complete")  # noqa: B023
+        calrun = calruns(stack, request)["SlowT0"]
+        assert (calrun.state, calrun.attempt) == (S.UPLOADED, 1)
+        assert request_state(stack, request) is RequestState.DONE
+        with stack.db() as db:
+            actions = [a.action for a in db.actions(target=f"request {request}")]
+        assert RETRY_ACTION not in actions
 
 
 def test_a_retry_while_the_old_process_lives_is_refused(stack: Stack) -> None:
@@ -233,13 +267,19 @@ def test_a_collector_that_always_fails_is_not_a_crash(stack: Stack) -> None:
     assert len(announced) == 1
 
 
-def test_cancelling_a_request_stops_its_collector_jobs(stack: Stack) -> None:
-    request, flow_run = start_slow_request(stack, 5)
-    wait_until(lambda: len(done_jobs(stack, "local", request, "SlowT0")) >= 2, 120, "jobs")
-    cancelled = stack.b2cal("request", "cancel", str(request), "--site", "local")
-    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
-    wait_until(lambda: flow_run_state(flow_run) == "CANCELLED", 60, "the run to be Cancelled")
-    wait_until(lambda: not flow_run_pids(flow_run), 30, "the flow-run processes to end")
+def test_cancelling_a_request_stops_its_collector_jobs_after_its_worker_restarted(
+    stack: Stack,
+) -> None:
+    """The run outlives the worker that started it; its own supervisor stops it."""
+    with slower_jobs(stack, 2.0):  # the run must outlast a restart of the worker
+        request, flow_run = start_slow_request(stack, 5)
+        wait_until(lambda: len(done_jobs(stack, "local", request, "SlowT0")) >= 2, 120, "jobs")
+        restart_worker(stack, signal.SIGTERM)
+        assert flow_run in detached_runs()
+        cancelled = stack.b2cal("request", "cancel", str(request), "--site", "local")
+        assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+        wait_until(lambda: flow_run_state(flow_run) == "CANCELLED", 60, "the run Cancelled")
+        wait_until(lambda: not flow_run_pids(flow_run), 30, "the flow-run processes to end")
     # the collector jobs ran in those processes (they share the flow run's environment): with
     # them gone, no job can finish later
     assert len(done_jobs(stack, "local", request, "SlowT0")) < 24

@@ -82,10 +82,13 @@ def server_up(
 
 @server_app.command("status")
 def server_status() -> None:
-    """The stack's processes, the API's health and each pool's workers."""
+    """The stack's processes (the flow runs running on this host too), the API's health and
+    each pool's workers."""
     from rich.table import Table
 
     from b2cal.cli.console import console
+    from b2cal.orchestrator.launcher import running as detached_runs
+    from b2cal.orchestrator.launcher import runs_folder
     from b2cal.orchestrator.stack import LocalStack
 
     stack = LocalStack()
@@ -96,6 +99,9 @@ def server_status() -> None:
     for name, pid, alive in stack.processes():
         log = stack.log(name.replace(" ", "-"))
         table.add_row(name, str(pid or "-"), "[green]yes[/]" if alive else "[red]no[/]", str(log))
+    for flow_run, pid in detached_runs().items():  # they outlive their worker
+        log = runs_folder() / f"{flow_run}.log"
+        table.add_row(f"flow run {flow_run[:8]}", str(pid), "[green]yes[/]", str(log))
     console.print(table)
     for name, _, alive in stack.processes():
         site = name.partition(" ")[2]
@@ -119,7 +125,7 @@ def server_status() -> None:
 
 @server_app.command("down")
 def server_down() -> None:
-    """Stop the workers (and their flow runs), then the server."""
+    """Stop the reconcilers, the workers, the flow runs running here, then the server."""
     from b2cal.cli.console import console
     from b2cal.orchestrator.stack import LocalStack
 

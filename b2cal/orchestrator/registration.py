@@ -12,6 +12,7 @@ from uuid import UUID
 
 from b2cal.errors import B2CalError
 from b2cal.orchestrator.client import prefect_client
+from b2cal.orchestrator.launcher import job_template
 from b2cal.sites import Site
 
 CRASH_AUTOMATION = "b2cal: mark runs without heartbeat Crashed"
@@ -35,22 +36,27 @@ def deployment_pools(project: Path) -> list[str]:
 
 
 def ensure_pools(pools: list[str], sites: list[Site]) -> None:
-    """A process work pool of each name (existing pools are left as they are): every pool the
-    deployments name must exist before they are deployed, whether or not its site has a file
-    here; a site's description labels its pool."""
-    from prefect.client.schemas.actions import WorkPoolCreate
+    """A process work pool of each name: every pool the deployments name must exist before
+    they are deployed, whether or not its site has a file here; a site's description labels
+    its pool. Each starts its flow runs through b2cal's launcher (:mod:`launcher`): an
+    existing pool's base job template is brought up to it; the rest of the pool is left as
+    it is."""
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
     described = {site.work_pool: site.description or f"b2cal site {site.name}" for site in sites}
-    template = ProcessWorker.get_default_base_job_template()
+    template = job_template(ProcessWorker.get_default_base_job_template())
     with prefect_client() as client:
         for pool in dict.fromkeys([*pools, *described]):
             try:
-                client.read_work_pool(pool)
-                continue
+                existing = client.read_work_pool(pool)
             except ObjectNotFound:
-                pass
+                existing = None
+            if existing is not None:
+                if existing.base_job_template != template:
+                    client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
+                continue
             with contextlib.suppress(ObjectAlreadyExists):  # another b2cal created it meanwhile
                 client.create_work_pool(
                     WorkPoolCreate(

@@ -31,6 +31,7 @@ from b2cal.core.files import atomic_write_json
 from b2cal.core.processes import alive, started
 from b2cal.errors import B2CalError
 from b2cal.orchestrator.client import stack_folder, stack_state
+from b2cal.orchestrator.launcher import running as detached_runs
 from b2cal.orchestrator.profile import write_profile
 from b2cal.settings import Settings
 from b2cal.sites import Site, load_site, site_names
@@ -326,16 +327,23 @@ class LocalStack:
         return rows
 
     def down(self, say: Callable[[str], None] = lambda _: None) -> None:
-        """Stop the reconcilers, the workers (and the flow runs they started), then the
-        server."""
+        """Stop the reconcilers, the workers, the flow runs they started (detached from them:
+        :mod:`b2cal.orchestrator.launcher`; their calibrations are interrupted, resumed by the
+        next ``server up``), then the server."""
         state = self.state()
         pids = [(f"reconciler {s}", p) for s, p in state.get("reconcilers", {}).items()]
         pids += [(f"worker {s}", p) for s, p in state.get("workers", {}).items()]
-        pids.append(("server", state.get("server_pid")))
         for name, pid in pids:
             if pid and self.ours(pid, state):
                 _stop_group(pid)
                 say(f"stopped {name} (pid {pid})")
+        for flow_run, pid in detached_runs().items():
+            _stop_group(pid)
+            say(f"stopped flow run {flow_run} (pid {pid})")
+        server = state.get("server_pid")
+        if server and self.ours(server, state):
+            _stop_group(server)
+            say(f"stopped server (pid {server})")
         state["workers"], state["reconcilers"] = {}, {}
         state.pop("server_pid", None)
         self._save(state)
