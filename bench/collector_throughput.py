@@ -78,7 +78,7 @@ def main() -> int:
     chain = PayloadChain([workspace.calibration(name).outputdb for name in NAMES])
     table = Table(title="collector throughput, single process (medians of interleaved repeats)")
     for column in (
-        "collector", "files", "events", "bare read [s]", "bare loop [s]", "b2cal [s]",
+        "collector", "files", "events", "bare read (s)", "bare loop (s)", "b2cal (s)",
         "b2cal / bare loop", "b2cal / bare read",
     ):  # fmt: skip
         table.add_column(column, justify="right")

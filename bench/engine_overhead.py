@@ -159,7 +159,7 @@ def main() -> int:
     per_job, plain = per_job_overhead(folder)
 
     table = Table(title="engine overhead: b2cal caf run / bare multiprocessing script (2 workers)")
-    for column in ("events per stream", "files", "bare script [s]", "b2cal caf run [s]", "ratio"):
+    for column in ("events per stream", "files", "bare script (s)", "b2cal caf run (s)", "ratio"):
         table.add_column(column, justify="right")
     table.add_row(
         str(runs * files_per_run * events),

@@ -141,7 +141,7 @@ def main() -> int:
     if results:
         title = f"healing: request created -> DONE ({runs} runs x {files_per_run} files)"
         table = Table(title=title)
-        for column in ("case", "request [s]", "ratio to uninterrupted", "kill -> DONE [s]"):
+        for column in ("case", "request (s)", "ratio to uninterrupted", "kill -> DONE (s)"):
             table.add_column(column, justify="right")
         base = results["uninterrupted"][0]
         for name, (total, heal) in results.items():
@@ -149,7 +149,7 @@ def main() -> int:
                           "-" if heal is None else f"{heal:.1f}")  # fmt: skip
         console.print(table)
     costs = Table(title="the reconciler's pass (b2cal's records, one Prefect read, decisions)")
-    for column in ("active flow runs", "pass [s]", "ratio to 10"):
+    for column in ("active flow runs", "pass (s)", "ratio to 10"):
         costs.add_column(column, justify="right")
     for count, seconds in passes.items():
         costs.add_row(str(count), f"{seconds:.3f}", f"{seconds / passes[10]:.1f}")

@@ -181,7 +181,7 @@ def main() -> int:
         db.close()
         stack.down()
     table = Table(title="prompt request through Prefect / bare multiprocessing script (2 workers)")
-    for column in ("events per stream", "files", "bare script [s]", "Prefect request [s]", "ratio"):
+    for column in ("events per stream", "files", "bare script (s)", "Prefect request (s)", "ratio"):
         table.add_column(column, justify="right")
     table.add_row(
         str(runs * files_per_run * events), str(2 * runs * files_per_run),
