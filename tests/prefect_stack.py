@@ -237,12 +237,12 @@ def prefect_server_url(url: str) -> str:
 def running_stack(home: Path) -> Iterator[Stack]:
     """The stack the orchestration tests share, with toy data of several experiments."""
     toy = home / "toy"
-    # exp 1: the demo's data set (closure); exp 2, 6, 8, 9: four runs for the reference
+    # exp 1: the demo's data set (closure); exp 2, 6, 8, 9, 13: four runs for the reference
     # calibrations; exp 3-5, 7, 10-12: one slow calibration each
     generate_toy(
         toy / "1", 1, range(1, 9), t0_jumps=[5], beamspot_changes=[4], low_stat={6: 60}, seed=2026
     )
-    for exp in (2, 6, 8, 9):  # 9: signed off in a browser (test_dashboard_signoff.py)
+    for exp in (2, 6, 8, 9, 13):  # 9, 13: acted on in a browser (test_dashboard_signoff.py)
         generate_toy(toy / str(exp), exp, range(1, 5), seed=exp)
     for exp in (3, 4, 5, 7, 10, 11, 12):  # 10-12: a lost node, stopped workers (crash tests)
         generate_toy(toy / str(exp), exp, range(1, 5), files_per_run=6, events=200, seed=exp)

@@ -1,16 +1,18 @@
 """An expert signs off a waiting calibration in a real browser, through nginx with a client
 certificate, on the shared local stack — and the upload follows: the sign-off deployment run
-puts the payload into the request's staging tag. Screenshots are kept in the test's folder."""
+puts the payload into the request's staging tag; and a file that broke a collector, mended,
+resubmitted and retried from the browser. Screenshots are kept in the test's folder."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from browser import pages_for
 from nginx_front import dashboard_behind_nginx
 from pki import PKI
-from prefect_stack import Stack, calruns, request_state, wait_until
+from prefect_stack import Stack, calruns, outputdb_bytes, request_state, wait_until
 
 from b2cal.auth.names import grid_dn
 from b2cal.db import users
@@ -81,3 +83,80 @@ def test_an_expert_signs_off_in_the_browser_and_the_upload_follows(
         assert ("signoff approve", grid_dn(expert.cert.subject)) in [
             (a.action, a.actor) for a in mine
         ]
+
+
+def test_a_mended_file_is_resubmitted_and_retried_in_the_browser(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A collector that breaks on one run's file every time fails the calibration; the file is
+    transferred again; an expert presses "Resubmit failed jobs", then "Retry": only that run's
+    jobs are collected again, and the payloads are those of a clean run of the same files."""
+    pki = PKI(tmp_path / "pki")
+    host = pki.host("localhost")
+    expert = pki.user("Rea Resubmit")
+    with stack.db() as db:
+        known = [
+            users.Member(u.dn, u.name, u.email, u.vo_grants) for u in users.users(db) if u.in_vo
+        ]
+        grant = {"role": "expert", "calibrations": ["FlakyT0"]}
+        users.sync(db, [*known, users.Member(grid_dn(expert.cert.subject), grants=[grant])], "test")
+    markers = Path(stack.env["B2CAL_TEST_FLAKY"])
+    markers.mkdir(parents=True, exist_ok=True)
+    (markers / "r3.fail-always").touch()
+    stack.copy_toy(13, "local")
+    assert stack.b2cal("discover", "--site", "local").returncode == 0
+    create = ["request", "create", "--site", "local", "--exp", "13", "--runs", "1-4"]
+    made = stack.b2cal(*create, "--calibrations", "FlakyT0")
+    assert made.returncode == 0, made.stdout + made.stderr
+    request = int(made.stdout.split("created request ")[1].split()[0])
+    wait_until(lambda: request_state(stack, request) is RequestState.FAILED, 240, "the failure")
+    target = calruns(stack, request)["FlakyT0"]
+    assert "run 3 fails every time" in (target.message or "")
+    jobs = stack.workspace("local", request) / "output/FlakyT0/iterations/0/jobs"
+    before = {  # the jobs done when it failed (the collection stops at a failed job)
+        s.parent.name: s.stat().st_mtime_ns
+        for s in jobs.glob("*/status.json")
+        if json.loads(s.read_text()).get("state") == "done"
+    }
+
+    (markers / "r3.fail-always").unlink()
+    mended = next((stack.home / "storage-local" / "e0013").rglob("*.r00003.f00000.root"))
+    copy = mended.read_bytes()
+    mended.unlink()
+    mended.write_bytes(copy)  # transferred again: another inode, another time
+    with (
+        dashboard_behind_nginx(
+            stack.process_env(), pki, host, tmp_path, "--site", "local"
+        ) as front,
+        pages_for(front.url) as page_of,
+    ):
+        page = page_of(expert)
+        page.goto(f"{front.url}/overview")
+        cell = page.locator(f"#calrun-{target.id}")
+        cell.wait_for()
+        cell.locator("a").click()
+        page.get_by_text(f"FlakyT0 · calibration run {target.id}").wait_for()
+        page.get_by_role("button", name="Resubmit failed jobs").click()
+        page.get_by_text("start afresh at the next run").wait_for()
+        page.get_by_role("button", name="Retry").click()
+        rerun = page.get_by_text("rerunning FlakyT0 (attempt 2)")
+        try:
+            rerun.wait_for()
+        finally:
+            page.screenshot(path=str(tmp_path / "retried.png"), full_page=True)
+
+    wait_until(lambda: request_state(stack, request) is RequestState.DONE, 240, "the rerun")
+    assert calruns(stack, request)["FlakyT0"].state is S.UPLOADED
+    after = {s.parent.name: s.stat().st_mtime_ns for s in jobs.glob("*/status.json")}
+    specs = {job.name: json.loads((job / "spec.json").read_text()) for job in jobs.iterdir()}
+    run3 = sorted(n for n, spec in specs.items() if {f["run"] for f in spec["files"]} == {3})
+    assert before and not set(run3) & set(before)
+    assert {job: after[job] for job in before} == before  # what was done is kept
+    reference = tmp_path / "reference"
+    ran = stack.b2cal(
+        "caf", "run", "--files-from", stack.workspace("local", request) / "files.json",
+        "--exp", "13", "--runs", "1-4", "--calibrations", "FlakyT0", "--output", reference,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    output = stack.workspace("local", request) / "output/FlakyT0/outputdb"
+    assert outputdb_bytes(output) == outputdb_bytes(reference / "FlakyT0/outputdb")
