@@ -71,14 +71,23 @@ def b2cal_inline(
 
 @contextlib.contextmanager
 def _environment(wanted: dict[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(wanted)
+    """Only the variables that differ are set and restored: threads of the test's process
+    (an in-process server) never see an empty environment."""
+    saved = {k: os.environ.get(k) for k in set(wanted) | set(os.environ)}
+    changed = {k for k in saved if saved[k] != wanted.get(k)}
+    for key in changed:
+        if key in wanted:
+            os.environ[key] = wanted[key]
+        else:
+            del os.environ[key]
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for key in changed:
+            if saved[key] is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = saved[key]  # type: ignore[assignment]
 
 
 @contextlib.contextmanager

@@ -340,3 +340,16 @@ def task_runs(flow_run_id: object) -> list[Any]:
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
             )
         )
+
+
+@contextmanager
+def failing_always(stack: Stack, run: int) -> Iterator[None]:
+    """FlakyT0's jobs of ``run`` (of any experiment) fail every time while inside: the
+    marker is shared by the session's stack, so it never outlives the test."""
+    marker = Path(stack.env["B2CAL_TEST_FLAKY"]) / f"r{run}.fail-always"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)

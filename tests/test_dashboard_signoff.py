@@ -12,7 +12,7 @@ import pytest
 from browser import pages_for
 from nginx_front import dashboard_behind_nginx
 from pki import PKI
-from prefect_stack import Stack, calruns, outputdb_bytes, request_state, wait_until
+from prefect_stack import Stack, calruns, failing_always, outputdb_bytes, request_state, wait_until
 
 from b2cal.auth.names import grid_dn
 from b2cal.db import users
@@ -100,16 +100,14 @@ def test_a_mended_file_is_resubmitted_and_retried_in_the_browser(
         ]
         grant = {"role": "expert", "calibrations": ["FlakyT0"]}
         users.sync(db, [*known, users.Member(grid_dn(expert.cert.subject), grants=[grant])], "test")
-    markers = Path(stack.env["B2CAL_TEST_FLAKY"])
-    markers.mkdir(parents=True, exist_ok=True)
-    (markers / "r3.fail-always").touch()
     stack.copy_toy(13, "local")
     assert stack.b2cal("discover", "--site", "local").returncode == 0
-    create = ["request", "create", "--site", "local", "--exp", "13", "--runs", "1-4"]
-    made = stack.b2cal(*create, "--calibrations", "FlakyT0")
-    assert made.returncode == 0, made.stdout + made.stderr
-    request = int(made.stdout.split("created request ")[1].split()[0])
-    wait_until(lambda: request_state(stack, request) is RequestState.FAILED, 240, "the failure")
+    with failing_always(stack, run=3):
+        create = ["request", "create", "--site", "local", "--exp", "13", "--runs", "1-4"]
+        made = stack.b2cal(*create, "--calibrations", "FlakyT0")
+        assert made.returncode == 0, made.stdout + made.stderr
+        request = int(made.stdout.split("created request ")[1].split()[0])
+        wait_until(lambda: request_state(stack, request) is RequestState.FAILED, 240, "failure")
     target = calruns(stack, request)["FlakyT0"]
     assert "run 3 fails every time" in (target.message or "")
     jobs = stack.workspace("local", request) / "output/FlakyT0/iterations/0/jobs"
@@ -119,7 +117,6 @@ def test_a_mended_file_is_resubmitted_and_retried_in_the_browser(
         if json.loads(s.read_text()).get("state") == "done"
     }
 
-    (markers / "r3.fail-always").unlink()
     mended = next((stack.home / "storage-local" / "e0013").rglob("*.r00003.f00000.root"))
     copy = mended.read_bytes()
     mended.unlink()

@@ -72,7 +72,7 @@ def test_a_crash_is_retried_after_its_backoff_until_the_retries_are_used_up() ->
 
 
 def test_what_runs_or_waits_is_left_alone_and_a_lost_process_here_is_marked_crashed() -> None:
-    for state in ("SCHEDULED", "PENDING", "CANCELLING", "PAUSED"):
+    for state in ("SCHEDULED", "PENDING", "CANCELLING", "PAUSED"):  # no record, or no process
         assert judged(state).verdict is Verdict.NOTHING, state
     assert judged("RUNNING").verdict is Verdict.NOTHING  # no record of its process
     here = ProcessRecord(host="node1", pid=42)
@@ -82,6 +82,13 @@ def test_what_runs_or_waits_is_left_alone_and_a_lost_process_here_is_marked_cras
     lost = judged("RUNNING", process=ProcessRecord(host="node1", pid=43))
     assert (lost.verdict, lost.line) == (
         Verdict.MARK_CRASHED, "its process 43 on node1 is gone (seen by b2cal)")  # fmt: skip
+    # launched by the worker, its supervisor died before the engine ran (or could report)
+    launched = ProcessRecord(host="node1", pid=43, recorded=NOW - timedelta(seconds=30))
+    assert judged("PENDING", process=launched).verdict is Verdict.MARK_CRASHED
+    # a record older than the run's state is an earlier attempt's: it says nothing of this one
+    stale = ProcessRecord(host="node1", pid=43, recorded=NOW - timedelta(seconds=90))
+    for state in ("PENDING", "RUNNING"):
+        assert judged(state, process=stale).verdict is Verdict.NOTHING, state
     assert judged("CANCELLED").verdict is Verdict.CANCEL
     for state in ("COMPLETED", "FAILED"):
         ended = judged(state)
@@ -210,3 +217,8 @@ def test_request_wait_exits_1_naming_the_crash_only_once_the_retries_are_used_up
     assert said.startswith(f"error: request {ids[1]} (") and said.endswith(
         f"crashed and was not healed: {line}"
     ), said
+    with StateDatabase(load_site("local").state_database_url) as db:  # a person reruns it...
+        db.rerun([lost["ChannelT0"]], "/CN=Ada")
+        db.move(lost["ChannelT0"], S.FAILED, message="ChannelT0: the algorithm said FAILURE")
+    again = b2cal_inline("request", "wait", str(ids[1]), "--timeout", "5", env=env)
+    assert again.returncode == 2, again.stdout + again.stderr  # ...and it fails: not a crash

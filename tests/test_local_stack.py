@@ -17,6 +17,7 @@ from cli import B2CAL, assert_one_line_error
 from prefect_stack import free_port, processes_with, stack_environment
 from waiting import wait_until
 
+from b2cal.core.processes import started
 from b2cal.toy.generate import generate_toy
 
 pytestmark = pytest.mark.stack
@@ -96,8 +97,19 @@ def test_server_up_status_down(home: tuple[Path, dict[str, str]]) -> None:
     status = run(env, "server", "status")
     said = " ".join(status.stdout.split())
     assert "reconciler local is not running: b2cal server up --sites local" in said, said
+    # a run the worker launched, detached from it (its supervisor: here a stand-in process
+    # with the launcher's record): listed by status, stopped by down
+    detached = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    record = {"host": socket.gethostname(), "pid": detached.pid, "started": started(detached.pid),
+              "api_url": stack["api_url"]}  # fmt: skip
+    runs = folder / "server" / "flow-runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / "0123abcd-run.json").write_text(json.dumps(record))
+    assert "flow run 0123abcd" in run(env, "server", "status").stdout
     down = run(env, "server", "down")
     assert down.returncode == 0, down.stderr
+    assert f"stopped flow run 0123abcd-run (pid {detached.pid})" in down.stdout, down.stdout
+    assert detached.wait(timeout=30) == -signal.SIGTERM
     assert not any(alive(pid) for pid in pids)
     assert "stopped" in run(env, "server", "status").stdout
 

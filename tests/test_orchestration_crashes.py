@@ -20,6 +20,7 @@ from prefect_stack import (
     Stack,
     calruns,
     created_request,
+    failing_always,
     flow_run_message,
     flow_run_pids,
     flow_run_state,
@@ -239,32 +240,32 @@ def test_a_collector_that_always_fails_is_not_a_crash(stack: Stack) -> None:
     """A collector failing on purpose every time: the calibration is FAILED with its reason,
     its flow run Failed (not Crashed) and announced once, no automatic retry, and the input
     files it broke on are not marked bad (they read well alone)."""
-    markers = Path(stack.env["B2CAL_TEST_FLAKY"])
-    markers.mkdir(parents=True, exist_ok=True)
-    (markers / "r2.fail-always").touch()
-    stack.copy_toy(2, "local")
-    assert stack.b2cal("discover", "--site", "local").returncode == 0
-    create = ["request", "create", "--site", "local", "--exp", "2", "--runs", "1-4"]
-    request = created_request(stack.b2cal(*create, "--calibrations", "FlakyT0"))
-    with stack.db() as db:
-        flow_run = db.request(request).flow_run_id
-    assert flow_run
-    waited = stack.b2cal("request", "wait", str(request), "--timeout", "240")
-    assert waited.returncode == 2, waited.stdout + waited.stderr
-    calrun = calruns(stack, request)["FlakyT0"]
-    assert calrun.state is S.FAILED and "run 2 fails every time" in (calrun.message or "")
-    # the request's state is written before its flow run ends
-    wait_until(lambda: flow_run_state(flow_run) in ("FAILED", "CRASHED", "COMPLETED"), 60, "end")
-    assert flow_run_state(flow_run) == "FAILED"
-    stack.receiver.wait_for(lambda d: d.get("kind") == "failed" and d.get("id") == flow_run)
-    with stack.db() as db:
-        assert reconcile(load_site("local"), db) == []  # nothing to heal
-        actions = db.actions(target=f"request {request}")
-        assert RETRY_ACTION not in [a.action for a in actions]
-        bad = [f for f in discovery.files(db, "local", FileStatus.BAD) if f.exp == 2]
-    assert bad == []
-    announced = [d for d in stack.receiver.received if d.get("id") == flow_run]
-    assert len(announced) == 1
+    with failing_always(stack, run=2):
+        stack.copy_toy(2, "local")
+        assert stack.b2cal("discover", "--site", "local").returncode == 0
+        create = ["request", "create", "--site", "local", "--exp", "2", "--runs", "1-4"]
+        request = created_request(stack.b2cal(*create, "--calibrations", "FlakyT0"))
+        with stack.db() as db:
+            flow_run = db.request(request).flow_run_id
+        assert flow_run
+        waited = stack.b2cal("request", "wait", str(request), "--timeout", "240")
+        assert waited.returncode == 2, waited.stdout + waited.stderr
+        calrun = calruns(stack, request)["FlakyT0"]
+        assert calrun.state is S.FAILED and "run 2 fails every time" in (calrun.message or "")
+        # the request's state is written before its flow run ends
+        wait_until(
+            lambda: flow_run_state(flow_run) in ("FAILED", "CRASHED", "COMPLETED"), 60, "end"
+        )
+        assert flow_run_state(flow_run) == "FAILED"
+        stack.receiver.wait_for(lambda d: d.get("kind") == "failed" and d.get("id") == flow_run)
+        with stack.db() as db:
+            assert reconcile(load_site("local"), db) == []  # nothing to heal
+            actions = db.actions(target=f"request {request}")
+            assert RETRY_ACTION not in [a.action for a in actions]
+            bad = [f for f in discovery.files(db, "local", FileStatus.BAD) if f.exp == 2]
+        assert bad == []
+        announced = [d for d in stack.receiver.received if d.get("id") == flow_run]
+        assert len(announced) == 1
 
 
 def test_cancelling_a_request_stops_its_collector_jobs_after_its_worker_restarted(

@@ -92,7 +92,8 @@ def test_ctrl_c_stops_promptly_and_the_rerun_resumes(small_storage: Path, tmp_pa
 
 def test_a_second_run_on_a_busy_output_is_refused(small_storage: Path, tmp_path: Path) -> None:
     output = tmp_path / "busy"
-    first = started_run(small_storage, output)
+    # slow enough that it still runs when the second command starts on a loaded machine
+    first = started_run(small_storage, output, env={"B2CAL_TEST_SLOW_SECONDS": "2"})
     second = b2cal(*caf_args(small_storage, output), plugins=True)
     assert second.returncode == 1
     assert second.stderr.strip().endswith(

@@ -31,3 +31,27 @@ def alive(pid: int | None, since: str | None = None) -> bool:
     except (OSError, IndexError):
         return True  # no /proc to ask: it answered the signal
     return stat[0] != "Z" and (since is None or stat[19] == since)
+
+
+def group_alive(group: int) -> bool:
+    """Whether any process of the process group is left (zombies, which only wait for their
+    parent to read their status, do not count)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True  # no /proc to ask: the group answered the signal
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False

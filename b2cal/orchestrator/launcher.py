@@ -6,17 +6,18 @@ every process it started; killed with SIGKILL, it takes its runs down with it th
 they next write to the dead pipe. A worker's stop would stop a site's calibrations.
 
 So b2cal's pools start a flow run through this launcher (their base job template's
-``command``, with ``stream_output`` off; :func:`job_template`). It starts ``prefect flow-run
-execute`` — Prefect's own supervisor of one flow run, which watches for cancellation,
-runs the cancellation and crash hooks and reports a crashed engine — in a session of its own,
-its output appended to a log of its own, records where it runs, and exits at once. The
+``command``; :func:`job_template`). It starts ``prefect flow-run execute`` — Prefect's own
+supervisor of one flow run, which watches for cancellation, runs the cancellation and crash
+hooks and reports a crashed engine — in a session of its own, its output appended to a log
+of its own, records where it runs, and exits at once. The
 worker sees a launch that succeeded and forgets the run; the run goes on whatever happens to
 the worker, and a restarted worker picks up only what is scheduled.
 
 What it costs: the worker no longer sees the run's process exit. A crash of the engine is
 still reported by its supervisor; the supervisor itself gone (``kill -9`` of the whole run, a
-node lost) is seen by the site's reconciler — at once on its own host (the process record
-of :mod:`b2cal.requests.healing`), after the heartbeat timeout elsewhere. A service manager
+node lost), or a supervisor that died before its engine ran, is seen by the site's
+reconciler — within a period on its own host (this record, and the engine's own in
+:mod:`b2cal.requests.healing`), after the heartbeat timeout elsewhere. A service manager
 must stop only the worker's own process (systemd: ``KillMode=process``): the default kills
 every process of the unit's control group, the runs included. ``b2cal server down`` stops the
 runs it finds recorded here (a stopped stack cannot hear from them).
@@ -26,9 +27,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +53,10 @@ def command() -> list[str]:
 
 
 def job_template(template: dict[str, Any]) -> dict[str, Any]:
-    """A process pool's base job template with the launcher as its default command and the
-    worker's output streaming off (nothing of the run goes through the worker)."""
+    """A process pool's base job template with the launcher as its default command. Output
+    streaming stays as it is: the worker streams the launcher's own lines (a launch that
+    fails says why in the worker's log); the run's output goes to its own log, never
+    through the worker's pipes."""
     from prefect.utilities.processutils import command_to_string
 
     changed: dict[str, Any] = json.loads(json.dumps(template))
@@ -61,7 +67,6 @@ def job_template(template: dict[str, Any]) -> dict[str, Any]:
         "worker (b2cal docs/orchestration.md). Blank: Prefect's default, the run a child of "
         "the worker."
     )
-    properties["stream_output"]["default"] = False
     return changed
 
 
@@ -76,33 +81,56 @@ def runs_folder() -> Path:
     return stack_folder() / "flow-runs"
 
 
+def record_path(flow_run_id: str) -> Path:
+    """Where the launcher records the supervisor of ``flow_run_id``."""
+    return runs_folder() / f"{flow_run_id}.json"
+
+
 def launch(flow_run_id: str, env: dict[str, str]) -> int:
-    """Start the supervisor of ``flow_run_id`` detached; its PID."""
+    """Start the supervisor of ``flow_run_id`` detached; its PID.
+
+    Once the supervisor runs, nothing here may fail the launch (the worker would mark a
+    running run Crashed): the record and the pruning after it only log what goes wrong, and
+    a SIGTERM meanwhile (the worker stopping) waits until the launcher is done.
+    """
     folder = runs_folder()
     folder.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in env.items() if k not in WORKER_CHANNEL_ENV}
     log = folder / f"{flow_run_id}.log"
-    with log.open("ab") as out:
-        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} flow run {flow_run_id}\n".encode())
-        out.flush()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "flow-run", "execute", flow_run_id],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # not in the worker's process group nor its session
-            cwd=folder,  # the worker deletes its own working folder for the run
-        )
-    record = {"pid": process.pid, "started": started(process.pid), "host": os.uname().nodename}
-    atomic_write_json(folder / f"{flow_run_id}.json", record)
-    _prune(folder)
+    stopped: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: stopped.append(signum))
+    try:
+        with log.open("ab") as out:
+            now = time.strftime("%Y-%m-%d %H:%M:%S")
+            out.write(f"--- {now} flow run {flow_run_id}\n".encode())
+            out.flush()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "flow-run", "execute", flow_run_id],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # not in the worker's process group nor its session
+                cwd=folder,  # the worker deletes its own working folder for the run
+            )
+        try:
+            record = {
+                "host": socket.gethostname(), "pid": process.pid,
+                "started": started(process.pid), "recorded": datetime.now(UTC).isoformat(),
+                "api_url": env.get("PREFECT_API_URL"),
+            }  # fmt: skip
+            atomic_write_json(record_path(flow_run_id), record)
+            _prune(folder)
+        except OSError as exc:
+            print(f"flow run {flow_run_id}: not recorded ({exc}); it runs", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return process.pid
 
 
 def _prune(folder: Path) -> None:
-    """Remove the logs of runs that ended over :data:`KEEP_LOGS_DAYS` ago, at most once per
-    :data:`PRUNE_EVERY_SECONDS`."""
+    """Remove the records of this host's runs that ended, and the logs of runs that ended
+    over :data:`KEEP_LOGS_DAYS` ago, at most once per :data:`PRUNE_EVERY_SECONDS`."""
     marker = folder / ".pruned"
     now = time.time()
     try:
@@ -111,6 +139,7 @@ def _prune(folder: Path) -> None:
     except FileNotFoundError:
         pass
     marker.touch()
+    running()  # removes the records of ended runs
     oldest = now - KEEP_LOGS_DAYS * 86400
     for log in folder.glob("*.log"):
         try:
@@ -120,21 +149,25 @@ def _prune(folder: Path) -> None:
             continue
 
 
-def running() -> dict[str, int]:
-    """The detached flow runs of this host still running: flow-run id -> supervisor PID
-    (records of ended runs are removed on the way)."""
+def running(api_url: str | None = None) -> dict[str, int]:
+    """The detached flow runs of this host still running (of the Prefect API ``api_url``
+    only, if given): flow-run id -> supervisor PID. Records of ended runs are removed on the
+    way; a record without the process's start time is never taken for a live one (its PID
+    may be another process's by now)."""
     found: dict[str, int] = {}
     folder = runs_folder()
-    host = os.uname().nodename
+    host = socket.gethostname()
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             record = json.loads(path.read_text())
-        except (OSError, ValueError):
+            pid, since = int(record["pid"]), record.get("started")
+        except (OSError, ValueError, KeyError, TypeError):
             continue
         if record.get("host") != host:
             continue
-        if alive(record.get("pid"), record.get("started")):
-            found[path.stem] = int(record["pid"])
+        if since and alive(pid, since):
+            if api_url is None or record.get("api_url") == api_url:
+                found[path.stem] = pid
         else:
             path.unlink(missing_ok=True)
     return found

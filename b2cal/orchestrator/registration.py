@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from b2cal.errors import B2CalError
@@ -39,8 +40,8 @@ def ensure_pools(pools: list[str], sites: list[Site]) -> None:
     """A process work pool of each name: every pool the deployments name must exist before
     they are deployed, whether or not its site has a file here; a site's description labels
     its pool. Each starts its flow runs through b2cal's launcher (:mod:`launcher`): an
-    existing pool's base job template is brought up to it; the rest of the pool is left as
-    it is."""
+    existing pool's command is set to it unless someone set another (:func:`launching`); the
+    rest of the pool is left as it is."""
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.workers.process import ProcessWorker
@@ -54,8 +55,9 @@ def ensure_pools(pools: list[str], sites: list[Site]) -> None:
             except ObjectNotFound:
                 existing = None
             if existing is not None:
-                if existing.base_job_template != template:
-                    client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
+                brought = launching(existing.base_job_template)
+                if brought is not None and brought != existing.base_job_template:
+                    client.update_work_pool(pool, WorkPoolUpdate(base_job_template=brought))
                 continue
             with contextlib.suppress(ObjectAlreadyExists):  # another b2cal created it meanwhile
                 client.create_work_pool(
@@ -66,6 +68,18 @@ def ensure_pools(pools: list[str], sites: list[Site]) -> None:
                         description=described.get(pool, f"b2cal work pool {pool}"),
                     )
                 )
+
+
+def launching(template: dict[str, Any]) -> dict[str, Any] | None:
+    """An existing pool's template with b2cal's launcher as its command (the rest of it as it
+    is), or None when someone set a command of their own there."""
+    try:
+        command = template["variables"]["properties"]["command"].get("default")
+    except (KeyError, TypeError, AttributeError):
+        return None  # not a process pool's template
+    if command and "b2cal.orchestrator.launcher" not in command:
+        return None
+    return job_template(template)
 
 
 def job_limit_name(site: Site) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from b2cal.core.files import atomic_write_json
-from b2cal.core.processes import alive, started
+from b2cal.core.processes import alive, group_alive, started
 from b2cal.errors import B2CalError
 from b2cal.orchestrator.client import stack_folder, stack_state
 from b2cal.orchestrator.launcher import running as detached_runs
@@ -337,7 +337,7 @@ class LocalStack:
             if pid and self.ours(pid, state):
                 _stop_group(pid)
                 say(f"stopped {name} (pid {pid})")
-        for flow_run, pid in detached_runs().items():
+        for flow_run, pid in detached_runs(state.get("api_url")).items():
             _stop_group(pid)
             say(f"stopped flow run {flow_run} (pid {pid})")
         server = state.get("server_pid")
@@ -350,7 +350,9 @@ class LocalStack:
 
 
 def _stop_group(pid: int) -> None:
-    """SIGTERM to the process's session (its children too), SIGKILL if it does not go."""
+    """SIGTERM to the process's group (its children too), SIGKILL to what is left of it if it
+    does not go: it is stopped when no process of the group is left (a flow run's engine and
+    collector processes still winding down after its supervisor went, say)."""
     try:
         group = os.getpgid(pid)
     except ProcessLookupError:
@@ -364,7 +366,7 @@ def _stop_group(pid: int) -> None:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):  # reap it if it is our child
                 os.waitpid(pid, os.WNOHANG)
-            if not alive(pid):
+            if not alive(pid) and not group_alive(group):
                 return
             time.sleep(0.1)
 

@@ -24,6 +24,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -32,6 +33,7 @@ from b2cal.core.processes import alive, started
 from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.states import ACTIVE, CalRunState, RequestState
 from b2cal.errors import B2CalError, StateConflict
+from b2cal.orchestrator import launcher
 from b2cal.processing.area import RequestArea
 from b2cal.processing.placement import in_process
 from b2cal.processing.preparation import calibrations_of
@@ -63,6 +65,9 @@ class ProcessRecord(BaseModel):
     pid: int
     #: When it started (clock ticks since boot): a reused PID is not taken for it.
     started: str | None = None
+    #: When it was recorded: a record older than the run's current state is an earlier
+    #: attempt's, and says nothing of this one (None: a record of an older b2cal).
+    recorded: datetime | None = None
 
     def alive(self) -> bool:
         return alive(self.pid, self.started)
@@ -71,13 +76,27 @@ class ProcessRecord(BaseModel):
 def record_process(area: RequestArea, flow_run_id: str) -> None:
     """The flow run's process records itself (called where a top-level flow run begins)."""
     pid = os.getpid()
-    here = ProcessRecord(host=socket.gethostname(), pid=pid, started=started(pid))
-    atomic_write_json(area.process_record(flow_run_id), here.model_dump())
+    here = ProcessRecord(
+        host=socket.gethostname(), pid=pid, started=started(pid), recorded=datetime.now(UTC)
+    )
+    atomic_write_json(area.process_record(flow_run_id), here.model_dump(mode="json"))
 
 
 def recorded_process(area: RequestArea, flow_run_id: str) -> ProcessRecord | None:
+    """The flow run's own process (the engine), as it recorded itself."""
+    return _read_record(area.process_record(flow_run_id))
+
+
+def launched_process(flow_run_id: str) -> ProcessRecord | None:
+    """The flow run's supervisor, as b2cal's launcher recorded it when the worker started the
+    run (:mod:`b2cal.orchestrator.launcher`): what there is before the engine runs, and what
+    is left when the engine never started."""
+    return _read_record(launcher.record_path(flow_run_id))
+
+
+def _read_record(path: Path) -> ProcessRecord | None:
     try:
-        return ProcessRecord.model_validate_json(area.process_record(flow_run_id).read_bytes())
+        return ProcessRecord.model_validate_json(path.read_bytes())
     except (OSError, ValueError):
         return None
 
@@ -143,8 +162,11 @@ def decide(
     only on the reconciler's own ``host``)."""
     if run is None or not watched.calibration_runs:
         return Decision(Verdict.NOTHING, watched)
-    if run.state == "RUNNING":
-        if process is not None and process.host == host and not alive(process):
+    if run.state in ("RUNNING", "PENDING"):  # pending: the worker has launched it
+        current = process is not None and (
+            process.recorded is None or process.recorded >= run.since
+        )
+        if current and process is not None and process.host == host and not alive(process):
             line = f"its process {process.pid} on {host} is gone (seen by b2cal)"
             return Decision(Verdict.MARK_CRASHED, watched, line)
         return Decision(Verdict.NOTHING, watched)
@@ -217,11 +239,19 @@ class CrashHistory:
 
 
 def crash_history(db: StateDatabase, request_id: int) -> CrashHistory:
-    """A request's crash history, read from the action log (the one record of it)."""
+    """A request's crash history, read from the action log (the one record of it). It gave
+    up only while a calibration run still ends with the line it gave up with: one rerun by a
+    person since is the request's current story."""
     actions = db.actions(limit=1000, target=f"request {request_id}")
     retries = sum(1 for a in actions if a.action == RETRY_ACTION)
     gave_up = next((a for a in actions if a.action == GIVE_UP_ACTION), None)  # newest first
-    return CrashHistory(retries, str(gave_up.detail.get("reason", "")) if gave_up else None)
+    reason = str(gave_up.detail.get("reason", "")) if gave_up else None
+    if reason is not None:
+        failed = {
+            c.message for c in db.calibration_runs(request_id) if c.state is CalRunState.FAILED
+        }
+        reason = reason if reason in failed else None
+    return CrashHistory(retries, reason)
 
 
 def record(db: StateDatabase, decision: Decision) -> None:
@@ -239,10 +269,10 @@ def record(db: StateDatabase, decision: Decision) -> None:
         db.log_action(HEALER, RETRY_ACTION, target, "ok", detail)
         db.finish_request(watched.request_id, line)
     elif verdict in (Verdict.GIVE_UP, Verdict.ORPHANED):
-        _fail(db, watched.calibration_runs, line)
-        if verdict is Verdict.GIVE_UP:
+        if verdict is Verdict.GIVE_UP:  # logged first: whoever sees the request FAILED finds it
             detail = {"flow_run": watched.flow_run_id, "retries": decision.retry, "reason": line}
             db.log_action(HEALER, GIVE_UP_ACTION, target, "failed", detail)
+        _fail(db, watched.calibration_runs, line)
         db.finish_request(watched.request_id, line)
     elif verdict is Verdict.CANCEL:
         with contextlib.suppress(StateConflict):  # cancelled or ended already

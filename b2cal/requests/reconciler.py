@@ -27,9 +27,11 @@ from b2cal.processing.jobs import cancel_left_jobs
 from b2cal.requests.healing import (
     Decision,
     FlowRunView,
+    ProcessRecord,
     Verdict,
     Watched,
     decide,
+    launched_process,
     record,
     recorded_process,
     retries_made,
@@ -101,6 +103,23 @@ def act(site: Site, db: StateDatabase, client: SyncPrefectClient, decision: Deci
     return True
 
 
+def process_of(area: RequestArea, flow_run_id: str, state: str | None) -> ProcessRecord | None:
+    """The process whose life tells whether a running or launched flow run still runs: its
+    engine once that has recorded itself, else the supervisor b2cal's launcher started (read
+    only where it counts)."""
+    if state not in ("RUNNING", "PENDING"):
+        return None
+    launched = launched_process(flow_run_id)
+    engine = recorded_process(area, flow_run_id) if state == "RUNNING" else None
+    if engine is None or (launched is not None and _older(engine, launched)):
+        return launched  # no engine yet, or only an earlier attempt's
+    return engine
+
+
+def _older(one: ProcessRecord, other: ProcessRecord) -> bool:
+    return one.recorded is not None and other.recorded is not None and one.recorded < other.recorded
+
+
 def reconcile(site: Site, db: StateDatabase, *, now: datetime | None = None) -> list[Decision]:
     """One pass: every watched flow run of the site judged and healed, through one Prefect
     client (none when nothing is watched); returns what was done (NOTHING left out)."""
@@ -127,9 +146,7 @@ def reconcile(site: Site, db: StateDatabase, *, now: datetime | None = None) -> 
                 crash_retries=site.crash_retries,
                 backoff_seconds=site.crash_backoff_seconds,
                 now=now or datetime.now(UTC),
-                process=recorded_process(area(watched), watched.flow_run_id)
-                if state == "RUNNING"
-                else None,
+                process=process_of(area(watched), watched.flow_run_id, state),
                 host=socket.gethostname(),
             )
             if decision.verdict is not Verdict.NOTHING and act(site, db, client, decision):
