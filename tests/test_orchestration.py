@@ -33,22 +33,16 @@ def test_a_prompt_request_runs_through_the_deployments_and_closes(stack: Stack) 
     stack.copy_toy(1, "local")
     found = stack.b2cal("discover", "--site", "local")
     assert "closed e1 bucket 1: runs 1-8" in found.stdout, found.stdout + found.stderr
-    request = created_request(
-        stack.b2cal(
-            "request", "create", "--site", "local", "--exp", "1", "--bucket", "1", "--no-start"
-        )
+    created = stack.b2cal(
+        "request", "create", "--site", "local", "--exp", "1", "--bucket", "1", "--no-start"
     )
+    request = created_request(created)
+    said = "not started; start it with: prefect deployment run "
+    assert said in created.stdout, created.stdout
+    command = created.stdout.split(said)[1].split()  # the command it says, as printed
+    assert command == ["process-request/local", "--param", f"request_id={request}"]
     started = time.monotonic()
-    run = stack.prefect(
-        "deployment",
-        "run",
-        "process-request/local",
-        "--param",
-        f"request_id={request}",
-        "--param",
-        "site=local",
-        "--watch",
-    )
+    run = stack.prefect("deployment", "run", *command, "--watch")
     assert run.returncode == 0, run.stdout + run.stderr
     assert request_state(stack, request) is RequestState.DONE
     states = {name: c.state for name, c in calruns(stack, request).items()}

@@ -168,6 +168,11 @@ def request_create(
         if start:
             flow_run = start_request(db, request, here)
             console.print(f"started process-request/{here.name}: flow run {flow_run}")
+        else:
+            console.print(
+                f"not started; start it with: prefect deployment run "
+                f"process-request/{here.name} --param request_id={request.id}"
+            )
 
 
 def _create_through(url: str, body: dict[str, Any]) -> None:
