@@ -131,3 +131,27 @@ def test_a_missing_database_is_refused_and_not_created(tmp_path: Path, default: 
     assert missing.is_file()
     listed = json.loads(ok(b2cal_inline("cdb", *options, "tags", "--json", env=env)))
     assert [t["name"] for t in listed] == ["t"]
+
+
+def test_payloads_are_found_by_a_calibration_run_id_that_reads_as_a_number(
+    calibrated: Path, tmp_path: Path
+) -> None:
+    """Calibration run ids are hex strings: ``174383332323`` or ``12e4...`` read as numbers
+    too, and must still find the payloads whose provenance names them."""
+    import shutil
+
+    copied = tmp_path / "ChannelT0"
+    shutil.copytree(calibrated / "ChannelT0", copied)
+    sidecars = sorted((copied / "provenance").glob("*.json"))
+    assert sidecars
+    for sidecar in sidecars:
+        provenance = json.loads(sidecar.read_text())
+        provenance["calibration_run"] = "174383332323"
+        sidecar.write_text(json.dumps(provenance))
+    ok(cdb(tmp_path, "create", "staging"))
+    ok(cdb(tmp_path, "upload", copied / "outputdb", "--tag", "staging"))
+    for where in ("calibration_run=174383332323", "calibration=ChannelT0"):
+        found = json.loads(ok(cdb(tmp_path, "payloads", "--where", where, "--json")))
+        assert [p["revision"] for p in found] == [1, 2], where
+    nothing = json.loads(ok(cdb(tmp_path, "payloads", "--where", "calibration_run=1", "--json")))
+    assert nothing == []

@@ -295,14 +295,19 @@ def payloads(
     as_json: Json = False,
 ) -> None:
     """Find payloads by name and provenance (which calibration run made them, from what)."""
-    filters: dict[str, Any] = {}
+    wanted: dict[str, tuple[Any, ...]] = {}
     for item in where or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise B2CalError(f"--where takes KEY=VALUE, got {item!r}")
-        filters[key] = _json_value(value)
+        wanted[key] = _json_values(value)
+    missing = object()
     with _store() as store:
-        found = store.find_payloads(name, **filters)
+        found = [
+            p
+            for p in store.find_payloads(name)
+            if all(_among(p.provenance.get(key, missing), values) for key, values in wanted.items())
+        ]
     if as_json:
         _print_json([_payload_doc(p) for p in found])
         return
@@ -322,9 +327,16 @@ def payloads(
     _console_print(table)
 
 
-def _json_value(text: str) -> Any:
-    """``3`` matches the number 3, ``abc`` the string; provenance values keep their JSON type."""
+def _json_values(text: str) -> tuple[Any, ...]:
+    """What ``KEY=text`` matches: the string, and the JSON value the text reads as (``3``
+    matches the number 3 and the string "3"): a calibration run id is a hex string that can
+    read as a number (``174383332323``, ``12e4``)."""
     try:
-        return json.loads(text)
+        return (text, json.loads(text))
     except json.JSONDecodeError:
-        return text
+        return (text,)
+
+
+def _among(value: Any, values: tuple[Any, ...]) -> bool:
+    """``value`` is one of ``values``, of the same JSON type (``true`` is not ``1``)."""
+    return any(type(value) is type(v) and value == v for v in values)
