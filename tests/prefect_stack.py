@@ -353,3 +353,30 @@ def failing_always(stack: Stack, run: int) -> Iterator[None]:
         yield
     finally:
         marker.unlink(missing_ok=True)
+
+
+def done_jobs(stack: Stack, site: str, request: int, calibration: str) -> dict[str, int]:
+    """Finished collector jobs of iteration 0: job folder -> mtime_ns of its status."""
+    jobs = stack.workspace(site, request) / "output" / calibration / "iterations" / "0" / "jobs"
+    found = {}
+    for status in jobs.glob("*/status.json"):
+        if json.loads(status.read_text()).get("state") == "done":
+            found[status.parent.name] = status.stat().st_mtime_ns
+    return found
+
+
+def reference_output(
+    stack: Stack, request: int, calibration: str, tmp_path: Path
+) -> dict[str, bytes]:
+    """The request's calibration run without Prefect, on the request's own input files: the
+    payloads a clean run gives."""
+    files = stack.workspace("local", request) / "files.json"
+    with stack.db() as db:
+        made = db.request(request)
+    ran = stack.b2cal(
+        "caf", "run", "--files-from", files, "--exp", str(made.exp),
+        "--runs", f"{made.run_low}-{made.run_high}", "--calibrations", calibration,
+        "--output", tmp_path / "reference",
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    return outputdb_bytes(tmp_path / "reference" / calibration / "outputdb")

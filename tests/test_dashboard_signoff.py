@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from browser import pages_for
 from nginx_front import dashboard_behind_nginx
 from pki import PKI
-from prefect_stack import Stack, calruns, failing_always, outputdb_bytes, request_state, wait_until
+from prefect_stack import (
+    Stack,
+    calruns,
+    done_jobs,
+    failing_always,
+    outputdb_bytes,
+    reference_output,
+    request_state,
+    wait_until,
+)
 
 from b2cal.auth.names import grid_dn
 from b2cal.db import users
@@ -22,18 +32,23 @@ pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("in_stack")]
 S = CalRunState
 
 
+def listed_as_expert(stack: Stack, person: Any, calibration: str) -> None:
+    """The VO lists ``person`` as an expert of ``calibration`` (and keeps the others)."""
+    with stack.db() as db:
+        known = [
+            users.Member(u.dn, u.name, u.email, u.vo_grants) for u in users.users(db) if u.in_vo
+        ]
+        grant = {"role": "expert", "calibrations": [calibration]}
+        users.sync(db, [*known, users.Member(grid_dn(person.cert.subject), grants=[grant])], "test")
+
+
 def test_an_expert_signs_off_in_the_browser_and_the_upload_follows(
     stack: Stack, tmp_path: Path
 ) -> None:
     pki = PKI(tmp_path / "pki")
     host = pki.host("localhost")
     expert = pki.user("Bea Browser")
-    with stack.db() as db:  # the VO lists her as an expert of ChannelT0 (and keeps the others)
-        known = [
-            users.Member(u.dn, u.name, u.email, u.vo_grants) for u in users.users(db) if u.in_vo
-        ]
-        grant = {"role": "expert", "calibrations": ["ChannelT0"]}
-        users.sync(db, [*known, users.Member(grid_dn(expert.cert.subject), grants=[grant])], "test")
+    listed_as_expert(stack, expert, "ChannelT0")
 
     stack.copy_toy(9, "bnl")
     found = stack.b2cal("discover", "--site", "bnl", "--start")
@@ -94,12 +109,7 @@ def test_a_mended_file_is_resubmitted_and_retried_in_the_browser(
     pki = PKI(tmp_path / "pki")
     host = pki.host("localhost")
     expert = pki.user("Rea Resubmit")
-    with stack.db() as db:
-        known = [
-            users.Member(u.dn, u.name, u.email, u.vo_grants) for u in users.users(db) if u.in_vo
-        ]
-        grant = {"role": "expert", "calibrations": ["FlakyT0"]}
-        users.sync(db, [*known, users.Member(grid_dn(expert.cert.subject), grants=[grant])], "test")
+    listed_as_expert(stack, expert, "FlakyT0")
     stack.copy_toy(13, "local")
     assert stack.b2cal("discover", "--site", "local").returncode == 0
     with failing_always(stack, run=3):
@@ -111,11 +121,8 @@ def test_a_mended_file_is_resubmitted_and_retried_in_the_browser(
     target = calruns(stack, request)["FlakyT0"]
     assert "run 3 fails every time" in (target.message or "")
     jobs = stack.workspace("local", request) / "output/FlakyT0/iterations/0/jobs"
-    before = {  # the jobs done when it failed (the collection stops at a failed job)
-        s.parent.name: s.stat().st_mtime_ns
-        for s in jobs.glob("*/status.json")
-        if json.loads(s.read_text()).get("state") == "done"
-    }
+    # the jobs done when it failed (the collection stops at a failed job)
+    before = done_jobs(stack, "local", request, "FlakyT0")
 
     mended = next((stack.home / "storage-local" / "e0013").rglob("*.r00003.f00000.root"))
     copy = mended.read_bytes()
@@ -149,11 +156,5 @@ def test_a_mended_file_is_resubmitted_and_retried_in_the_browser(
     run3 = sorted(n for n, spec in specs.items() if {f["run"] for f in spec["files"]} == {3})
     assert before and not set(run3) & set(before)
     assert {job: after[job] for job in before} == before  # what was done is kept
-    reference = tmp_path / "reference"
-    ran = stack.b2cal(
-        "caf", "run", "--files-from", stack.workspace("local", request) / "files.json",
-        "--exp", "13", "--runs", "1-4", "--calibrations", "FlakyT0", "--output", reference,
-    )  # fmt: skip
-    assert ran.returncode == 0, ran.stdout + ran.stderr
     output = stack.workspace("local", request) / "output/FlakyT0/outputdb"
-    assert outputdb_bytes(output) == outputdb_bytes(reference / "FlakyT0/outputdb")
+    assert outputdb_bytes(output) == reference_output(stack, request, "FlakyT0", tmp_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from calibration_runs import started_request
 
+from b2cal.core.processes import ProcessRecord
 from b2cal.db.database import StateDatabase
 from b2cal.db.states import CalRunState, RequestState
 from b2cal.requests.healing import (
@@ -18,7 +19,6 @@ from b2cal.requests.healing import (
     RETRY_ACTION,
     Decision,
     FlowRunView,
-    ProcessRecord,
     Verdict,
     Watched,
     decide,

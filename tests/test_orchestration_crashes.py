@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import signal
 import time
@@ -20,11 +19,13 @@ from prefect_stack import (
     Stack,
     calruns,
     created_request,
+    done_jobs,
     failing_always,
     flow_run_message,
     flow_run_pids,
     flow_run_state,
     outputdb_bytes,
+    reference_output,
     request_state,
     wait_until,
 )
@@ -44,16 +45,6 @@ def retry(stack: Stack, flow_run: str) -> None:
     """``prefect flow-run retry`` of a crashed run, as a user would."""
     retried = stack.prefect("flow-run", "retry", flow_run)
     assert retried.returncode == 0, retried.stdout + retried.stderr
-
-
-def done_jobs(stack: Stack, site: str, request: int, calibration: str) -> dict[str, int]:
-    """Finished collector jobs of iteration 0: job folder -> mtime_ns of its status."""
-    jobs = stack.workspace(site, request) / "output" / calibration / "iterations" / "0" / "jobs"
-    found = {}
-    for status in jobs.glob("*/status.json"):
-        if json.loads(status.read_text()).get("state") == "done":
-            found[status.parent.name] = status.stat().st_mtime_ns
-    return found
 
 
 def start_slow_request(stack: Stack, exp: int) -> tuple[int, str]:
@@ -77,29 +68,6 @@ def start_slow_request(stack: Stack, exp: int) -> tuple[int, str]:
         flow_run = db.request(request).flow_run_id
     assert flow_run
     return request, flow_run
-
-
-def reference_output(stack: Stack, request: int, tmp_path: Path) -> dict[str, bytes]:
-    """The same calibration run without Prefect, on the request's own input files."""
-    files = stack.workspace("local", request) / "files.json"
-    with stack.db() as db:
-        exp = db.request(request).exp
-    ran = stack.b2cal(
-        "caf",
-        "run",
-        "--files-from",
-        files,
-        "--exp",
-        str(exp),
-        "--runs",
-        "1-4",
-        "--calibrations",
-        "SlowT0",
-        "--output",
-        tmp_path / "reference",
-    )
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    return outputdb_bytes(tmp_path / "reference" / "SlowT0" / "outputdb")
 
 
 def healed_by_b2cal(stack: Stack, request: int, flow_run: str, killed: float) -> None:
@@ -133,7 +101,7 @@ def test_a_killed_flow_run_is_healed_by_b2cal_reusing_finished_work(
     assert {job: after[job] for job in before} == before  # finished jobs were not run again
     assert calruns(stack, request)["SlowT0"].state is S.UPLOADED
     output = stack.workspace("local", request) / "output" / "SlowT0" / "outputdb"
-    assert outputdb_bytes(output) == reference_output(stack, request, tmp_path)
+    assert outputdb_bytes(output) == reference_output(stack, request, "SlowT0", tmp_path)
     # Prefect 3.9 reruns the subflow of the retried parent under the same flow run; were it a
     # fresh one, the first attempt's, marked Crashed late (no heartbeat), changes nothing
     assert first_subflow

@@ -4,7 +4,13 @@ its process started (clock ticks since boot, from ``/proc``)."""
 from __future__ import annotations
 
 import os
+import socket
+from datetime import UTC, datetime
 from pathlib import Path
+
+from pydantic import BaseModel
+
+from b2cal.core.files import atomic_write_json
 
 
 def started(pid: int) -> str | None:
@@ -55,3 +61,44 @@ def group_alive(group: int) -> bool:
         if int(fields[2]) == group and fields[0] != "Z":
             return True
     return False
+
+
+class ProcessRecord(BaseModel):
+    """Where a process runs, written by itself or by what started it (a flow run's engine; the
+    supervisor b2cal's launcher started): read on that host, it says whether the process is
+    still there, and never takes a reused PID for it."""
+
+    host: str
+    pid: int
+    #: When it started (clock ticks since boot): a reused PID is not taken for it.
+    started: str | None = None
+    #: When it was recorded: a record older than what it is compared with (a flow run's
+    #: current state) is an earlier attempt's (None: a record of an older b2cal).
+    recorded: datetime | None = None
+    #: The Prefect API of the flow run (the launcher's records: ``server down`` stops its own).
+    api_url: str | None = None
+
+    @classmethod
+    def of(cls, pid: int, api_url: str | None = None) -> ProcessRecord:
+        """The record of process ``pid`` of this host, now."""
+        return cls(host=socket.gethostname(), pid=pid, started=started(pid),
+                   recorded=datetime.now(UTC), api_url=api_url)  # fmt: skip
+
+    @classmethod
+    def read(cls, path: Path) -> ProcessRecord | None:
+        """The record at ``path`` (None if there is none, or it cannot be read)."""
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def write(self, path: Path) -> None:
+        atomic_write_json(path, self.model_dump(mode="json"))
+
+    def here(self) -> bool:
+        """Whether it is a process of this host."""
+        return self.host == socket.gethostname()
+
+    def alive(self) -> bool:
+        """Whether the process is still there (the one that started then, if that is known)."""
+        return alive(self.pid, self.started)

@@ -28,16 +28,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from b2cal.core.files import atomic_write_json
-from b2cal.core.processes import alive, started
+from b2cal.core.processes import ProcessRecord
 from b2cal.orchestrator.client import stack_folder
 
 #: Set by the worker: the flow run to start.
@@ -114,12 +111,9 @@ def launch(flow_run_id: str, env: dict[str, str]) -> int:
                 cwd=folder,  # the worker deletes its own working folder for the run
             )
         try:
-            record = {
-                "host": socket.gethostname(), "pid": process.pid,
-                "started": started(process.pid), "recorded": datetime.now(UTC).isoformat(),
-                "api_url": env.get("PREFECT_API_URL"),
-            }  # fmt: skip
-            atomic_write_json(record_path(flow_run_id), record)
+            ProcessRecord.of(process.pid, env.get("PREFECT_API_URL")).write(
+                record_path(flow_run_id)
+            )
             _prune(folder)
         except OSError as exc:
             print(f"flow run {flow_run_id}: not recorded ({exc}); it runs", file=sys.stderr)
@@ -156,18 +150,13 @@ def running(api_url: str | None = None) -> dict[str, int]:
     may be another process's by now)."""
     found: dict[str, int] = {}
     folder = runs_folder()
-    host = socket.gethostname()
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            record = json.loads(path.read_text())
-            pid, since = int(record["pid"]), record.get("started")
-        except (OSError, ValueError, KeyError, TypeError):
+        record = ProcessRecord.read(path)
+        if record is None or not record.here():
             continue
-        if record.get("host") != host:
-            continue
-        if since and alive(pid, since):
-            if api_url is None or record.get("api_url") == api_url:
-                found[path.stem] = pid
+        if record.started is not None and record.alive():
+            if api_url is None or record.api_url == api_url:
+                found[path.stem] = record.pid
         else:
             path.unlink(missing_ok=True)
     return found

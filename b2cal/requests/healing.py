@@ -20,16 +20,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from pydantic import BaseModel
-
-from b2cal.core.files import atomic_write_json
-from b2cal.core.processes import alive, started
+from b2cal.core.processes import ProcessRecord
 from b2cal.db.database import SYSTEM, StateDatabase
 from b2cal.db.states import ACTIVE, CalRunState, RequestState
 from b2cal.errors import B2CalError, StateConflict
@@ -57,48 +52,22 @@ class FlowRunView:
     since: datetime
 
 
-class ProcessRecord(BaseModel):
-    """Where a top-level flow run's process runs, as it recorded itself when it began (Prefect
-    keeps a bare PID, without the host): a reconciler on that host can see it die."""
-
-    host: str
-    pid: int
-    #: When it started (clock ticks since boot): a reused PID is not taken for it.
-    started: str | None = None
-    #: When it was recorded: a record older than the run's current state is an earlier
-    #: attempt's, and says nothing of this one (None: a record of an older b2cal).
-    recorded: datetime | None = None
-
-    def alive(self) -> bool:
-        return alive(self.pid, self.started)
-
-
 def record_process(area: RequestArea, flow_run_id: str) -> None:
-    """The flow run's process records itself (called where a top-level flow run begins)."""
-    pid = os.getpid()
-    here = ProcessRecord(
-        host=socket.gethostname(), pid=pid, started=started(pid), recorded=datetime.now(UTC)
-    )
-    atomic_write_json(area.process_record(flow_run_id), here.model_dump(mode="json"))
+    """The flow run's process records itself (called where a top-level flow run begins):
+    Prefect keeps a bare PID, without the host; a reconciler on this host can see it die."""
+    ProcessRecord.of(os.getpid()).write(area.process_record(flow_run_id))
 
 
 def recorded_process(area: RequestArea, flow_run_id: str) -> ProcessRecord | None:
     """The flow run's own process (the engine), as it recorded itself."""
-    return _read_record(area.process_record(flow_run_id))
+    return ProcessRecord.read(area.process_record(flow_run_id))
 
 
 def launched_process(flow_run_id: str) -> ProcessRecord | None:
     """The flow run's supervisor, as b2cal's launcher recorded it when the worker started the
     run (:mod:`b2cal.orchestrator.launcher`): what there is before the engine runs, and what
     is left when the engine never started."""
-    return _read_record(launcher.record_path(flow_run_id))
-
-
-def _read_record(path: Path) -> ProcessRecord | None:
-    try:
-        return ProcessRecord.model_validate_json(path.read_bytes())
-    except (OSError, ValueError):
-        return None
+    return ProcessRecord.read(launcher.record_path(flow_run_id))
 
 
 @dataclass(frozen=True)

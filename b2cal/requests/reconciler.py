@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from b2cal.core.processes import ProcessRecord
 from b2cal.db.database import StateDatabase
 from b2cal.orchestrator.client import prefect_client
 from b2cal.processing.area import RequestArea
@@ -27,7 +28,6 @@ from b2cal.processing.jobs import cancel_left_jobs
 from b2cal.requests.healing import (
     Decision,
     FlowRunView,
-    ProcessRecord,
     Verdict,
     Watched,
     decide,
