@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,9 +49,14 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def test_server_up_status_down(home: tuple[Path, dict[str, str]]) -> None:
     folder, env = home
     port = str(free_port())
+    users_profiles = folder / "user-prefect" / "profiles.toml"
+    users_profiles.parent.mkdir(parents=True, exist_ok=True)
+    users_profiles.write_text(USERS_PROFILES)
     up = run(env, "server", "up", "--port", port, "--no-discover", "--poll", "1")
     assert up.returncode == 0, up.stdout + up.stderr
     assert f"Prefect UI: http://127.0.0.1:{port}" in up.stdout
+    said = " ".join(up.stdout.split())
+    assert f"export PREFECT_API_URL=http://127.0.0.1:{port}/api" in said, said
     stack = json.loads((folder / "server" / "stack.json").read_text())
     pids = [stack["server_pid"], *stack["workers"].values(), *stack["reconcilers"].values()]
     assert len(pids) == 3 and all(alive(pid) for pid in pids)
@@ -112,6 +118,12 @@ def test_server_up_status_down(home: tuple[Path, dict[str, str]]) -> None:
     assert detached.wait(timeout=30) == -signal.SIGTERM
     assert not any(alive(pid) for pid in pids)
     assert "stopped" in run(env, "server", "status").stdout
+    found = tomllib.loads(users_profiles.read_text())
+    assert found == tomllib.loads(USERS_PROFILES)  # the user's Prefect as found
+
+
+#: A user's own Prefect profiles, active one included: ``server down`` puts them back.
+USERS_PROFILES = 'active = "work"\n\n[profiles.work]\nPREFECT_API_URL = "https://p.example/api"\n'
 
 
 def test_a_taken_port_is_refused(home: tuple[Path, dict[str, str]]) -> None:
@@ -133,6 +145,7 @@ def test_a_failed_start_leaves_nothing_running(home: tuple[Path, dict[str, str]]
     assert_one_line_error(failed, "site broken")
     stack = json.loads((folder / "server" / "stack.json").read_text())
     assert "server_pid" not in stack and stack["workers"] == {}
+    assert not (folder / "user-prefect" / "profiles.toml").exists()  # as found: none
     assert stack_processes(folder) == []
     assert processes_with(f"B2CAL_HOME={folder}", b"reconcile") == []
 

@@ -57,6 +57,7 @@ def server_up(
 ) -> None:
     """Start the local stack (what runs already is kept); prints where the UI is."""
     from b2cal.cli.console import console, errors
+    from b2cal.orchestrator.profile import PROFILE, export_line
     from b2cal.orchestrator.stack import LocalStack, StackOptions, site_list
 
     options = StackOptions(
@@ -76,7 +77,11 @@ def server_up(
             shown.update(line)
 
         state = stack.up(options, say=say)
-    console.print(f"Prefect UI: {state['ui_url']}  (API {state['api_url']}, profile b2cal)")
+    console.print(f"Prefect UI: {state['ui_url']}  (API {state['api_url']})")
+    console.print(
+        f"prefect reaches it through the profile {PROFILE!r}, active until `b2cal server down` "
+        f"puts yours back (one shell only: {export_line(state['api_url'])})"
+    )
     console.print(f"logs: {stack.folder / 'logs'}")
 
 

@@ -32,7 +32,7 @@ from b2cal.core.processes import alive, group_alive, started
 from b2cal.errors import B2CalError
 from b2cal.orchestrator.client import stack_folder, stack_state
 from b2cal.orchestrator.launcher import running as detached_runs
-from b2cal.orchestrator.profile import write_profile
+from b2cal.orchestrator.profile import ProfileBefore, point_at, restore
 from b2cal.settings import Settings
 from b2cal.sites import Site, load_site, site_names
 
@@ -188,7 +188,9 @@ class LocalStack:
                 self._save(state)
                 self._wait_healthy(url, state["server_pid"])
                 say(f"Prefect server up at {url}")
-            write_profile(url, self.auth_string)
+            before = point_at(url, self.auth_string)
+            state.setdefault("profile_before", before.model_dump())  # the first up's finding
+            self._save(state)
             self._register(url, options, say)
             workers = dict(state.get("workers", {}))
             for site in sites:
@@ -213,7 +215,9 @@ class LocalStack:
                 _stop_group(pid)
             if started:
                 recorded = self.state()
-                if recorded.get("server_pid") in started:
+                if recorded.get("server_pid") in started:  # no stack: the profile as found
+                    if recorded.get("profile_before") is not None:
+                        restore(ProfileBefore.model_validate(recorded["profile_before"]))
                     recorded = {"workers": {}, "api_url": url}
                 for kind in ("workers", "reconcilers"):
                     pids = recorded.get(kind, {})
@@ -346,6 +350,10 @@ class LocalStack:
             say(f"stopped server (pid {server})")
         state["workers"], state["reconcilers"] = {}, {}
         state.pop("server_pid", None)
+        before = state.pop("profile_before", None)
+        if before is not None:
+            restore(ProfileBefore.model_validate(before))
+            say("Prefect profile restored")
         self._save(state)
 
 
