@@ -118,6 +118,16 @@ class BackendSettings(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class Discovery(_Strict):
+    """How a site's discovery runs (when it is on): one flow run scans every ``scan_seconds``
+    for ``run_minutes``, then the next one takes over, so a file is registered within about
+    ``settle_seconds + scan_seconds`` of landing and a day adds ``24 * 60 / run_minutes``
+    discovery runs to the Prefect UI's list."""
+
+    scan_seconds: float = Field(default=60, gt=0)
+    run_minutes: float = Field(default=30, gt=0)
+
+
 class Retention(_Strict):
     """How long an uploaded request's collector outputs stay (payloads and logs are kept)."""
 
@@ -150,6 +160,7 @@ class Site(BaseSettings):
     #: A file is registered once its size and mtime have not changed for this long.
     settle_seconds: float = Field(default=60, ge=0)
     buckets: BucketRule = BucketRule(runs=8)
+    discovery: Discovery = Discovery()
     backend: BackendSettings = BackendSettings()
     #: State database and conditions database (unset: ``B2CAL_STATE_URL``/``B2CAL_CDB_URL``,
     #: else SQLite files under b2cal's home).

@@ -63,6 +63,9 @@ work_root = "{home}/work-bnl"
 settle_seconds = 0
 [buckets]
 runs = 4
+[discovery]
+scan_seconds = 2
+run_minutes = 0.5
 [backend]
 workers = 2
 job_limit = 4

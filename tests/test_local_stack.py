@@ -139,10 +139,14 @@ def test_a_taken_port_is_refused(home: tuple[Path, dict[str, str]]) -> None:
 
 def test_a_failed_start_leaves_nothing_running(home: tuple[Path, dict[str, str]]) -> None:
     folder, env = home
-    # a site file that cannot be loaded makes the registration fail after the server started
-    (folder / "sites" / "broken.toml").write_text("storage_roots = [\n")
-    failed = run(env, "server", "up", "--port", str(free_port()), "--no-discover")
-    assert_one_line_error(failed, "site broken")
+    # a site that prefect.yaml deploys nothing for makes the registration fail after the
+    # server started
+    (folder / "sites" / "extra.toml").write_text(
+        f'storage_roots = ["{folder}/extra"]\nwork_root = "{folder}/extra-work"\n'
+    )
+    failed = run(env, "server", "up", "--port", str(free_port()), "--no-discover",
+                 "--sites", "local,extra")  # fmt: skip
+    assert_one_line_error(failed, "no deployments for site extra")
     stack = json.loads((folder / "server" / "stack.json").read_text())
     assert "server_pid" not in stack and stack["workers"] == {}
     assert not (folder / "user-prefect" / "profiles.toml").exists()  # as found: none

@@ -23,7 +23,8 @@ def server_up(
         bool,
         typer.Option(
             "--discover/--no-discover",
-            help="Turn on these sites' scheduled discovery (and run it once now).",
+            help="Turn on these sites' discovery (their discover-data deployments resumed; "
+            "the first run starts now).",
         ),
     ] = True,
     poll: Annotated[

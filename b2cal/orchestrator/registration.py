@@ -24,24 +24,29 @@ WEBHOOK_BLOCK = "b2cal-notify"
 SIGNOFF_EVENT = "b2cal.signoff.waiting"
 
 
-def deployment_pools(project: Path) -> list[str]:
-    """The work pools the deployments of a ``prefect.yaml`` name, in order."""
+def deployed_pools(project: Path, sites: list[Site]) -> list[str]:
+    """The work pools of the deployments ``project`` (a ``prefect.yaml``) makes for these sites
+    (deployments are named after their site), in order; a site it makes none for is refused."""
     import yaml
 
     try:
         doc = yaml.safe_load(project.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise B2CalError(f"{project} cannot be read: {exc}") from None
-    pools = [d.get("work_pool", {}).get("name") for d in doc.get("deployments") or []]
-    return list(dict.fromkeys(p for p in pools if p))
+    pools: dict[str, None] = {}
+    for site in sites:
+        found = [d for d in doc.get("deployments") or [] if d.get("name") == site.name]
+        if not found:
+            raise B2CalError(f"{project} has no deployments for site {site.name}")
+        pools.update((d.get("work_pool", {}).get("name") or site.work_pool, None) for d in found)
+    return list(pools)
 
 
 def ensure_pools(pools: list[str], sites: list[Site]) -> None:
     """A process work pool of each name: every pool the deployments name must exist before
-    they are deployed, whether or not its site has a file here; a site's description labels
-    its pool. Each starts its flow runs through b2cal's launcher (:mod:`launcher`): an
-    existing pool's command is set to it unless someone set another (:func:`launching`); the
-    rest of the pool is left as it is."""
+    they are deployed; a site's description labels its pool. Each starts its flow runs
+    through b2cal's launcher (:mod:`launcher`): an existing pool's command is set to it unless
+    someone set another (:func:`launching`); the rest of the pool is left as it is."""
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.workers.process import ProcessWorker
@@ -187,15 +192,10 @@ def ensure_automations(heartbeat_timeout: int, notify_url: str | None) -> None:
         automation.create()
 
 
-def activate_discovery(site: str) -> None:
-    """Turn on the scheduled discovery of a site (``prefect.yaml`` leaves the local one off),
-    and run it once now rather than at the schedule's next tick."""
-    from b2cal.orchestrator.client import start_deployment_run
+def activate_discovery(site: Site) -> None:
+    """Turn on a site's discovery (``prefect.yaml`` deploys it paused) and start its first
+    run now rather than at the reconciler's next pass (:mod:`discovery_runs`)."""
+    from b2cal.orchestrator import discovery_runs
 
-    name = f"discover-data/{site}"
-    with prefect_client() as client:
-        deployment = client.read_deployment_by_name(name)
-        for schedule in client.read_deployment_schedules(deployment.id):
-            if not schedule.active:
-                client.update_deployment_schedule(deployment.id, schedule.id, active=True)
-    start_deployment_run(name, {"site": site}, [f"site:{site}"])
+    discovery_runs.switch(site, on=True)
+    discovery_runs.keep_going(site)

@@ -287,7 +287,7 @@ class LocalStack:
     def _register(self, url: str, options: StackOptions, say: Callable[[str], None]) -> None:
         from b2cal.orchestrator.registration import (
             activate_discovery,
-            deployment_pools,
+            deployed_pools,
             ensure_automations,
             ensure_job_limits,
             ensure_pools,
@@ -297,12 +297,15 @@ class LocalStack:
         os.environ["PREFECT_API_URL"] = url  # this process's client, for what follows
         if self.auth_string:
             os.environ["PREFECT_API_AUTH_STRING"] = self.auth_string
-        all_sites = [load_site(name) for name in site_names()]
-        ensure_pools(deployment_pools(CHECKOUT / "prefect.yaml"), all_sites)
-        ensure_job_limits(all_sites)
+        # Only the sites served here: another site's pool, without a worker on this machine,
+        # would show "Not Ready" in the UI for ever (a site deploys its own where it runs).
+        served = [load_site(name) for name in options.sites]
+        ensure_pools(deployed_pools(CHECKOUT / "prefect.yaml", served), served)
+        ensure_job_limits(served)
         started = time.monotonic()
+        names = [arg for site in served for arg in ("--name", f"*/{site.name}")]
         deploy = subprocess.run(
-            [_prefect(), "--no-prompt", "deploy", "--all"],
+            [_prefect(), "--no-prompt", "deploy", *names],
             env=env,
             cwd=CHECKOUT,
             capture_output=True,
@@ -316,7 +319,7 @@ class LocalStack:
         say(f"deployments registered from prefect.yaml ({time.monotonic() - started:.1f} s)")
         ensure_automations(options.heartbeat_timeout, options.notify_url)
         if options.discover:
-            for site in options.sites:
+            for site in served:
                 activate_discovery(site)
 
     # --- status and down --------------------------------------------------------------------

@@ -22,6 +22,7 @@ from uuid import UUID
 
 from b2cal.core.processes import ProcessRecord
 from b2cal.db.database import StateDatabase
+from b2cal.orchestrator import discovery_runs
 from b2cal.orchestrator.client import prefect_client
 from b2cal.processing.area import RequestArea
 from b2cal.processing.jobs import cancel_left_jobs
@@ -155,7 +156,9 @@ def reconcile(site: Site, db: StateDatabase, *, now: datetime | None = None) -> 
 
 
 def serve(site: Site, period: float, stop: threading.Event) -> None:
-    """Reconcile every ``period`` seconds until ``stop`` is set; the state database stays
+    """Reconcile every ``period`` seconds until ``stop`` is set, and keep the site's
+    discovery going while it is on (:mod:`b2cal.orchestrator.discovery_runs`); the state
+    database stays
     open between passes (opened again after a pass that failed), and a pass that fails is said
     in one line and the next one tries again."""
     log.info("reconciling site %s every %g s", site.name, period)
@@ -166,6 +169,9 @@ def serve(site: Site, period: float, stop: threading.Event) -> None:
                 db = db or StateDatabase(site.state_database_url)
                 for decision in reconcile(site, db):
                     log.info("%s: %s", decision.verdict.value, decision.line)
+                started = discovery_runs.keep_going(site)  # the first, or after a crash
+                if started:
+                    log.info("discovery run %s started", started)
             except Exception as exc:  # the next pass tries again, on a new connection
                 log.warning("reconciliation failed: %s: %s", type(exc).__name__, exc)
                 if db is not None:
