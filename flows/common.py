@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import atexit
+import logging
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.client.schemas.objects import State
 
 from b2cal.backends.base import Backend
 from b2cal.backends.registry import open_backend
@@ -13,6 +19,7 @@ from b2cal.caf.collection import JOB_TARGET
 from b2cal.cdb.connect import open_store
 from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import StateDatabase
+from b2cal.errors import B2CalError
 from b2cal.sites import Site, load_site
 
 _backends: dict[str, Backend] = {}
@@ -22,6 +29,45 @@ _backends_lock = threading.Lock()
 def site_of(name: str | None) -> Site:
     """The named site, else this worker's (``B2CAL_SITE``)."""
     return load_site(name)
+
+
+def pool_site(name: str | None) -> Site:
+    """The site a deployment run is asked to work for, which must be its pool's (the
+    worker's ``B2CAL_SITE``): ``-p site=bnl`` on ``process-request/local`` is refused."""
+    here = os.environ.get("B2CAL_SITE")
+    if name and here and name != here:
+        raise B2CalError(
+            f"site {name!r} is not the site of this work pool ({here}): run the deployment "
+            f"named after that site instead (…/{name})"
+        )
+    return load_site(name or here)
+
+
+#: What the state message and the log line of a refused run begin with.
+REFUSED = "refused: "
+
+
+def refused(line: str) -> State[Any]:
+    """End a flow run whose input is wrong: its log and its state message say why in one
+    line, and nothing was made. Returned (not raised) by the flow, so Prefect's "Encountered
+    exception" traceback is not logged; the one it logs for every run that ends Failed is
+    dropped by :class:`_SaidInOneLine`."""
+    from prefect.states import Failed
+
+    get_run_logger().error(REFUSED + line)
+    return Failed(message=REFUSED + line)
+
+
+class _SaidInOneLine(logging.Filter):
+    """Drops the engine's "exited with unexpected exception" traceback of a refused run: a
+    person's wrong input is not a program error, and its reason is in the log already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not str(error).startswith(REFUSED)
+
+
+logging.getLogger("prefect.flow_runs").addFilter(_SaidInOneLine())
 
 
 @contextmanager

@@ -20,9 +20,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NONE
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
-from b2cal.errors import StateConflict
+from b2cal.errors import B2CalError, StateConflict
 from b2cal.processing.area import RequestArea
 from b2cal.processing.jobs import cancel_left_jobs
 from b2cal.requests import run as request_run
@@ -32,7 +33,9 @@ from b2cal.sites import Site
 from flows.calibrate import calibrate
 from flows.common import (
     output_written,
+    pool_site,
     records,
+    refused,
     run_here,
     site_of,
     stop_everything,
@@ -61,14 +64,23 @@ def _run_one(site: Site, request_id: int, name: str, title: str) -> str:
         output_written(request_id, name).set()
 
 
-def _cancelled(flow: Any, flow_run: Any, state: Any) -> None:
+def cancelled(flow: Any, flow_run: Any, state: Any) -> None:
     """Cancelled from the Prefect UI or CLI: record it in b2cal (Prefect calls this in a
-    process of its own once the flow-run process has gone)."""
+    process of its own once the flow-run process has gone). The request is the run's
+    ``request_id``, or the one the run made (``calibration-request``)."""
     parameters = flow_run.parameters
-    here, request_id = site_of(parameters.get("site")), int(parameters["request_id"])
-    # Cancelled through b2cal already (which cancelled the flow run): nothing to record.
-    with records(here) as (db, _), contextlib.suppress(StateConflict):
-        db.cancel_request(request_id, "prefect (flow run cancelled)")
+    here = site_of(parameters.get("site"))
+    with records(here) as (db, _):
+        if parameters.get("request_id") is not None:
+            request_id = int(parameters["request_id"])
+        else:
+            made = db.request_of_flow_run(str(flow_run.id))
+            if made is None:
+                return  # cancelled before it made its request: nothing to record
+            request_id = made.id
+        # Cancelled through b2cal already (which cancelled the flow run): nothing to record.
+        with contextlib.suppress(StateConflict):
+            db.cancel_request(request_id, "prefect (flow run cancelled)")
     # batch jobs outlive the process that was stopped: remove them on purpose
     area = RequestArea(here.request_folder(request_id))
     if area.workspace.exists():
@@ -79,12 +91,28 @@ def _cancelled(flow: Any, flow_run: Any, state: Any) -> None:
 @flow(
     name="process-request",
     flow_run_name="request {request_id}",
-    on_cancellation=[_cancelled],
+    on_cancellation=[cancelled],
 )
-def process_request(request_id: int, site: str | None = None) -> str:
-    """Run a request's calibrations; returns the request's state when they have stopped."""
+def process_request(request_id: int, site: str | None = None) -> str | State[Any]:
+    """Run (or run again) an existing request's calibrations at its site; returns the
+    request's state when they have stopped.
+
+    Args:
+        request_id: The request, as `b2cal request create --no-start` made it.
+        site: The site of this deployment's pool (set by the deployment).
+    """
+    try:
+        here = pool_site(site)
+        with records(here) as (db, _):
+            db.request(request_id)  # a missing one is refused in one line
+    except B2CalError as exc:
+        return refused(str(exc))
+    return process(here, request_id)
+
+
+def process(here: Site, request_id: int) -> str:
+    """The body of a request's flow run (``process-request``, ``calibration-request``)."""
     log = get_run_logger()
-    here = site_of(site)
     with records(here) as (db, _):
         begun = request_run.begin(db, request_id, str(flow_run.id or ""))
     record_process(RequestArea(here.request_folder(request_id)), str(flow_run.id or ""))

@@ -113,7 +113,7 @@ def test_the_watched_runs_are_the_running_requests_own_and_deferred_ones(
     db.move(runs["BeamSpot"], S.NOT_ENOUGH_DATA)
     (watched,) = watched_runs(db, "local")
     assert watched == Watched(request_id, "run-1", (runs["ChannelT0"], runs["ChannelGain"]),
-                              f"process-request of request {request_id}")  # fmt: skip
+                              f"the flow run of request {request_id}")  # fmt: skip
     assert watched_runs(db, "bnl") == []
     # a deferred calibration placed at another site is watched there, with its own run
     placed = db.create_request(
@@ -152,6 +152,27 @@ def test_each_decision_leaves_its_record(db: StateDatabase) -> None:
     assert (t0.state, t0.message) == (S.FAILED, "crashed; 2 automatic retries made")
     assert gain.state is S.FAILED
     assert db.request(request_id).state is RequestState.FAILED
+
+
+def test_a_pending_request_whose_run_crashed_before_planning_is_healed(
+    db: StateDatabase,
+) -> None:
+    """A run that made its request (calibration-request) and crashed before it planned: no
+    calibration run exists yet, and the crash is retried, or the request FAILED at the end."""
+    made = db.create_request(
+        kind=RequestKind.RECALIBRATION, site="local", exp=1, run_low=1, run_high=4,
+        calibrations=("ChannelT0",), actor="test", flow_run_id="run-9",
+    )  # fmt: skip
+    (watched,) = watched_runs(db, "local")
+    assert (watched.flow_run_id, watched.calibration_runs, watched.pending) == ("run-9", (), True)
+    assert db.request_of_flow_run("run-9") == db.request(made.id)
+    crashed = FlowRunView("run-9", "CRASHED", "exit -9", NOW)
+    retry = decide(watched, crashed, retries_made=0, crash_retries=2, backoff_seconds=0, now=NOW)
+    assert retry.verdict is Verdict.RETRY
+    spent = decide(watched, crashed, retries_made=2, crash_retries=2, backoff_seconds=0, now=NOW)
+    record(db, spent)
+    assert db.request(made.id).state is RequestState.FAILED
+    assert "crashed (exit -9); 2 automatic retries made" in (db.request(made.id).message or "")
 
 
 def test_a_run_cancelled_in_prefect_cancels_its_request(db: StateDatabase) -> None:

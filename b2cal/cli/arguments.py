@@ -15,18 +15,6 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_CALIBRATION_FAILED = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
-def parse_runs(text: str) -> tuple[int, int]:
-    """``"A-B"`` (inclusive) or ``"A"`` -> (first, last)."""
-    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
-    if match is None:
-        raise B2CalError(f"invalid run range {text!r}: expected A-B or A (run numbers >= 0)")
-    first = int(match[1])
-    last = int(match[2]) if match[2] is not None else first
-    if last < first:
-        raise B2CalError(f"invalid run range {text!r}: it ends before it starts")
-    return first, last
-
-
 def parse_int_list(text: str, option: str) -> list[int]:
     if not text.strip():
         return []

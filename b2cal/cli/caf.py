@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from b2cal.cli.arguments import EXIT_CALIBRATION_FAILED, parse_runs
+from b2cal.cli.arguments import EXIT_CALIBRATION_FAILED
 from b2cal.cli.signals import interruption
+from b2cal.core.iov import parse_runs
 from b2cal.errors import B2CalError
 
 if TYPE_CHECKING:

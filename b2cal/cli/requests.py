@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from b2cal.cli.arguments import parse_placement, parse_runs
+from b2cal.cli.arguments import parse_placement
 from b2cal.cli.https_api import ApiOption
 from b2cal.cli.sites import Json, SiteOption, actor, open_site, state_db
 from b2cal.cli.views import age, calrun_table, constants_table, request_doc
+from b2cal.core.iov import parse_runs
 from b2cal.errors import B2CalError
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ from b2cal.cli.arguments import (
     EXIT_CALIBRATION_FAILED,
     parse_int_list,
     parse_low_stat,
-    parse_runs,
 )
+from b2cal.core.iov import parse_runs
 from b2cal.errors import B2CalError
 
 toy_app = typer.Typer(help="The toy detector: data with known truth.", no_args_is_help=True)

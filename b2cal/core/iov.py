@@ -129,3 +129,15 @@ def run_ranges(runs: Iterable[int]) -> str:
         else:
             groups.append([run])
     return ", ".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)
+
+
+def parse_runs(text: str) -> tuple[int, int]:
+    """A run range as people write it, ``"A-B"`` (inclusive) or ``"A"`` -> (first, last)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
+    if match is None:
+        raise B2CalError(f"invalid run range {text!r}: expected A-B or A (run numbers >= 0)")
+    first = int(match[1])
+    last = int(match[2]) if match[2] is not None else first
+    if last < first:
+        raise B2CalError(f"invalid run range {text!r}: it ends before it starts")
+    return first, last

@@ -41,6 +41,7 @@ from b2cal.db.schema import (
     ActionRow,
     BucketRow,
     CalibrationRunRow,
+    RequestFlowRunRow,
     RequestRow,
     SignoffRow,
     now,
@@ -138,8 +139,11 @@ class StateDatabase:
         bucket_id: int | None = None,
         placement: dict[str, str] | None = None,
         actor: str = SYSTEM,
+        flow_run_id: str | None = None,
     ) -> Request:
-        """A new request (PENDING); a bucket's request moves the bucket to PROCESSING."""
+        """A new request (PENDING); a bucket's request moves the bucket to PROCESSING. Made
+        by a flow run (``flow_run_id``), it is recorded as that flow run's in the same
+        transaction, so a crash cannot leave a request its flow run does not know."""
 
         def work(session: Session) -> Request:
             if bucket_id is not None:
@@ -176,10 +180,14 @@ class StateDatabase:
                 created=moment,
                 created_by=actor,
                 updated=moment,
+                flow_run_id=flow_run_id,
             )
             session.add(row)
             session.flush()
             row.staging_tag = staging_tag_name(kind, row.id)
+            if flow_run_id is not None:
+                session.add(RequestFlowRunRow(flow_run_id=flow_run_id, request_id=row.id,
+                                              recorded=moment))  # fmt: skip
             add_action(session, actor, "request create", f"request {row.id}", "ok", summary(row))
             return request_value(row)
 
@@ -198,12 +206,26 @@ class StateDatabase:
         return self.read(work)
 
     def set_request_flow_run(self, request_id: int, flow_run_id: str) -> None:
+        """The flow run that processes the request now (each one is kept as one of its)."""
+
         def work(session: Session) -> None:
             row = request_row(session, request_id, lock=True)
             row.flow_run_id = flow_run_id
             row.updated = now()
+            if session.get(RequestFlowRunRow, flow_run_id) is None:
+                session.add(RequestFlowRunRow(flow_run_id=flow_run_id, request_id=request_id,
+                                              recorded=row.updated))  # fmt: skip
 
         self.write(work)
+
+    def request_of_flow_run(self, flow_run_id: str) -> Request | None:
+        """The request a flow run processed (or made), if any."""
+
+        def work(session: Session) -> Request | None:
+            found = session.get(RequestFlowRunRow, flow_run_id)
+            return None if found is None else request_value(request_row(session, found.request_id))
+
+        return self.read(work)
 
     def start_request(self, request_id: int) -> list[CalibrationRun]:
         """The request's calibration runs, created PLANNED the first time (idempotent)."""

@@ -136,6 +136,19 @@ class RequestRow(_Base):
     message: Mapped[str | None] = mapped_column(Text)
 
 
+class RequestFlowRunRow(_Base):
+    """A flow run that processed a request, one row per flow run (a request restarted has
+    several over time): a flow run that made its request (``request-calibration``) finds it
+    again here when Prefect runs it once more after a crash, instead of making a second."""
+
+    __tablename__ = "state_request_flow_run"
+    __table_args__ = (_MYSQL_TABLE,)
+
+    flow_run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("state_request.id"), index=True)
+    recorded: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class CalibrationRunRow(_Base):
     """One calibration for one request; ``attempt`` counts reruns (sign-offs name it)."""
 

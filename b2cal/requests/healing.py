@@ -80,6 +80,9 @@ class Watched:
     calibration_runs: tuple[int, ...]
     #: What the flow run is, in one phrase ("process-request of request 3").
     label: str
+    #: The request is PENDING: its run has planned nothing yet, so it has no calibration
+    #: runs, and it is judged all the same.
+    pending: bool = False
 
 
 class Verdict(enum.StrEnum):
@@ -129,7 +132,7 @@ def decide(
     """What to do with a watched flow run, from Prefect's view of it (None: Prefect does not
     know it), the automatic retries made for it so far, and where its process runs (judged
     only on the reconciler's own ``host``)."""
-    if run is None or not watched.calibration_runs:
+    if run is None or not (watched.calibration_runs or watched.pending):
         return Decision(Verdict.NOTHING, watched)
     if run.state in ("RUNNING", "PENDING"):  # pending: the worker has launched it
         current = process is not None and (
@@ -164,9 +167,15 @@ def watched_runs(db: StateDatabase, site: str) -> list[Watched]:
     """The flow runs of ``site`` that b2cal expects to be computing: each RUNNING request's
     ``process-request`` run (here if the request is this site's), with its in-process
     calibration runs that are active, and each active deferred calibration run placed here
-    with its own ``calibrate`` run."""
+    with its own ``calibrate`` run. A PENDING request with a flow run is watched too: its run
+    may crash before it has planned anything (right after a ``calibration-request`` run made
+    it, say)."""
     found: list[Watched] = []
-    running = db.requests(limit=10_000, state=RequestState.RUNNING)
+    running = [
+        request
+        for state in (RequestState.PENDING, RequestState.RUNNING)
+        for request in db.requests(limit=10_000, state=state)
+    ]
     by_request = db.calibration_runs_of([request.id for request in running])
     for request in running:
         runs = {run.calibration: run for run in by_request.get(request.id, [])}
@@ -177,8 +186,9 @@ def watched_runs(db: StateDatabase, site: str) -> list[Watched]:
         active = [run for run in runs.values() if run.state.active]
         if request.site == site and request.flow_run_id:
             ids = tuple(run.id for run in active if run.calibration in own)
-            label = f"process-request of request {request.id}"
-            found.append(Watched(request.id, request.flow_run_id, ids, label))
+            label = f"the flow run of request {request.id}"
+            pending = request.state is RequestState.PENDING
+            found.append(Watched(request.id, request.flow_run_id, ids, label, pending))
         for run in active:
             if run.calibration in own or request.site_of(run.calibration) != site:
                 continue
@@ -242,7 +252,11 @@ def record(db: StateDatabase, decision: Decision) -> None:
             detail = {"flow_run": watched.flow_run_id, "retries": decision.retry, "reason": line}
             db.log_action(HEALER, GIVE_UP_ACTION, target, "failed", detail)
         _fail(db, watched.calibration_runs, line)
-        db.finish_request(watched.request_id, line)
+        if watched.pending:  # nothing was planned: nothing else says it failed
+            with contextlib.suppress(StateConflict):
+                db.fail_request(watched.request_id, line)
+        else:
+            db.finish_request(watched.request_id, line)
     elif verdict is Verdict.CANCEL:
         with contextlib.suppress(StateConflict):  # cancelled or ended already
             db.cancel_request(watched.request_id, line)

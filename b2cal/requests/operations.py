@@ -130,8 +130,10 @@ def new_request(
     actor: str,
     bucket_id: int | None = None,
     placement: dict[str, str] | None = None,
+    flow_run_id: str | None = None,
 ) -> Request:
-    """Check a request (calibrations, settings, tags, sites, registered data) and store it."""
+    """Check a request (calibrations, settings, tags, sites, registered data) and store it
+    (as the request of ``flow_run_id``, when a flow run makes it)."""
     draft = draft_request(
         site, kind, exp, runs, calibrations, input_tags, config, open_ended, reference_tag,
         placement,
@@ -151,6 +153,7 @@ def new_request(
         bucket_id=bucket_id,
         placement=draft.placement,
         actor=actor,
+        flow_run_id=flow_run_id,
     )
 
 
