@@ -25,7 +25,8 @@ install: $(STAMP)
 # and closes the bucket; its prompt request runs all four reference calibrations through the
 # deployments, validates them and (the local site's policy) approves them; the payloads land in
 # the request's staging tag. Then the constants, the staging tag, the closure check against
-# the truth, and where the Prefect UI is. The stack stays up: `make demo-down` stops it.
+# the truth; a second request made with Prefect's own CLI (ChannelT0 on runs 1-4); and where
+# the Prefect UI is. The stack stays up: `make demo-down` stops it.
 DEMO_HOME := $(CURDIR)/$(DEMO)/home
 demo: export B2CAL_HOME := $(DEMO_HOME)
 demo: install
@@ -40,6 +41,9 @@ demo: install
 	$(BIN)/b2cal toy closure --output $(DEMO_HOME)/work/requests/1/output \
 		--truth $(DEMO_HOME)/storage/truth.json
 	@echo "validation reports: $(DEMO_HOME)/work/requests/1/validation/<Calibration>/validation.md"
+	$(BIN)/prefect deployment run calibration-request/local -p exp=1 -p runs=1-4 \
+		-p 'calibrations=["ChannelT0"]' --watch
+	$(BIN)/b2cal request show 2
 	$(BIN)/b2cal server status
 	@echo "the stack stays up for the UI; stop it with: make demo-down"
 
