@@ -204,6 +204,10 @@ class Calibration(BaseModel):
     settings: ExpertSettings | None = None
     owner: str = ""
     description: str = ""
+    #: Units of the payload fields, for reports (validation tables and plots): ``"t0"`` or
+    #: ``"Payload.t0"`` -> ``"ns"``. A field left out is shown without one (dimensionless, or
+    #: not known): better no unit than a wrong one.
+    units: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("depends_on")
     @classmethod

@@ -14,8 +14,10 @@ flagged for the expert, but they do not fail the validation: constants are expec
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,38 @@ from b2cal.errors import CdbError
 
 #: Pulls beyond this are flagged in the report.
 PULL_FLAG = 5.0
+#: Significant figures of the constants in reports: enough to see a change against the
+#: reference at the level of the errors, few enough that a table fits a browser's width.
+DIGITS = 4
+#: Resolution of the plots: about 560 x 260 pixels each, some 20 kB as PNG, so that a report
+#: with its plots inside (a Prefect artifact) stays well under a megabyte.
+PLOT_DPI = 80
+#: Plotted IoVs per field at most: more series than this make a plot no one can read.
+PLOTTED_IOVS = 8
+#: Bytes of plots (as base64) one embedded report may hold; plots beyond are named instead,
+#: so that a calibration with many fields cannot put megabytes into Prefect's database.
+EMBED_LIMIT = 1_500_000
+
+
+def significant(value: float | None, digits: int = DIGITS, sign: bool = False) -> str:
+    """``value`` to ``digits`` significant figures as a report shows it (``0.6748``,
+    ``1.235e4``, ``-3.1e-5``); empty for None. ``sign``: always signed (a change)."""
+    if value is None:
+        return ""
+    if not math.isfinite(value):
+        return str(value)
+    # "#": trailing zeros kept (-19.60, not -19.6), so every value shows its figures
+    text = format(value, f"{'+' if sign else ''}#.{digits}g")
+    mantissa, _, exponent = text.partition("e")
+    mantissa = mantissa.rstrip(".")  # 1234. -> 1234
+    # 1.235e+04 -> 1.235e4: narrower, as physicists write it
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
+def data_uri(png: Path) -> str:
+    """A PNG file as a ``data:`` URI: an image that a page served over HTTP (the Prefect UI)
+    can show, where a ``file://`` link to the worker's disk shows nothing."""
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
 class FieldSummary(BaseModel):
@@ -42,6 +76,8 @@ class FieldSummary(BaseModel):
     change: float | None = None
     max_abs_pull: float | None = None
     flagged: int = 0
+    #: The field's unit as the calibration declares it (None: not declared, or none).
+    unit: str | None = None
 
 
 class Validation(BaseModel):
@@ -52,31 +88,77 @@ class Validation(BaseModel):
     fields: list[FieldSummary]
     plots: list[str]
 
-    def markdown(self) -> str:
-        """The report as Markdown (a Prefect artifact and ``validation.md``)."""
-        verdict = "passed" if self.passed else "FAILED"
-        lines = [f"# {self.calibration}: validation {verdict}", ""]
+    @property
+    def verdict(self) -> str:
+        return "passed" if self.passed else "FAILED"
+
+    def markdown(self, title: str | None = None, *, embed: bool = False) -> str:
+        """The report as Markdown, headed ``title`` (default: the calibration and verdict).
+
+        Written to ``validation.md`` it links its plots by file name (they lie beside it);
+        with ``embed`` (a Prefect artifact) the plots are inside it as ``data:`` URIs, since
+        the UI is a web page that cannot read the worker's files — up to
+        :data:`EMBED_LIMIT` bytes, later plots named instead."""
+        lines = [f"# {title or f'{self.calibration}: validation {self.verdict}'}", ""]
         lines += [f"- problem: {p}" for p in self.problems]
+        if self.problems:
+            lines.append("")
         reference = self.reference_tag or "none (no reference tag)"
         lines += [f"Reference tag: {reference}", ""]
-        lines += [
-            "| IoV | field | n | mean | min | max | change | max abs pull | flagged |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for f in self.fields:
-            change = "" if f.change is None else f"{f.change:+.4g}"
-            pull = "" if f.max_abs_pull is None else f"{f.max_abs_pull:.2f}"
-            lines.append(
-                f"| {f.iov} | {f.field} | {f.size} | {f.mean:.4g} | {f.min:.4g} | {f.max:.4g} "
-                f"| {change} | {pull} | {f.flagged or ''} |"
-            )
-        lines.append("")
-        lines += [f"![{Path(p).stem}](file://{p})" for p in self.plots]
-        return "\n".join(lines) + "\n"
+        rows = self.table()
+        if rows:
+            lines += [
+                _markdown_row(rows[0]),
+                "|" + "---|" * len(rows[0]),
+                *(_markdown_row(row.values()) for row in rows),
+                "",
+                "change: mean change against the reference tag's payload; pull: "
+                "(new − reference) / √(σ²new + σ²reference) per element, "
+                f"flagged beyond {PULL_FLAG:g}.",
+                "",
+            ]
+        room = EMBED_LIMIT
+        for plot in map(Path, self.plots):
+            if not embed:
+                lines += [f"![{plot.stem}]({plot.name})", ""]
+                continue
+            uri = data_uri(plot) if plot.is_file() else ""
+            if uri and len(uri) <= room:
+                room -= len(uri)
+                lines += [f"![{plot.stem}]({uri})", ""]
+            else:
+                lines += [f"plot {plot.name} not embedded (too large, or gone): {plot}", ""]
+        if not self.plots:
+            lines += ["no plots: there are no payload constants to plot", ""]
+        return "\n".join(lines).rstrip("\n") + "\n"
 
-    def table(self) -> list[dict[str, Any]]:
-        """The constants per IoV as rows (a Prefect table artifact)."""
-        return [f.model_dump() for f in self.fields]
+    def table(self) -> list[dict[str, str]]:
+        """The constants per IoV as rows of text (a Prefect table artifact, the table of the
+        report): significant figures, units beside the field's name, and the payload's name
+        left out where it is the calibration's own, so that the table fits a browser."""
+        rows = []
+        for f in self.fields:
+            name = f.field.removeprefix(f"{self.calibration}.")
+            rows.append(
+                {
+                    "IoV": f.iov,
+                    "field": f"{name} [{f.unit}]" if f.unit else name,
+                    "n": str(f.size),
+                    "mean": significant(f.mean),
+                    "min": significant(f.min) if f.size > 1 else "",  # the mean, else
+                    "max": significant(f.max) if f.size > 1 else "",
+                    "change": significant(f.change, sign=True),
+                    "max |pull|": significant(f.max_abs_pull, 3),
+                    "flagged": str(f.flagged) if f.flagged else "",
+                }
+            )
+        return rows
+
+
+def _markdown_row(cells: Iterable[str]) -> str:
+    """A Markdown table row; a ``|`` inside a cell (``max |pull|``) escaped, since it would
+    end the cell and leave the table with rows of the wrong width (shown as plain text)."""
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
 def _numeric_fields(doc: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -102,6 +184,10 @@ def _reference(
         return None
 
 
+#: What a field's plot shows of one IoV: the IoV, the values, their errors, the reference.
+_Series = tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]
+
+
 def validate_output(
     calibration: str,
     outputdb: Path,
@@ -110,13 +196,16 @@ def validate_output(
     reference_tag: str | None,
     *,
     reference_required: bool = False,
+    units: Mapping[str, str] | None = None,
 ) -> Validation:
     """Validate ``outputdb`` against ``reference_tag``; report and plots go to ``folder``.
 
     A reference tag that does not exist fails the validation when it was asked for by name
     (``reference_required``); the site's default reference may not exist yet (a new site),
-    and then there is nothing to compare with.
+    and then there is nothing to compare with. ``units`` are the calibration's
+    (:attr:`b2cal.caf.Calibration.units`): field or ``Payload.field`` -> unit, for the report.
     """
+    units = units or {}
     problems: list[str] = []
     known = {t.name for t in store.tags()} if store is not None else set()
     if reference_tag is not None and reference_tag not in known:
@@ -127,7 +216,8 @@ def validate_output(
     if not entries:
         problems.append(f"no payloads in {outputdb}")
     summaries: list[FieldSummary] = []
-    curves: dict[str, list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]]] = {}
+    curves: dict[tuple[str, str], list[_Series]] = {}
+    shown_units: dict[tuple[str, str], str | None] = {}
     pulls: list[float] = []
     for entry in entries:
         fields = _numeric_fields(entry.read())
@@ -144,7 +234,9 @@ def validate_output(
                 mean=float(np.nanmean(values)),
                 min=float(np.nanmin(values)),
                 max=float(np.nanmax(values)),
+                unit=units.get(f"{entry.name}.{key}", units.get(key)),
             )
+            shown_units[(entry.name, key)] = summary.unit
             ref = reference.get(key) if reference else None
             if ref is not None and ref.shape == values.shape:
                 summary.change = float(np.nanmean(values - ref))
@@ -159,10 +251,10 @@ def validate_output(
                         summary.flagged = int(np.sum(np.abs(pull) > PULL_FLAG))
                         pulls.extend(float(p) for p in pull)
             summaries.append(summary)
-            curves.setdefault(f"{entry.name}.{key}", []).append(
+            curves.setdefault((entry.name, key), []).append(
                 (str(entry.iov), values, fields.get(f"{key}_err"), ref)
             )
-    plots = _plots(folder, curves, pulls)
+    plots = _plots(folder, curves, shown_units, pulls)
     validation = Validation(
         calibration=calibration,
         passed=not problems,
@@ -178,10 +270,14 @@ def validate_output(
 
 def _plots(
     folder: Path,
-    curves: dict[str, list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]]],
+    curves: dict[tuple[str, str], list[_Series]],
+    units: Mapping[tuple[str, str], str | None],
     pulls: list[float],
 ) -> list[Path]:
-    """One PNG per field (each IoV, and the reference dashed), and one of all pulls."""
+    """The plots of a validation, small (:data:`PLOT_DPI`): one per field of many elements
+    (each IoV a series over the elements, the reference dashed); one per payload for its
+    fields of one element (the constants per IoV, the reference as crosses), so a payload of
+    scalars such as a beam spot is seen moving from IoV to IoV; and one of all pulls."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,30 +285,66 @@ def _plots(
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for field, series in curves.items():
-        figure, axes = plt.subplots(figsize=(7, 3.5))
-        for iov, values, errors, ref in series[:8]:
+
+    def save(figure: Any, name: str) -> None:
+        path = folder / f"{name}.png"
+        figure.tight_layout()
+        figure.savefig(path, dpi=PLOT_DPI)
+        plt.close(figure)
+        written.append(path)
+
+    def label(payload: str, key: str) -> str:
+        unit = units.get((payload, key))
+        return f"{key} [{unit}]" if unit else key
+
+    scalars: dict[str, list[str]] = {}
+    for (payload, key), series in curves.items():
+        if all(values.size == 1 for _, values, _, _ in series):
+            scalars.setdefault(payload, []).append(key)
+            continue
+        figure, axes = plt.subplots(figsize=(7, 3.2))
+        for iov, values, errors, ref in series[:PLOTTED_IOVS]:
             x = np.arange(values.size)
             axes.errorbar(x, values, yerr=errors, fmt="o", markersize=3, label=iov)
             if ref is not None and ref.shape == values.shape:
                 axes.plot(x, ref, "--", color="grey", linewidth=1)
-        axes.set_title(f"{field} per IoV (dashed: reference)")
+        shown = "" if len(series) <= PLOTTED_IOVS else f" (first {PLOTTED_IOVS} of {len(series)})"
+        axes.set_title(f"{payload}.{key} per IoV{shown} (dashed: reference)")
         axes.set_xlabel("element")
-        axes.legend(fontsize=6, ncol=2)
-        path = folder / f"{field.replace('.', '_')}.png"
-        figure.tight_layout()
-        figure.savefig(path, dpi=80)
-        plt.close(figure)
-        written.append(path)
+        axes.set_ylabel(label(payload, key))
+        axes.legend(  # beside the plot, where it hides no point
+            fontsize=6, title="IoV", title_fontsize=6, loc="upper left", bbox_to_anchor=(1, 1)
+        )
+        save(figure, f"{payload}_{key}")
+    for payload, keys in scalars.items():
+        iovs = list(dict.fromkeys(iov for key in keys for iov, *_ in curves[(payload, key)]))
+        figure, rows = plt.subplots(
+            len(keys), 1, figsize=(7, 0.6 + 1.5 * len(keys)), sharex=True, squeeze=False
+        )
+        for axes, key in zip(rows[:, 0], keys, strict=True):
+            series = curves[(payload, key)]
+            axes.errorbar(
+                [iovs.index(iov) for iov, *_ in series],
+                [v[0] for _, v, _, _ in series],
+                yerr=[0.0 if e is None else e[0] for _, _, e, _ in series],
+                fmt="o",
+                markersize=3,
+            )
+            refs = [(iovs.index(iov), r[0]) for iov, _, _, r in series if r is not None]
+            if refs:
+                axes.plot(*zip(*refs, strict=True), "x", color="grey")
+            axes.set_ylabel(label(payload, key), fontsize=8)
+        rows[0, 0].set_title(f"{payload} per IoV (crosses: reference)")
+        bottom = rows[-1, 0]
+        bottom.set_xticks(np.arange(len(iovs)))
+        bottom.set_xticklabels(iovs, fontsize=7, rotation=30 if len(iovs) > 6 else 0)
+        bottom.set_xlabel("IoV")
+        save(figure, f"{payload}_per_iov")
     if pulls:
-        figure, axes = plt.subplots(figsize=(5, 3.5))
+        figure, axes = plt.subplots(figsize=(5, 3.2))
         finite = [p for p in pulls if math.isfinite(p)]
         axes.hist(finite, bins=40)
         axes.set_title("pulls against the reference tag")
         axes.set_xlabel("pull")
-        path = folder / "pulls.png"
-        figure.tight_layout()
-        figure.savefig(path, dpi=80)
-        plt.close(figure)
-        written.append(path)
+        save(figure, "pulls")
     return written

@@ -67,6 +67,7 @@ def channel_t0() -> Calibration:
         settings=ChannelT0Settings(),
         owner=OWNER,
         description="t0 of the 64 channels (ns): fit of each channel's hit-time peak",
+        units={"t0": "ns"},
     )
 
 
@@ -101,6 +102,7 @@ def module_alignment() -> Calibration:
         settings=ModuleAlignmentSettings(),
         owner=OWNER,
         description="offsets du of the 16 modules (µm; 0 and 15 fixed) from track residuals",
+        units={"du": "µm"},
     )
 
 
@@ -118,4 +120,5 @@ def beam_spot() -> Calibration:
         settings=BeamSpotSettings(),
         owner=OWNER,
         description="mean vertex position (cm), x corrected for the module alignment",
+        units={"x": "cm", "y": "cm", "z": "cm"},
     )
