@@ -19,7 +19,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
@@ -67,6 +66,7 @@ from b2cal.processing.validation import validate_output
 from b2cal.requests.deferred import advance, upload_and_advance
 from b2cal.requests.healing import record_process
 from b2cal.sites import Site
+from flows.artifacts import publish_validation
 from flows.common import (
     awaited_here,
     output_written,
@@ -121,6 +121,7 @@ def validate_task(
     site: Site, request_id: int, calibration: str, reference: str, named: bool
 ) -> dict[str, Any]:
     area = RequestArea(site.request_folder(request_id))
+    units = load_calibration(area.workspace, calibration).units
     with records(site) as (_, store):
         validation = validate_output(
             calibration,
@@ -129,10 +130,9 @@ def validate_task(
             store,
             reference,
             reference_required=named,
+            units=units,
         )
-    key = f"validation-{request_id}-{calibration.lower()}"
-    create_markdown_artifact(validation.markdown(), key=key, description=calibration)
-    create_table_artifact(validation.table(), key=f"{key}-constants", description=calibration)
+    publish_validation(site, request_id, validation)
     return validation.model_dump()
 
 

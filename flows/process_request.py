@@ -30,6 +30,7 @@ from b2cal.requests import run as request_run
 from b2cal.requests.healing import record_process
 from b2cal.requests.run import Planned
 from b2cal.sites import Site
+from flows.artifacts import summarise_request
 from flows.calibrate import calibrate
 from flows.common import (
     output_written,
@@ -149,6 +150,7 @@ def process(here: Site, request_id: int) -> str:
     with records(here) as (db, store):
         final = request_run.end(db, store, here, request_id, failures)
     log.info("request %d is %s", request_id, final.state.value)
+    summarise_request(here, request_id)
     if failures:
         raise RuntimeError(f"request {request_id}: " + "; ".join(failures))
     return final.state.value

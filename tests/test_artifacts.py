@@ -1,5 +1,7 @@
-"""What the validation report shows, without Prefect: constants to significant figures with
-their units, plots inside the report (and beside ``validation.md``)."""
+"""What the Prefect artifacts of a request say, without Prefect: constants to significant
+figures with their units, keys Prefect accepts, plots inside the validation report (and
+beside ``validation.md``), and the request's summary. tests/test_prefect_ui_artifacts.py
+looks at them in the real Prefect UI."""
 
 from __future__ import annotations
 
@@ -7,18 +9,27 @@ import base64
 import json
 import re
 import struct
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from calibration_runs import PASSED, started_request
 
 from b2cal.cdb.embedded import EmbeddedStore
 from b2cal.cdb.model import TagState
 from b2cal.cdb.store import NewPayloadIoV
 from b2cal.core.iov import IoV
+from b2cal.db.database import StateDatabase
+from b2cal.db.model import Bucket
+from b2cal.db.states import BucketState, CalRunState
+from b2cal.orchestrator import artifacts
+from b2cal.orchestrator.labels import artifact_key, request_heading
 from b2cal.processing import validation as validation_module
 from b2cal.processing.validation import significant, validate_output
 
 pytestmark = pytest.mark.unit
+S = CalRunState
 DATA_PNG = re.compile(r"!\[[^]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
 
 
@@ -34,6 +45,21 @@ def test_constants_are_shown_to_significant_figures() -> None:
     assert significant(295.4, 3) == "295"
     assert significant(None) == ""
     assert significant(float("nan")) == "nan"
+
+
+def test_artifact_keys_are_slugs_prefect_accepts() -> None:
+    from prefect.types.names import raise_on_name_alphanumeric_dashes_only
+
+    assert (
+        artifact_key("request", 17, "ChannelT0", "validation") == "request-17-channelt0-validation"
+    )
+    assert artifact_key("Request", 3, "My_Cal.v2 (test)", "") == "request-3-my-cal-v2-test"
+    for key in ("request-17-channelt0-validation", artifact_key("a", "B__C", "--d--")):
+        assert raise_on_name_alphanumeric_dashes_only(key, "Artifact key") == key
+    with pytest.raises(ValueError):
+        raise_on_name_alphanumeric_dashes_only("validation-17-ChannelT0", "Artifact key")
+    with pytest.raises(ValueError, match="no artifact key"):
+        artifact_key("", "—")
 
 
 def _payload(folder: Path, name: str, revision: int, iov: str, doc: dict[str, object]) -> None:
@@ -126,3 +152,113 @@ def test_plots_beyond_the_size_limit_are_named_not_embedded(
     assert len(DATA_PNG.findall(embedded)) == 1
     for later in validated.plots[1:]:
         assert f"plot {Path(later).name} not embedded (too large, or gone): {later}" in embedded
+
+
+def _bucket() -> Bucket:
+    moment = datetime(2026, 1, 2, tzinfo=UTC)
+    return Bucket(1, "lab", 1, 3, 1, 8, BucketState.PROCESSING, moment, moment, 0, 8)
+
+
+def test_validation_artifacts_name_request_bucket_calibration_and_iteration(
+    tmp_path: Path, validated: validation_module.Validation
+) -> None:
+    with StateDatabase(f"sqlite:///{tmp_path / 'state.sqlite'}") as db:
+        ids = started_request(db, ("ChannelT0",), through=(S.COLLECTING,), runs=(1, 8))
+        db.move(ids["ChannelT0"], S.ALGORITHM, iteration=2)
+        calrun = db.calibration_run(ids["ChannelT0"])
+        request = db.request(calrun.request_id)
+        renamed = validated.model_copy(update={"calibration": "ChannelT0"})
+        report, table = artifacts.validation_artifacts(request, _bucket(), calrun, renamed)
+        assert report.key == f"request-{request.id}-channelt0-validation"
+        assert table.key == f"request-{request.id}-channelt0-constants"
+        title = f"Request {request.id} · e1 bucket 3 · ChannelT0 · iteration 2"
+        assert report.description == f"{title}: validation passed"
+        assert report.markdown.startswith(f"# {title}: validation passed\n")
+        assert table.description == f"{title}: constants per IoV (passed)"
+        assert table.rows == renamed.table()
+        assert DATA_PNG.search(report.markdown)  # its plots inside
+        # without a bucket its runs; a rerun says its attempt
+        again = replace(calrun, attempt=2)
+        report, _ = artifacts.validation_artifacts(request, None, again, validated)
+        assert report.description.startswith(
+            f"Request {request.id} · e1 r1-8 · ChannelT0 · iteration 2 · attempt 2: "
+        )
+        # as the flow makes them: from the state database
+        made, _ = artifacts.validation_artifacts_of(db, request.id, "ChannelT0", validated)
+        assert (
+            made.description
+            == f"Request {request.id} · e1 r1-8 · ChannelT0 · iteration 2: validation passed"
+        )
+
+
+def test_the_request_summary_says_what_ran_passed_and_went_where(tmp_path: Path) -> None:
+    with (
+        StateDatabase(f"sqlite:///{tmp_path / 'state.sqlite'}") as db,
+        EmbeddedStore(f"sqlite:///{tmp_path / 'cdb.sqlite'}", tmp_path / "payloads") as store,
+    ):
+        ids = started_request(db, ("ChannelT0", "ChannelGain"), runs=(1, 8))
+        request = db.request(db.calibration_run(ids["ChannelT0"]).request_id)
+        t0, gain = ids["ChannelT0"], ids["ChannelGain"]
+        db.move(t0, S.ALGORITHM, iteration=1)
+        db.move(t0, S.VALIDATING)
+        db.move(t0, S.AWAITING_SIGNOFF, summary=PASSED)
+        for state in (S.APPROVED, S.UPLOADED):
+            db.move(t0, state)
+        db.move(gain, S.COLLECTING, iteration=0)
+        db.move(gain, S.FAILED, message="collector jobs failed: 2 of 4")
+        absent = artifacts.request_summary_of(db, store, request.id)
+        assert f"Staging tag {request.staging_tag}: not created." in absent.markdown
+        store.create_tag(request.staging_tag)
+        made_by = {"calibration": "ChannelT0"}  # the provenance an upload gives them
+        store.write_iovs(
+            request.staging_tag,
+            [
+                NewPayloadIoV("ChannelT0", b'{"t0": [1]}', IoV(1, 1, 1, 4), made_by),
+                NewPayloadIoV("ChannelT0", b'{"t0": [2]}', IoV(1, 5, 1, 8), made_by),
+            ],
+            state=TagState.OPEN,
+        )
+        db.finish_request(request.id, "ChannelGain: collector jobs failed")
+        request = db.request(request.id)
+        made = artifacts.request_summary_of(db, store, request.id)
+    assert made.key == f"request-{request.id}-summary"
+    heading = f"Request {request.id} · e1 r1-8"
+    assert made.description == (
+        f"{heading}: {request.state.value}, 1 of 2 calibrations uploaded to {request.staging_tag}"
+    )
+    lines = made.markdown.splitlines()
+    assert lines[0] == f"# {heading}: {request.state.value}"
+    table = [_cells(line) for line in lines if line.startswith("|")]
+    assert [c.strip() for c in table[0]] == [
+        "calibration", "state", "iterations", "validation", "payloads", "IoVs",
+    ]  # fmt: skip
+    rows = {cells[0].strip(): [c.strip() for c in cells] for cells in table[2:]}
+    assert rows["ChannelT0"] == ["ChannelT0", "UPLOADED", "2", "passed", "2", "2"]
+    assert rows["ChannelGain"] == ["ChannelGain", "FAILED", "1", "", "0", "0"]
+    assert "Passed validation: ChannelT0." in lines
+    assert (
+        f"Payloads went to the staging tag **{request.staging_tag}** (OPEN): 2 payloads, 2 IoVs."
+        in lines
+    )
+    assert "- ChannelGain: collector jobs failed: 2 of 4" in lines
+
+
+def test_the_summary_names_the_bucket_and_the_sites_of_placed_calibrations(
+    tmp_path: Path,
+) -> None:
+    with StateDatabase(f"sqlite:///{tmp_path / 'state.sqlite'}") as db:
+        ids = started_request(db, ("ChannelT0",), through=(S.COLLECTING,), summary=None)
+        request = db.request(db.calibration_run(ids["ChannelT0"]).request_id)
+        calruns = db.calibration_runs(request.id)
+    placed = replace(request, placement={"ChannelT0": "desy"})
+    staging = artifacts.Staging(request.staging_tag, TagState.OPEN)
+    moment = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    made = artifacts.request_summary(placed, _bucket(), calruns, staging, moment)
+    assert made.markdown.startswith(f"# {request_heading(request, _bucket())}: RUNNING\n")
+    assert request_heading(request, _bucket()) == f"Request {request.id} · e1 bucket 3"
+    assert "| calibration | site | state |" in made.markdown
+    assert "| ChannelT0 | desy | COLLECTING |" in made.markdown
+    assert "0 payloads, 0 IoVs" in made.markdown
+    assert made.markdown.rstrip().endswith(
+        "As of 2026-03-04 05:06:07 UTC, the end of its process-request run."
+    )

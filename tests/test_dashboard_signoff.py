@@ -76,7 +76,7 @@ def test_an_expert_signs_off_in_the_browser_and_the_upload_follows(
             assert (log.text_content() or "").strip() != "(nothing logged)"
             made = page.locator("#artifacts")  # the validation artifacts its flow run made
             made.wait_for()
-            assert f"validation-{request}-channelt0" in (made.text_content() or "")
+            assert f"request-{request}-channelt0-validation" in (made.text_content() or "")
             page.get_by_placeholder("why (needed to reject or skip)").fill("pulls look fine")
             page.get_by_role("button", name="Approve").click()
             done = page.get_by_text("approved by")
