@@ -228,6 +228,10 @@ def test_the_request_summary_says_what_ran_passed_and_went_where(tmp_path: Path)
     )
     lines = made.markdown.splitlines()
     assert lines[0] == f"# {heading}: {request.state.value}"
+    assert lines[2] == (
+        "Prompt request of experiment 1, runs 1-8, at site local. "
+        "Reference tag: the site running tag. Input tags: base."
+    )
     table = [_cells(line) for line in lines if line.startswith("|")]
     assert [c.strip() for c in table[0]] == [
         "calibration", "state", "iterations", "validation", "payloads", "IoVs",

@@ -133,9 +133,9 @@ def request_summary(
     lines = [
         f"# {heading}: {request.state.value}",
         "",
-        f"{request.kind.value} request of experiment {request.exp}, runs {request.run_low}-"
-        f"{request.run_high}, at site {request.site}; reference tag "
-        f"{request.reference_tag or 'the site running tag'}; input tags "
+        f"{request.kind.value.capitalize()} request of experiment {request.exp}, runs "
+        f"{request.run_low}-{request.run_high}, at site {request.site}. Reference tag: "
+        f"{request.reference_tag or 'the site running tag'}. Input tags: "
         f"{', '.join(request.input_tags) or 'none'}.",
         "",
         "| " + " | ".join(headers) + " |",
