@@ -117,6 +117,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
         yield started
 
 
+@pytest.fixture(scope="session")
+def prompt_request(stack):  # type: ignore[no-untyped-def]
+    """The demo's prompt request run to its end once per session, for the tests that look at
+    what it did and left (tests/test_orchestration.py, tests/test_prefect_ui_artifacts.py):
+    it takes a minute, each test its own experiment otherwise."""
+    from prefect_stack import run_prompt_request
+
+    return run_prompt_request(stack)
+
+
 @pytest.fixture
 def in_stack(stack):  # type: ignore[no-untyped-def]
     """The stack's environment in the test's own process (its Prefect client, its databases)."""

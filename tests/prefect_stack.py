@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -226,6 +227,11 @@ class Stack:
     def workspace(self, site: str, request: int) -> Path:
         return self.home / f"work-{site}" / "requests" / str(request)
 
+    @property
+    def ui(self) -> str:
+        """The Prefect UI's address (served by the same server as the API)."""
+        return self.api_url.removesuffix("/api")
+
 
 def prefect_server_url(url: str) -> str:
     """The Prefect server's URL of a test database (its asyncpg driver; pg_trgm it needs)."""
@@ -280,6 +286,39 @@ def inside(stack: Stack) -> Iterator[None]:
     """The stack's environment in this process too (the state database, the Prefect client)."""
     with environment({**stack.env, "PREFECT_API_URL": stack.api_url}, drop=("PREFECT_PROFILE",)):
         yield
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    """The demo's prompt request (exp 1, bucket 1, the four reference calibrations at the
+    ``local`` site, approved by its policy) run to its end, as a person starts it: what the
+    commands said, and how long its run took."""
+
+    request: int
+    discovered: str
+    created: str
+    #: What ``request create --no-start`` said to run, as printed.
+    command: list[str]
+    seconds: float
+
+
+def run_prompt_request(stack: Stack) -> PromptRequest:
+    """Discover exp 1's data, create its bucket's request without starting it, and start it
+    with the command it prints (``prefect deployment run … --watch``), to its end."""
+    stack.copy_toy(1, "local")
+    found = stack.b2cal("discover", "--site", "local")
+    assert found.returncode == 0, found.stdout + found.stderr
+    created = stack.b2cal(
+        "request", "create", "--site", "local", "--exp", "1", "--bucket", "1", "--no-start"
+    )
+    request = created_request(created)
+    said = "not started; start it with: prefect deployment run "
+    assert said in created.stdout, created.stdout
+    command = created.stdout.split(said)[1].split()
+    started = time.monotonic()
+    run = stack.prefect("deployment", "run", *command, "--watch")
+    assert run.returncode == 0, run.stdout + run.stderr
+    return PromptRequest(request, found.stdout, created.stdout, command, time.monotonic() - started)
 
 
 def flow_runs(tag: str) -> list[Any]:
