@@ -41,6 +41,7 @@ demo: install
 	$(BIN)/b2cal toy closure --output $(DEMO_HOME)/work/requests/1/output \
 		--truth $(DEMO_HOME)/storage/truth.json
 	@echo "validation reports: $(DEMO_HOME)/work/requests/1/validation/<Calibration>/validation.md"
+	@echo "  and in the Prefect UI: Artifacts, search request-1 (docs/orchestration.md, Artifacts)"
 	$(BIN)/prefect deployment run calibration-request/local -p exp=1 -p runs=1-4 \
 		-p 'calibrations=["ChannelT0"]' --watch
 	$(BIN)/b2cal request show 2
