@@ -20,6 +20,7 @@ from b2cal.cdb.connect import open_store
 from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import StateDatabase
 from b2cal.errors import B2CalError
+from b2cal.orchestrator.client import prefect_client
 from b2cal.sites import Site, load_site
 
 _backends: dict[str, Backend] = {}
@@ -41,6 +42,23 @@ def pool_site(name: str | None) -> Site:
             f"named after that site instead (…/{name})"
         )
     return load_site(name or here)
+
+
+def name_and_tag(name: str, tags: Sequence[str]) -> None:
+    """Name this flow run and add ``tags`` to it: a run started with ``prefect deployment
+    run`` carries only its deployment's tags, and the UI's filters and b2cal's views find a
+    request's runs by tag (``request:17``)."""
+    from uuid import UUID
+
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return
+    with prefect_client() as client:
+        current = client.read_flow_run(UUID(flow_run.id))
+        wanted = list(dict.fromkeys([*current.tags, *tags]))
+        if current.name != name or wanted != current.tags:
+            client.update_flow_run(UUID(flow_run.id), name=name, tags=wanted)
 
 
 #: What the state message and the log line of a refused run begin with.

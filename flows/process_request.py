@@ -33,6 +33,7 @@ from b2cal.sites import Site
 from flows.artifacts import summarise_request
 from flows.calibrate import calibrate
 from flows.common import (
+    name_and_tag,
     output_written,
     pool_site,
     records,
@@ -118,6 +119,7 @@ def process(here: Site, request_id: int) -> str:
         begun = request_run.begin(db, request_id, str(flow_run.id or ""))
     record_process(RequestArea(here.request_folder(request_id)), str(flow_run.id or ""))
     title = begun.title
+    name_and_tag(f"request {request_id}", begun.tags)
     with tags(*begun.tags):
         planned = plan_task(here, request_id)
         for started in planned.started:

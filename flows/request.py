@@ -6,8 +6,8 @@ from a shell). Prefect refuses a value of the wrong type before a run exists; wh
 can check (a calibration it does not know, runs without registered data, a tag that does not
 exist, another site's name) ends the run at its start with one line in its log and its state
 message, and makes no request. Then the run is the request's flow run, as one started by
-``b2cal request create``: named and tagged after it, processed by the same body as
-``process-request``, healed the same way. Prefect runs a crashed run again under the same id,
+``b2cal request create``: processed by the same body as ``process-request`` (which names and
+tags it after the request), healed the same way. Prefect runs a crashed run again under the same id,
 and that run finds the request it made (``state_request_flow_run``) instead of making another.
 """
 
@@ -23,8 +23,6 @@ from pydantic import Field
 from b2cal.core.iov import parse_runs
 from b2cal.db.model import Request
 from b2cal.errors import B2CalError
-from b2cal.orchestrator.client import prefect_client
-from b2cal.orchestrator.labels import bucket_of, request_tags
 from b2cal.requests.operations import draft_request, new_request
 from b2cal.sites import RequestKind, Site
 from flows.common import pool_site, records, refused
@@ -91,7 +89,6 @@ def calibration_request(
                 get_run_logger().info("made %s, staging tag %s", made.label, made.staging_tag)
             else:
                 get_run_logger().info("run again: %s, made by this flow run", made.label)
-            _label(made, bucket_of(db, made))
     except B2CalError as exc:
         return refused(str(exc))
     return process(here, made.id)
@@ -131,17 +128,3 @@ def _dry_run(draft: Request) -> str:
         ", ".join(f"{c} at {s}" for c, s in draft.placement.items()) or "nothing",
     )
     return "dry run"
-
-
-def _label(request: Request, bucket: Any) -> None:
-    """Name and tag this run after its request, as a run started by b2cal is, so that the
-    UI's filters and b2cal's views (which look runs up by tag) find it."""
-    from uuid import UUID
-
-    run_id = flow_run.id
-    if not run_id:
-        return
-    with prefect_client() as client:
-        current = client.read_flow_run(UUID(run_id))
-        tags = list(dict.fromkeys([*current.tags, *request_tags(request, bucket)]))
-        client.update_flow_run(UUID(run_id), name=f"request {request.id}", tags=tags)

@@ -59,6 +59,10 @@ def test_a_prompt_request_runs_through_the_deployments_and_closes(
     # names and tags that make the Prefect UI readable
     runs = {r.name: r for r in flow_runs(f"request:{request}")}
     assert "ChannelT0 · e1 bucket 1" in runs, sorted(runs)
+    # the run started with prefect deployment run carries its request's tags too
+    assert {f"request:{request}", "kind:prompt", "exp:1", "bucket:1"} <= set(
+        runs[f"request {request}"].tags
+    )
     assert {"calib:ChannelT0", "exp:1", "bucket:1", "site:local", "kind:prompt"} <= set(
         runs["ChannelT0 · e1 bucket 1"].tags
     )
