@@ -240,7 +240,9 @@ def test_cancelling_a_request_stops_its_collector_jobs_after_its_worker_restarte
     stack: Stack,
 ) -> None:
     """The run outlives the worker that started it; its own supervisor stops it."""
-    with slower_jobs(stack, 2.0):  # the run must outlast a restart of the worker
+    # the run must outlast a restart of the worker (``server up`` again: ~16 s, more on a
+    # loaded machine) with jobs to spare: 24 jobs of 4 s on two workers
+    with slower_jobs(stack, 4.0):
         request, flow_run = start_slow_request(stack, 5)
         wait_until(lambda: len(done_jobs(stack, "local", request, "SlowT0")) >= 2, 120, "jobs")
         restart_worker(stack, signal.SIGTERM)
