@@ -19,7 +19,7 @@ from b2cal.caf.collection import JOB_TARGET
 from b2cal.cdb.connect import open_store
 from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import StateDatabase
-from b2cal.errors import B2CalError
+from b2cal.errors import B2CalError, DatabaseError, NopayloaddbError, OrchestratorUnreachable
 from b2cal.orchestrator.client import prefect_client
 from b2cal.sites import Site, load_site
 
@@ -54,11 +54,19 @@ def name_and_tag(name: str, tags: Sequence[str]) -> None:
 
     if not flow_run.id:
         return
-    with prefect_client() as client:
-        current = client.read_flow_run(UUID(flow_run.id))
-        wanted = list(dict.fromkeys([*current.tags, *tags]))
-        if current.name != name or wanted != current.tags:
-            client.update_flow_run(UUID(flow_run.id), name=name, tags=wanted)
+    try:
+        with prefect_client() as client:
+            current = client.read_flow_run(UUID(flow_run.id))
+            wanted = list(dict.fromkeys([*current.tags, *tags]))
+            if current.name != name or wanted != current.tags:
+                client.update_flow_run(UUID(flow_run.id), name=name, tags=wanted)
+    except Exception as exc:  # a label is not worth the request: said, and the run goes on
+        get_run_logger().warning("this run could not be named %r and tagged: %s", name, exc)
+
+
+#: Errors of the services a run reaches, not of its input: raised (a crash, healed), never
+#: turned into a refusal that would end the request for good.
+NOT_INPUT = (DatabaseError, OrchestratorUnreachable, NopayloaddbError)
 
 
 #: What the state message and the log line of a refused run begin with.

@@ -33,6 +33,7 @@ from b2cal.sites import Site
 from flows.artifacts import summarise_request
 from flows.calibrate import calibrate
 from flows.common import (
+    NOT_INPUT,
     name_and_tag,
     output_written,
     pool_site,
@@ -106,7 +107,14 @@ def process_request(request_id: int, site: str | None = None) -> str | State[Any
     try:
         here = pool_site(site)
         with records(here) as (db, _):
-            db.request(request_id)  # a missing one is refused in one line
+            request = db.request(request_id)  # a missing one is refused in one line
+        if request.site != here.name:
+            raise B2CalError(
+                f"{request.label} is a request of site {request.site}: run "
+                f"process-request/{request.site}"
+            )
+    except NOT_INPUT:
+        raise
     except B2CalError as exc:
         return refused(str(exc))
     return process(here, request_id)

@@ -7,8 +7,10 @@ can check (a calibration it does not know, runs without registered data, a tag t
 exist, another site's name) ends the run at its start with one line in its log and its state
 message, and makes no request. Then the run is the request's flow run, as one started by
 ``b2cal request create``: processed by the same body as ``process-request`` (which names and
-tags it after the request), healed the same way. Prefect runs a crashed run again under the same id,
-and that run finds the request it made (``state_request_flow_run``) instead of making another.
+tags it after the request), healed the same way: b2cal's healing runs a crashed run again
+under the same id, and that run finds the request it made (``state_request_flow_run``)
+instead of making another. (A run that crashes before its request exists is left Crashed:
+there is nothing to heal; start it again.)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from b2cal.db.model import Request
 from b2cal.errors import B2CalError
 from b2cal.requests.operations import draft_request, new_request
 from b2cal.sites import RequestKind, Site
-from flows.common import pool_site, records, refused
+from flows.common import NOT_INPUT, pool_site, records, refused
 from flows.process_request import cancelled, process
 
 #: A run range as people write it: "1-8", or "5".
@@ -89,6 +91,8 @@ def calibration_request(
                 get_run_logger().info("made %s, staging tag %s", made.label, made.staging_tag)
             else:
                 get_run_logger().info("run again: %s, made by this flow run", made.label)
+    except NOT_INPUT:
+        raise
     except B2CalError as exc:
         return refused(str(exc))
     return process(here, made.id)

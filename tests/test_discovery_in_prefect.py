@@ -46,7 +46,17 @@ def test_discovery_is_one_long_run_at_a_time_and_hands_over(stack: Stack, tmp_pa
             DeploymentUpdate(parameters={"site": "bnl", "start_requests": False}),
         )
     assert discovery_runs.keep_going(site) is None  # paused: nothing starts
+    with get_client(sync_client=True) as client:  # an older b2cal's schedule, still there
+        from prefect.client.schemas.actions import DeploymentScheduleCreate
+        from prefect.client.schemas.schedules import IntervalSchedule
+
+        client.create_deployment_schedules(
+            deployment.id,
+            [DeploymentScheduleCreate(schedule=IntervalSchedule(interval=30), active=True)],
+        )
     discovery_runs.switch(site, on=True)
+    with get_client(sync_client=True) as client:  # gone: no runs made ahead of time
+        assert client.read_deployment_schedules(deployment.id) == []
     try:
         # the site's reconciler starts the first run within a pass (2 s here)
         first = wait_until(

@@ -75,9 +75,7 @@ def test_a_simulated_stretch_at_the_local_defaults(hours: int) -> None:
         rounds = Rounds(clock.now, site.discovery.run_minutes, scan_seconds)
         run_rounds(rounds, scan, clock=clock, sleep=clock.sleep, still_on=lambda: True)
         clock.sleep(handover)
-    per_day = 24 * 60 / site.discovery.run_minutes
-    assert per_day <= 48
-    assert runs <= per_day * hours / 24 + 1, runs
+    assert runs <= 48 * hours / 24 + 1, runs  # the promise: 48 a day at the local defaults
     latencies = [(registered[w] - w).total_seconds() for w in landed if w in registered]
     assert len(latencies) == len(landed)
     assert max(latencies) < 60, max(latencies)  # the promise at the local site

@@ -126,6 +126,27 @@ def test_server_up_status_down(home: tuple[Path, dict[str, str]]) -> None:
 USERS_PROFILES = 'active = "work"\n\n[profiles.work]\nPREFECT_API_URL = "https://p.example/api"\n'
 
 
+def test_a_stack_whose_server_died_still_puts_the_profile_back(
+    home: tuple[Path, dict[str, str]],
+) -> None:
+    """The server killed (a reboot, say), ``server up`` starts a new one: ``server down``
+    still restores what the first ``up`` found, not the b2cal profile it left active."""
+    folder, env = home
+    users_profiles = folder / "user-prefect" / "profiles.toml"
+    users_profiles.parent.mkdir(parents=True, exist_ok=True)
+    users_profiles.write_text(USERS_PROFILES)
+    port = str(free_port())
+    assert run(env, "server", "up", "--port", port, "--no-discover").returncode == 0
+    server = json.loads((folder / "server" / "stack.json").read_text())["server_pid"]
+    os.kill(server, signal.SIGKILL)
+    wait_until(lambda: not alive(server), 30, "the server to die")
+    again = run(env, "server", "up", "--port", port, "--no-discover")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert 'active = "b2cal"' in users_profiles.read_text()
+    assert run(env, "server", "down").returncode == 0
+    assert tomllib.loads(users_profiles.read_text()) == tomllib.loads(USERS_PROFILES)
+
+
 def test_a_taken_port_is_refused(home: tuple[Path, dict[str, str]]) -> None:
     _, env = home
     with socket.socket() as taken:

@@ -79,9 +79,10 @@ def server_up(
 
         state = stack.up(options, say=say)
     console.print(f"Prefect UI: {state['ui_url']}  (API {state['api_url']})")
+    one_shell = export_line(state["api_url"], state.get("auth_string"))
     console.print(
         f"prefect reaches it through the profile {PROFILE!r}, active until `b2cal server down` "
-        f"puts yours back (one shell only: {export_line(state['api_url'])})"
+        f"puts yours back (one shell only: {one_shell})"
     )
     console.print(f"logs: {stack.folder / 'logs'}")
 

@@ -99,15 +99,19 @@ def deployment(flow: str, site: Site) -> str:
     return f"{flow}/{site.name}"
 
 
-def start_deployment_run(name: str, parameters: dict[str, Any], tags: list[str]) -> str:
-    """Create a run of deployment ``name`` (its pool's worker starts it); its flow-run id."""
+def start_deployment_run(
+    name: str, parameters: dict[str, Any], tags: list[str], *, run_name: str | None = None
+) -> str:
+    """Create a run of deployment ``name`` (its pool's worker starts it), named ``run_name``
+    in the list from the start (not a random name until it runs); its flow-run id."""
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     with prefect_client():  # checks the API first, and turns its errors into one line
         flow_run = run_deployment(
-            name, parameters=parameters, timeout=0, as_subflow=False, tags=tags
-        )
+            name, parameters=parameters, timeout=0, as_subflow=False, tags=tags,
+            flow_run_name=run_name,
+        )  # fmt: skip
     assert isinstance(flow_run, FlowRun)
     return str(flow_run.id)
 

@@ -10,19 +10,19 @@ therefore adds ``24 * 60 / run_minutes`` discovery runs to the list (48 at the d
 named ``discover · <site>``.
 
 The switch is the ``discover-data/<site>`` deployment's own *paused* flag, the toggle a person
-sees in the Prefect UI: ``prefect.yaml`` deploys it paused, ``b2cal server up --discover``
-resumes it for the sites it serves, and a run in progress ends at its next scan once it is
-paused again.
+sees in the Prefect UI (a deploy leaves it on, as Prefect does): ``b2cal server up
+--discover`` resumes it for the sites it serves (``--no-discover`` pauses it), and a run in
+progress ends at its next scan once it is paused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from b2cal.orchestrator.client import deployment, prefect_client
+from b2cal.orchestrator.client import deployment, prefect_client, start_deployment_run
 from b2cal.sites import Site
 
 if TYPE_CHECKING:
@@ -89,8 +89,14 @@ def discovery_on(client: SyncPrefectClient, site: Site) -> bool:
     return not found.paused
 
 
-def active_runs(client: SyncPrefectClient, site: Site) -> list[str]:
-    """The ids of the site's discovery runs that have not ended."""
+#: A discovery run not RUNNING this long past its ``run_minutes`` no longer counts as the
+#: site's one (stuck PENDING on a host that died, CANCELLING for ever): discovery goes on.
+STALE_SECONDS = 600
+
+
+def active_runs(client: SyncPrefectClient, site: Site, now: datetime | None = None) -> list[str]:
+    """The ids of the site's discovery runs that have not ended (runs a Prefect schedule
+    made ahead of time, from an older b2cal, and stale ones left out)."""
     from prefect.client.schemas.filters import (
         DeploymentFilter,
         DeploymentFilterName,
@@ -112,36 +118,41 @@ def active_runs(client: SyncPrefectClient, site: Site) -> list[str]:
         ),
         limit=20,
     )
-    return [str(run.id) for run in runs]
+    moment = now or datetime.now(UTC)
+    limit = timedelta(minutes=site.discovery.run_minutes, seconds=STALE_SECONDS)
+    return [
+        str(run.id)
+        for run in runs
+        if not run.auto_scheduled
+        and run.state is not None
+        and (run.state.name == "Running" or moment - run.state.timestamp < limit)
+    ]
 
 
 def keep_going(site: Site, but: str | None = None) -> str | None:
     """Start the site's next discovery run if discovery is on and none is active (``but``,
     the run that calls this to hand over, does not count); its flow-run id, or None."""
-    from prefect.client.schemas.objects import FlowRun
-    from prefect.deployments import run_deployment
-
     with prefect_client() as client:
         if not discovery_on(client, site):
             return None
         if [run for run in active_runs(client, site) if run != but]:
             return None
-        started = run_deployment(
-            deployment(FLOW, site),
-            parameters={"site": site.name, "for_minutes": site.discovery.run_minutes},
-            flow_run_name=run_name(site),
-            tags=[f"site:{site.name}"],
-            timeout=0,
-            as_subflow=False,
-        )
-    assert isinstance(started, FlowRun)
-    return str(started.id)
+    return start_deployment_run(
+        deployment(FLOW, site),
+        {"site": site.name, "for_minutes": site.discovery.run_minutes},
+        [f"site:{site.name}"],
+        run_name=run_name(site),
+    )
 
 
 def switch(site: Site, on: bool) -> None:
     """Turn the site's discovery on (resume its deployment) or off (pause it)."""
     with prefect_client() as client:
         found = client.read_deployment_by_name(deployment(FLOW, site))
+        # an older b2cal deployed discovery with a schedule, which Prefect keeps across
+        # deploys: it would fill the list with random-named runs ahead of time again
+        for schedule in client.read_deployment_schedules(found.id):
+            client.delete_deployment_schedule(found.id, schedule.id)
         if on and found.paused:
             client.resume_deployment(found.id)
         elif not on and not found.paused:

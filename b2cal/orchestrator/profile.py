@@ -94,6 +94,10 @@ def restore(before: ProfileBefore) -> None:
     _write(path, doc)
 
 
-def export_line(url: str) -> str:
-    """The line that points one shell's ``prefect`` at ``url`` without any profile."""
-    return f"export PREFECT_API_URL={url}"
+def export_line(url: str, auth_string: str | None = None) -> str:
+    """The line that points one shell's ``prefect`` at ``url`` without any profile (the auth
+    string, a secret, is named, not printed)."""
+    line = f"export PREFECT_API_URL={url}"
+    if auth_string:
+        line += " PREFECT_API_AUTH_STRING=$B2CAL_PREFECT_AUTH_STRING"
+    return line

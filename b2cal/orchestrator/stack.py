@@ -180,7 +180,9 @@ class LocalStack:
                         f"port {options.port} on 127.0.0.1 is taken by another program: "
                         "choose another with --port"
                     )
-                state = {"workers": {}}
+                # a new stack; what the first up found in the user's profiles stays known
+                kept = {k: state[k] for k in ("profile_before",) if k in state}
+                state = {"workers": {}, **kept}
                 state["server_pid"] = self._start_server(options.port, say)
                 started.append(state["server_pid"])
                 state["api_url"] = url
@@ -285,6 +287,7 @@ class LocalStack:
 
     # --- registration: pools, deployments, automations ------------------------------------
     def _register(self, url: str, options: StackOptions, say: Callable[[str], None]) -> None:
+        from b2cal.orchestrator import discovery_runs
         from b2cal.orchestrator.registration import (
             activate_discovery,
             deployed_pools,
@@ -318,9 +321,11 @@ class LocalStack:
             raise B2CalError(f"prefect deploy failed: {_tail(self.log('deploy'))}")
         say(f"deployments registered from prefect.yaml ({time.monotonic() - started:.1f} s)")
         ensure_automations(options.heartbeat_timeout, options.notify_url)
-        if options.discover:
-            for site in served:
+        for site in served:  # a deploy leaves discovery on: set it as asked
+            if options.discover:
                 activate_discovery(site)
+            else:
+                discovery_runs.switch(site, on=False)
 
     # --- status and down --------------------------------------------------------------------
     def processes(self) -> list[tuple[str, int | None, bool]]:
