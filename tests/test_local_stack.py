@@ -140,9 +140,13 @@ def test_a_stack_whose_server_died_still_puts_the_profile_back(
     server = json.loads((folder / "server" / "stack.json").read_text())["server_pid"]
     os.kill(server, signal.SIGKILL)
     wait_until(lambda: not alive(server), 30, "the server to die")
+    first = json.loads((folder / "server" / "stack.json").read_text())
     again = run(env, "server", "up", "--port", port, "--no-discover")
     assert again.returncode == 0, again.stdout + again.stderr
     assert 'active = "b2cal"' in users_profiles.read_text()
+    # the dead server's worker and reconciler were stopped, not left running unrecorded
+    assert not any(alive(pid) for kind in ("workers", "reconcilers")
+                   for pid in first[kind].values())  # fmt: skip
     assert run(env, "server", "down").returncode == 0
     assert tomllib.loads(users_profiles.read_text()) == tomllib.loads(USERS_PROFILES)
 

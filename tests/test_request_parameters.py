@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import jsonschema
 import pytest
-from prefect.utilities.callables import parameter_schema
-
-from flows.request import calibration_request
 
 pytestmark = pytest.mark.unit
 
 
 def schema() -> dict:  # type: ignore[type-arg]
+    # Imported here, not at collection: loading a flow module fixes Prefect's settings in the
+    # process, and the stack tier (which collects this file too) sets its API address later.
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.request import calibration_request
+
     return parameter_schema(calibration_request.fn).model_dump_for_openapi()
 
 

@@ -180,7 +180,13 @@ class LocalStack:
                         f"port {options.port} on 127.0.0.1 is taken by another program: "
                         "choose another with --port"
                     )
-                # a new stack; what the first up found in the user's profiles stays known
+                # a new stack: the dead server's workers and reconcilers go with it (they
+                # would serve an old address, unrecorded); what the first up found in the
+                # user's profiles stays known
+                for kind in ("workers", "reconcilers"):
+                    for pid in state.get(kind, {}).values():
+                        if self.ours(pid, state):
+                            _stop_group(pid)
                 kept = {k: state[k] for k in ("profile_before",) if k in state}
                 state = {"workers": {}, **kept}
                 state["server_pid"] = self._start_server(options.port, say)
