@@ -106,6 +106,9 @@ def test_server_up_status_down(home: tuple[Path, dict[str, str]]) -> None:
     # a run the worker launched, detached from it (its supervisor: here a stand-in process
     # with the launcher's record): listed by status, stopped by down
     detached = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    # ... and its engine, in a session of its own as Prefect's supervisor starts it
+    engine = subprocess.Popen(["sleep", "301"], start_new_session=True,
+                              env={**env, "PREFECT__FLOW_RUN_ID": "0123abcd-run"})  # fmt: skip
     record = {"host": socket.gethostname(), "pid": detached.pid, "started": started(detached.pid),
               "api_url": stack["api_url"]}  # fmt: skip
     runs = folder / "server" / "flow-runs"
@@ -116,6 +119,7 @@ def test_server_up_status_down(home: tuple[Path, dict[str, str]]) -> None:
     assert down.returncode == 0, down.stderr
     assert f"stopped flow run 0123abcd-run (pid {detached.pid})" in down.stdout, down.stdout
     assert detached.wait(timeout=30) == -signal.SIGTERM
+    assert engine.wait(timeout=30) == -signal.SIGTERM
     assert not any(alive(pid) for pid in pids)
     assert "stopped" in run(env, "server", "status").stdout
     found = tomllib.loads(users_profiles.read_text())

@@ -39,6 +39,24 @@ def alive(pid: int | None, since: str | None = None) -> bool:
     return stat[0] != "Z" and (since is None or stat[19] == since)
 
 
+def with_environment(entry: str) -> list[int]:
+    """The processes of this user whose environment holds ``entry`` (``NAME=value``): how
+    the processes of one flow run are found when they do not share a process group (Prefect's
+    supervisor starts the flow's engine in a session of its own)."""
+    wanted = entry.encode()
+    found = []
+    proc = Path("/proc")
+    for path in proc.iterdir() if proc.is_dir() else []:
+        if not path.name.isdigit() or int(path.name) == os.getpid():
+            continue
+        try:
+            if wanted in (path / "environ").read_bytes().split(b"\0"):
+                found.append(int(path.name))
+        except OSError:
+            continue
+    return found
+
+
 def group_alive(group: int) -> bool:
     """Whether any process of the process group is left (zombies, which only wait for their
     parent to read their status, do not count)."""

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from b2cal.core.files import atomic_write_json
-from b2cal.core.processes import alive, group_alive, started
+from b2cal.core.processes import alive, group_alive, started, with_environment
 from b2cal.errors import B2CalError
 from b2cal.orchestrator.client import stack_folder, stack_state
 from b2cal.orchestrator.launcher import running as detached_runs
@@ -357,6 +357,10 @@ class LocalStack:
                 say(f"stopped {name} (pid {pid})")
         for flow_run, pid in detached_runs(state.get("api_url")).items():
             _stop_group(pid)
+            # its engine, in a session of its own, may outlive its supervisor
+            for engine in with_environment(f"PREFECT__FLOW_RUN_ID={flow_run}"):
+                if alive(engine):
+                    _stop_group(engine)
             say(f"stopped flow run {flow_run} (pid {pid})")
         server = state.get("server_pid")
         if server and self.ours(server, state):
