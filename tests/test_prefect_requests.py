@@ -123,43 +123,15 @@ def test_wrong_input_is_refused_in_one_line(stack: Stack) -> None:
     assert bad_range.returncode != 0 and "UUID: " not in bad_range.stdout
     assert len(flow_runs("site:local")) == runs_before
     # what only b2cal can check: the run fails at its start, saying why, and makes nothing
-    assert_refused(
-        stack,
-        run_deployment(
-            stack,
-            "calibration-request/local",
-            "exp=2",
-            "runs=1-4",
-            'calibrations=["NoSuchCalibration"]',
-            watch=True,
-        ),
-        "NoSuchCalibration",
-    )
-    assert_refused(
-        stack,
-        run_deployment(
-            stack,
-            "calibration-request/local",
-            "exp=77",
-            "runs=1-4",
-            'calibrations=["ChannelT0"]',
-            watch=True,
-        ),
-        "77",
-    )
-    assert_refused(
-        stack,
-        run_deployment(
-            stack,
-            "calibration-request/local",
-            "exp=2",
-            "runs=1-4",
-            'calibrations=["ChannelT0"]',
-            "site=bnl",
-            watch=True,
-        ),
-        "site 'bnl' is not the site of this work pool (local)",
-    )
+    refusals = [
+        (("exp=2", 'calibrations=["NoSuchCalibration"]'), "NoSuchCalibration"),
+        (("exp=77", 'calibrations=["ChannelT0"]'), "77"),
+        (("exp=2", 'calibrations=["ChannelT0"]', "site=bnl"),
+         "site 'bnl' is not the site of this work pool (local)"),
+    ]  # fmt: skip
+    for params, said in refusals:
+        made = run_deployment(stack, "calibration-request/local", "runs=1-4", *params, watch=True)
+        assert_refused(stack, made, said)
     assert_refused(
         stack,
         run_deployment(stack, "process-request/local", "request_id=999", watch=True),
