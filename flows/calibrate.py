@@ -68,6 +68,7 @@ from b2cal.requests.healing import record_process
 from b2cal.sites import Site
 from flows.artifacts import publish_validation
 from flows.common import (
+    algorithm_pool,
     awaited_here,
     output_written,
     records,
@@ -100,8 +101,16 @@ def collect_task(
     task_run_name="algorithm · {calibration} · iter {iteration}",
 )
 def algorithm_task(site: Site, request_id: int, calibration: str, iteration: int) -> str:
+    """The iteration's algorithm executions in the process's pool (side by side where the
+    strategy allows), so a long fit never holds up another calibration's steps here."""
     workspace = RequestArea(site.request_folder(request_id)).workspace
-    result = run_algorithm(workspace, load_calibration(workspace, calibration), iteration)
+    result = run_algorithm(
+        workspace,
+        load_calibration(workspace, calibration),
+        iteration,
+        pool=algorithm_pool(site),
+        stop=stopping,
+    )
     return result.result.value
 
 
@@ -244,6 +253,7 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
     subflow_turns.begun()
     log = get_run_logger()
     here = site_of(site)
+    algorithm_pool(here)  # its workers start now and import while the collection runs
     ready = output_written(request_id, calibration)
     if not awaited_here(request_id, [calibration]):  # a deployment run of its own: watched
         record_process(RequestArea(here.request_folder(request_id)), str(flow_run.id or ""))

@@ -16,6 +16,7 @@ from prefect.client.schemas.objects import State
 from b2cal.backends.base import Backend
 from b2cal.backends.registry import open_backend
 from b2cal.caf.collection import JOB_TARGET
+from b2cal.caf.executions import AlgorithmPool
 from b2cal.cdb.connect import open_store
 from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import StateDatabase
@@ -24,6 +25,7 @@ from b2cal.orchestrator.client import prefect_client
 from b2cal.sites import Site, load_site
 
 _backends: dict[str, Backend] = {}
+_pools: dict[str, AlgorithmPool] = {}
 _backends_lock = threading.Lock()
 
 
@@ -123,6 +125,19 @@ def site_backend(site: Site) -> Backend:
         return backend
 
 
+def algorithm_pool(site: Site) -> AlgorithmPool:
+    """The processes that run algorithm executions, ``[backend] workers`` of them, one pool per
+    flow-run process (calibrations in one process take turns in it; it is closed when the
+    process ends). Asked for early, so its workers import while the collection runs."""
+    with _backends_lock:
+        pool = _pools.get(site.name)
+        if pool is None:
+            pool = AlgorithmPool(site.backend.workers)
+            _pools[site.name] = pool
+            atexit.register(pool.close)
+        return pool
+
+
 _outputs: dict[tuple[int, str], threading.Event] = {}
 
 #: Set when the flow-run process is told to stop (cancel, SIGTERM): nothing new starts, and
@@ -135,10 +150,13 @@ def stop_everything() -> None:
     stopping.set()
     with _backends_lock:
         backends = list(_backends.values())
+        pools = list(_pools.values())
         for ready in _outputs.values():
             ready.set()  # dependants waiting for an output wake up, and see ``stopping``
     for backend in backends:
         backend.close()
+    for pool in pools:
+        pool.close()
 
 
 _here: set[tuple[int, str]] = set()

@@ -17,6 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from b2cal.backends.base import Backend
 from b2cal.caf.calibration import AlgorithmResult, Calibration
+from b2cal.caf.executions import AlgorithmPool
 from b2cal.caf.graph import sorter
 from b2cal.caf.lifecycle import drive, record_failure
 from b2cal.caf.progress import NoProgress, Progress, plural
@@ -35,8 +36,10 @@ def calibrate(
     *,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    pool: AlgorithmPool | None = None,
 ) -> CalibrationOutcome:
-    """Run one calibration to its end, resuming from whatever its workspace holds.
+    """Run one calibration to its end, resuming from whatever its workspace holds; its
+    algorithm executions in ``pool`` (else in this thread).
 
     A calibration that ended OK or NOT_ENOUGH_DATA before is not run again. One that cannot
     finish (collector jobs failing, an algorithm FAILURE, a bug: traceback in ``error.log``)
@@ -53,7 +56,7 @@ def calibrate(
             collect(workspace, calibration, iteration, backend, progress=shown, stop=stop)
 
         def algorithm(self, iteration: int) -> None:
-            run_algorithm(workspace, calibration, iteration, progress=shown)
+            run_algorithm(workspace, calibration, iteration, progress=shown, pool=pool, stop=stop)
 
         def finish(self) -> CalibrationOutcome:
             return finish(workspace, calibration, progress=shown)
@@ -98,8 +101,10 @@ def run_calibrations(
     *,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    pool: AlgorithmPool | None = None,
 ) -> dict[str, CalibrationOutcome]:
-    """Run every calibration of a planned workspace, each as soon as its dependencies ended.
+    """Run every calibration of a planned workspace, each as soon as its dependencies ended,
+    their algorithm executions in ``pool`` (shared: they take turns) or else in their threads.
 
     A calibration whose dependency did not end OK is not run (FAILURE, saying which; nothing
     is recorded for it, so a rerun tries it again). An interrupt (KeyboardInterrupt, also
@@ -111,7 +116,7 @@ def run_calibrations(
     graph = sorter(calibrations)
     outcomes: dict[str, CalibrationOutcome] = {}
     running: dict[Future[CalibrationOutcome], str] = {}
-    pool = ThreadPoolExecutor(max_workers=max(1, len(calibrations)), thread_name_prefix="caf")
+    threads = ThreadPoolExecutor(max_workers=max(1, len(calibrations)), thread_name_prefix="caf")
     try:
         while graph.is_active():
             for name in graph.get_ready():
@@ -126,8 +131,14 @@ def run_calibrations(
                     )
                     graph.done(name)
                     continue
-                future = pool.submit(
-                    calibrate, workspace, calibrations[name], backend, progress=shown, stop=stop
+                future = threads.submit(
+                    calibrate,
+                    workspace,
+                    calibrations[name],
+                    backend,
+                    progress=shown,
+                    stop=stop,
+                    pool=pool,
                 )
                 running[future] = name
             if not running:
@@ -141,7 +152,7 @@ def run_calibrations(
         stop.set()
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        threads.shutdown(wait=True, cancel_futures=True)
     order = workspace.run_record().calibrations
     return {name: outcomes[name] for name in order if name in outcomes}
 

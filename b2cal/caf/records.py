@@ -143,6 +143,29 @@ class JobSpec(Record):
         return sha256sum(canonical_json(self.model_dump(mode="json")))
 
 
+class ExecutionOrder(Record):
+    """What one algorithm execution in a process of its own is asked to do: the runs whose
+    collector output it sums (run order), for which iteration, with which payload chain."""
+
+    runs: list[tuple[int, int]]
+    iteration: int
+    chain: list[Path]
+
+    def group(self) -> tuple[ExpRun, ...]:
+        return tuple(ExpRun(exp, run) for exp, run in self.runs)
+
+
+class ExecutionDone(Record):
+    """How an algorithm execution in a process of its own ended; written last (its outcome,
+    pickled, beside it). ``error``: an internal error of the algorithm, one line (traceback
+    in the execution's ``error.log``)."""
+
+    process: int
+    started: float
+    ended: float
+    error: str = ""
+
+
 class JobStatus(Record):
     """How a collector job ended; written last, so ``done`` means its output is complete.
 
@@ -193,6 +216,22 @@ class IterationResult(Record):
     #: Seconds spent merging the job outputs, and in the strategy and algorithm.
     merge_seconds: float = 0.0
     algorithm_seconds: float = 0.0
+    #: Executions run ahead (in parallel) that the strategy's serial rule did not make; their
+    #: files are kept apart from those of the executions it made.
+    discarded: list[dict[str, Any]] = Field(default_factory=list)
+
+    def computed(self) -> dict[str, Any]:
+        """The record without where and when it was computed (seconds, process ids, start and
+        end times, folders, executions run ahead): what two computations of the same
+        iteration, serial or parallel, must agree on."""
+        where = {"process", "started", "ended", "folder"}
+        data = self.model_dump(
+            mode="json", exclude={"merge_seconds", "algorithm_seconds", "discarded"}
+        )
+        data["executions"] = [
+            {k: v for k, v in e.items() if k not in where} for e in data["executions"]
+        ]
+        return data
 
 
 class ValidationOutcome(Record):

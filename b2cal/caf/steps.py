@@ -30,6 +30,7 @@ from b2cal.backends.base import Backend
 from b2cal.caf.calibration import AlgorithmResult, Calibration, PayloadDoc
 from b2cal.caf.chain import PayloadChain, chain_links
 from b2cal.caf.config import Overrides, configure
+from b2cal.caf.executions import AlgorithmPool
 from b2cal.caf.jobs import collected_jobs, job_specs, merge_job_outputs, prepare_jobs, run_jobs
 from b2cal.caf.lifecycle import iterations_run
 from b2cal.caf.locks import one_holder
@@ -249,9 +250,15 @@ def run_algorithm(
     iteration: int,
     *,
     progress: Progress | None = None,
+    pool: AlgorithmPool | None = None,
+    stop: threading.Event | None = None,
 ) -> IterationResult:
     """Merge the iteration's collector output, run the strategy and the algorithm, keep the
-    payloads (the iteration's ``localdb``) and the result; or return the recorded result."""
+    payloads (the iteration's ``localdb``) and the result; or return the recorded result.
+
+    With ``pool`` (what drivers give) the executions run in its processes, the independent
+    ones side by side (:mod:`b2cal.caf.executions`); without, one after the other in this
+    thread. ``stop`` interrupts executions in a pool (Interrupted)."""
     shown = progress or NoProgress()
     name = calibration.name
     area = workspace.calibration(name)
@@ -271,6 +278,17 @@ def run_algorithm(
         merged = time.perf_counter()
         statuses = [job.status() for job in jobs]
         chain = PayloadChain(directories)
+        runner = None
+        if pool is not None:
+            runner = pool.runner(
+                current.algorithm,
+                calibration.algorithm,
+                calibration.settings,
+                per_run,
+                iteration=iteration,
+                chain=directories,
+                stop=stop,
+            )
         outcome = run_strategy(
             calibration.strategy,
             calibration.algorithm,
@@ -280,6 +298,7 @@ def run_algorithm(
             lookup=chain.lookup,
             open_ended=run.open_ended,
             settings=calibration.settings,
+            runner=runner,
         )
         computed = time.perf_counter()
         write_local_database(current.localdb, outcome.payloads)
@@ -289,6 +308,7 @@ def run_algorithm(
             message=outcome.message,
             payloads=[PayloadRef(name=n, iov=iov) for n, iov, _ in outcome.payloads],
             executions=[record.summary() for record in outcome.records],
+            discarded=[record.summary() for record in outcome.discarded],
             events=sum(s.events for s in statuses if s is not None),
             jobs=len(jobs),
             bad_files=[b for s in statuses if s is not None for b in s.bad_files],

@@ -15,6 +15,13 @@
             result.json                     IterationResult (written last)
             collector.pkl                   the collector and its settings
             localdb/                        the iteration's payloads (next iteration's chain)
+            algorithm/                      inputs and outputs of the algorithm executions:
+                algorithm.pkl               the algorithm and its settings
+                runs/e<exp>r<run>.pkl       the merged collector output of each run
+                executions/<runs>/          one execution (e1r3, or e1r3-e1r5 for a group of
+                                            runs): order.json, execution.pkl,
+                                            error.log, done.json (last)
+                discarded/<runs>/           executions run ahead that the strategy did not use
             jobs/<NNNN>/                    one collector job:
                 spec.json  submission.json  output.pkl  status.json (last)  job.log
 
@@ -46,6 +53,8 @@ from b2cal.caf.locks import hold, is_held
 from b2cal.caf.records import (
     CalibrationOutcome,
     CalibrationRecord,
+    ExecutionDone,
+    ExecutionOrder,
     IterationResult,
     JobSpec,
     JobStatus,
@@ -53,6 +62,7 @@ from b2cal.caf.records import (
     RunRecord,
 )
 from b2cal.core.files import atomic_write_bytes
+from b2cal.core.iov import ExpRun
 from b2cal.core.localdb import PROVENANCE_FOLDER
 from b2cal.errors import ArgumentsChanged, CalibrationBusy, WorkspaceError
 
@@ -146,6 +156,80 @@ class JobArea:
         atomic_write_bytes(self.root / "output.pkl", pickle.dumps(output, protocol=5))
 
 
+class ExecutionArea:
+    """The folder of one algorithm execution run in a process of its own."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def error_log(self) -> Path:
+        return self.root / "error.log"
+
+    def order(self) -> ExecutionOrder | None:
+        return ExecutionOrder.read(self.root / "order.json")
+
+    def write_order(self, order: ExecutionOrder) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        order.write(self.root / "order.json")
+
+    def done(self) -> ExecutionDone | None:
+        return ExecutionDone.read(self.root / "done.json")
+
+    def execution(self) -> Any:
+        """The execution's outcome (an ``Execution``), pickled by the process that ran it."""
+        with (self.root / "execution.pkl").open("rb") as handle:
+            return pickle.load(handle)
+
+    def write_outcome(self, execution: Any, done: ExecutionDone) -> None:
+        """Keep the outcome, then the record that says the execution ended (last)."""
+        if execution is not None:
+            atomic_write_bytes(self.root / "execution.pkl", pickle.dumps(execution, protocol=5))
+        done.write(self.root / "done.json")
+
+
+class AlgorithmArea:
+    """The inputs and outputs of an iteration's algorithm executions in processes of their own
+    (``iterations/<i>/algorithm``): written afresh each time the iteration's algorithm runs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def algorithm_path(self) -> Path:
+        return self.root / "algorithm.pkl"
+
+    def run_path(self, exprun: ExpRun) -> Path:
+        return self.root / "runs" / f"{exprun}.pkl"
+
+    def write_inputs(self, algorithm: bytes, per_run: RunAccumulators) -> None:
+        """Start afresh: the algorithm and its settings (pickled by the caller) and each run's
+        collector output, one file per run (an execution reads only its runs)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        (self.root / "runs").mkdir(parents=True)
+        for exprun, accumulator in per_run.items():
+            atomic_write_bytes(self.run_path(exprun), pickle.dumps(accumulator, protocol=5))
+        atomic_write_bytes(self.algorithm_path, algorithm)
+
+    def read_run(self, exprun: ExpRun) -> Any:
+        with self.run_path(exprun).open("rb") as handle:
+            return pickle.load(handle)
+
+    def execution(self, runs: tuple[ExpRun, ...]) -> ExecutionArea:
+        """The folder of the execution over ``runs`` (sorted; a strategy's groups are runs in
+        a row, so the first and last run name it)."""
+        name = f"{runs[0]}-{runs[-1]}" if len(runs) > 1 else str(runs[0])
+        return ExecutionArea(self.root / "executions" / name)
+
+    def discard(self, execution: ExecutionArea) -> ExecutionArea:
+        """Move an execution the strategy did not use to ``discarded/``, apart from the rest."""
+        target = self.root / "discarded" / execution.root.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        execution.root.rename(target)
+        return ExecutionArea(target)
+
+
 class IterationArea:
     """The folder of one iteration of a calibration."""
 
@@ -161,6 +245,10 @@ class IterationArea:
     @property
     def collector_path(self) -> Path:
         return self.root / "collector.pkl"
+
+    @property
+    def algorithm(self) -> AlgorithmArea:
+        return AlgorithmArea(self.root / "algorithm")
 
     def result(self) -> IterationResult | None:
         return IterationResult.read(self.root / "result.json")
@@ -183,6 +271,7 @@ class IterationArea:
         """Make the iteration pending again, keeping its collector jobs."""
         (self.root / "result.json").unlink(missing_ok=True)
         shutil.rmtree(self.localdb, ignore_errors=True)
+        shutil.rmtree(self.algorithm.root, ignore_errors=True)
 
 
 class CalibrationArea:

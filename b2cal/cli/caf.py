@@ -18,10 +18,10 @@ from b2cal.core.iov import parse_runs
 from b2cal.errors import B2CalError
 
 if TYPE_CHECKING:
-    from b2cal.backends.base import Backend
     from b2cal.caf.calibration import Calibration
     from b2cal.caf.plan import CalibrationRequest
     from b2cal.caf.records import CalibrationOutcome
+    from b2cal.sites import BackendSettings
 
 log = logging.getLogger("b2cal.caf")
 
@@ -142,16 +142,16 @@ def caf_run(
 
         Workspace(output).run_record()  # a rerun happens inside an existing output: refused
         # before any worker process is started
-    chosen = _backend(backend, site, workers)
-    outcomes = _run(request, configured, overrides, output, chosen, rerun, added)
+    settings = _backend_settings(backend, site, workers)
+    outcomes = _run(request, configured, overrides, output, settings, rerun, added)
     _print_outcomes(outcomes, output)
     if any(o.result is not AlgorithmResult.OK for o in outcomes.values()):
         raise typer.Exit(EXIT_CALIBRATION_FAILED)
 
 
-def _backend(name: str | None, site: str | None, workers: int | None) -> Backend:
-    """The backend of ``--backend`` / ``--site`` (local processes if neither is given)."""
-    from b2cal.backends.registry import open_backend
+def _backend_settings(name: str | None, site: str | None, workers: int | None) -> BackendSettings:
+    """The backend of ``--backend`` / ``--site`` (local processes if neither is given), and
+    the number of workers (also the processes that run algorithm executions)."""
     from b2cal.sites import BackendSettings, load_site
 
     settings = load_site(site).backend if site is not None else BackendSettings()
@@ -162,7 +162,7 @@ def _backend(name: str | None, site: str | None, workers: int | None) -> Backend
         update["workers"] = workers
     elif site is None:
         update["workers"] = os.cpu_count() or 1
-    return open_backend(settings.model_copy(update=update))
+    return settings.model_copy(update=update)
 
 
 def _input_databases(paths: list[Path]) -> tuple[Path, ...]:
@@ -242,18 +242,22 @@ def _run(
     configured: dict[str, Calibration],
     overrides: dict[str, dict[str, Any]],
     output: Path,
-    backend: Backend,
+    settings: BackendSettings,
     rerun: str | None,
     added: list[str],
 ) -> dict[str, CalibrationOutcome]:
+    from b2cal.backends.registry import open_backend
     from b2cal.caf.collection import JOB_TARGET
     from b2cal.caf.driver import run_calibrations
+    from b2cal.caf.executions import AlgorithmPool
     from b2cal.caf.steps import plan
     from b2cal.caf.workspace import Workspace
     from b2cal.cli.console import console, progress_display
 
     workspace = Workspace(output)
-    with backend, workspace.run_log():
+    backend = open_backend(settings)
+    # the algorithm's processes start now too: they import while the collection runs
+    with backend, AlgorithmPool(settings.workers) as pool, workspace.run_log():
         backend.preload([JOB_TARGET])  # workers import while the plan is made
         made = plan(workspace, request, configured, overrides, rerun=[rerun] if rerun else [])
         _say_added(added)
@@ -271,7 +275,9 @@ def _run(
         )
         try:
             with progress_display(made.order) as progress:
-                outcomes = run_calibrations(workspace, configured, backend, progress=progress)
+                outcomes = run_calibrations(
+                    workspace, configured, backend, progress=progress, pool=pool
+                )
         except KeyboardInterrupt:
             log.warning("caf run %s; rerun the same command to resume", interruption())
             raise
