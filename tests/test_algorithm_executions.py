@@ -350,3 +350,19 @@ def test_two_calibrations_executions_overlap(pool: AlgorithmPool, tmp_path: Path
     assert {t0.process, alignment.process}.isdisjoint({os.getpid()})
     assert t0.process != alignment.process
     assert t0.started < alignment.ended and alignment.started < t0.ended
+
+
+class Niceness(Algorithm):
+    def execute(self, data: Accumulator, context: AlgorithmContext) -> Execution:
+        return Execution(AlgorithmResult.OK, payloads={"P": {}}, metrics={"nice": os.nice(0)})
+
+
+def test_executions_run_below_the_driver_and_above_collector_jobs(
+    pool: AlgorithmPool, tmp_path: Path
+) -> None:
+    from b2cal.backends.local import WORKER_NICENESS
+    from b2cal.caf.executions import EXECUTION_NICENESS
+
+    (record,) = in_pool(pool, tmp_path, StrategyName.SINGLE_IOV, Niceness(), {1: 1}).records
+    assert EXECUTION_NICENESS < WORKER_NICENESS
+    assert record.execution.metrics["nice"] == min(19, os.nice(0) + EXECUTION_NICENESS)

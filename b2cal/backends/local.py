@@ -69,7 +69,7 @@ def _preload(targets: Sequence[str]) -> None:
             continue
 
 
-def _worker_main(conn: Connection, parent: int, targets: list[str]) -> None:
+def _worker_main(conn: Connection, parent: int, targets: list[str], niceness: int) -> None:
     """A worker: run the jobs sent through ``conn`` one after the other, until told to stop.
 
     Ctrl-C and SIGTERM are the driver's to handle (a batch system signals every process of a
@@ -78,7 +78,7 @@ def _worker_main(conn: Connection, parent: int, targets: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):  # jobs yield to their driver, whose work is short
-        os.nice(WORKER_NICENESS)
+        os.nice(niceness)
     _watch_parent(parent)
     _preload(targets)
     while True:
@@ -113,11 +113,11 @@ def _exit_text(code: int | None) -> str:
 
 
 class _Worker:
-    def __init__(self, context: Any, targets: list[str]) -> None:
+    def __init__(self, context: Any, targets: list[str], niceness: int) -> None:
         self.conn, child = context.Pipe()
         self.process = context.Process(
             target=_worker_main,
-            args=(child, os.getpid(), targets),
+            args=(child, os.getpid(), targets, niceness),
             name="b2cal-worker",
             daemon=True,
         )
@@ -133,7 +133,8 @@ class _Entry:
 
 
 class LocalBackend(Backend):
-    """Runs jobs in ``workers`` local processes (default: one per core), started at once."""
+    """Runs jobs in ``workers`` local processes (default: one per core), started at once, at
+    ``niceness`` below the driver."""
 
     name = "local"
 
@@ -144,12 +145,14 @@ class LocalBackend(Backend):
         retries: int = 1,
         poll_seconds: float = 0.5,
         job_limit: int | None = None,
+        niceness: int = WORKER_NICENESS,
     ) -> None:
         count = workers if workers is not None else (os.cpu_count() or 1)
         if count < 1:
             raise B2CalError(f"the number of workers must be at least 1, got {count}")
         super().__init__(Limits(retries=retries, poll_seconds=poll_seconds, job_limit=job_limit))
         self.workers = count
+        self._niceness = niceness
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Condition()
         self._entries: dict[str, _Entry] = {}
@@ -159,7 +162,7 @@ class LocalBackend(Backend):
         self._closed = False
         self._broken = ""  # why the dispatcher stopped, if it failed
         self._wake_read, self._wake_write = os.pipe()
-        self._pool = [_Worker(self._context, list(self._targets)) for _ in range(count)]
+        self._pool = [self._start_worker() for _ in range(count)]
         self._dispatcher = threading.Thread(
             target=self._dispatch, name="local-backend", daemon=True
         )
@@ -335,7 +338,10 @@ class LocalBackend(Backend):
         worker.conn.close()
         self._pool.remove(worker)
         if not self._closed:
-            self._pool.append(_Worker(self._context, list(self._targets)))
+            self._pool.append(self._start_worker())
+
+    def _start_worker(self) -> _Worker:
+        return _Worker(self._context, list(self._targets), self._niceness)
 
 
 def open_local(settings: BackendSettings) -> LocalBackend:

@@ -55,6 +55,9 @@ from b2cal.errors import B2CalError, Interrupted
 TARGET = "b2cal.caf.executions:execute"
 #: How often a runner looks at its stop event while its executions run.
 _STOP_CHECK_SECONDS = 0.5
+#: Executions run below the driver but above collector jobs (niceness 10): with every core
+#: collecting, a calibration whose collection has ended gets to its payloads first.
+EXECUTION_NICENESS = 5
 
 
 # --- inside a worker process --------------------------------------------------------------------
@@ -103,7 +106,9 @@ class AlgorithmPool:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.backend = LocalBackend(workers, retries=0, poll_seconds=_STOP_CHECK_SECONDS)
+        self.backend = LocalBackend(
+            workers, retries=0, poll_seconds=_STOP_CHECK_SECONDS, niceness=EXECUTION_NICENESS
+        )
         self.backend.preload([TARGET])
 
     def __enter__(self) -> Self:
