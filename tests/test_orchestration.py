@@ -26,6 +26,7 @@ from prefect_stack import (
     wait_until,
 )
 
+from b2cal.caf.records import IterationResult
 from b2cal.db.states import RequestState
 
 pytestmark = [pytest.mark.stack, pytest.mark.usefixtures("in_stack")]
@@ -89,6 +90,11 @@ def test_a_prompt_request_runs_through_the_deployments_and_closes(
     assert first_job("BeamSpot") >= outputdb("ModuleAlignment")
     assert first_job("ModuleAlignment") < outputdb("ChannelT0")  # independent: they overlap
     assert first_job("ChannelT0") < outputdb("ModuleAlignment")
+    # algorithm executions ran in the flow-run process's pool, ChannelT0's runs side by side
+    t0 = IterationResult.read(out / "ChannelT0" / "iterations" / "0" / "result.json")
+    assert t0 is not None and len(t0.executions) == 8
+    assert all(e["folder"].startswith("algorithm/executions/") for e in t0.executions)
+    assert len({e["process"] for e in t0.executions}) == 2
     print(f"prompt request end to end: {prompt_request.seconds:.1f} s")
 
 
