@@ -1,9 +1,11 @@
 """The local backend: jobs in a pool of worker processes on this machine.
 
-The default for laptops, tests and the demo. Each worker is a ``spawn`` ed process (it never
-inherits the caller's threads or locks) that imports what jobs need once and then runs job
-after job, which keeps the per-job overhead small. The pool is b2cal's own rather than
-``concurrent.futures``' because of what must happen when things go wrong:
+The default for laptops, tests and the demo. Each worker is a fresh interpreter
+(:mod:`b2cal.backends.local_worker`: it never inherits the caller's threads or locks, nor
+imports the caller's ``__main__`` as ``multiprocessing``'s spawn does) that imports what jobs
+need once and then runs job after job, which keeps the per-job overhead small. The pool is
+b2cal's own rather than ``concurrent.futures``' because of what must happen when things go
+wrong:
 
 * a worker that dies (killed, out of memory) fails only the job it was running; a new worker
   takes its place and the other jobs go on;
@@ -23,83 +25,26 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
-from pathlib import Path
 from typing import Any
 
 from b2cal.backends.base import Backend, Job, JobHandle, JobReport, JobState, Limits
-from b2cal.backends.launch import call, resolve
 from b2cal.errors import B2CalError
 from b2cal.sites import BackendSettings
 
-#: How often a worker checks that the driver that started it is still there.
-PARENT_CHECK_SECONDS = 0.5
-#: Exit status of a worker whose driver died.
-_ORPHANED = 70
 #: How much lower than its driver a worker runs: with every core busy with collector jobs,
 #: the driver (and a flow's orchestration) gets the CPU for its short work first, and the
 #: jobs lose nothing (the driver needs little CPU).
 WORKER_NICENESS = 10
 #: How long a worker has to exit after being asked to, before it is killed.
 _EXIT_GRACE_SECONDS = 2.0
-
-
-# --- inside a worker process --------------------------------------------------------------------
-def _watch_parent(parent: int) -> None:
-    def watch() -> None:
-        while True:
-            time.sleep(PARENT_CHECK_SECONDS)
-            if os.getppid() != parent:
-                os._exit(_ORPHANED)  # the driver is gone: nobody will collect our result
-
-    threading.Thread(target=watch, name="watch-driver", daemon=True).start()
-
-
-def _preload(targets: Sequence[str]) -> None:
-    for target in targets:
-        try:
-            resolve(target)
-        except Exception:
-            continue
-
-
-def _worker_main(conn: Connection, parent: int, targets: list[str], niceness: int) -> None:
-    """A worker: run the jobs sent through ``conn`` one after the other, until told to stop.
-
-    Ctrl-C and SIGTERM are the driver's to handle (a batch system signals every process of a
-    job, a terminal every process of its group): it stops the workers itself.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with contextlib.suppress(OSError):  # jobs yield to their driver, whose work is short
-        os.nice(niceness)
-    _watch_parent(parent)
-    _preload(targets)
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        kind, *body = message
-        if kind == "preload":
-            _preload(body[0])
-            continue
-        job_id, target, directory = body
-        try:
-            status = call(target, Path(directory))
-            reply = (job_id, status == 0, "" if status == 0 else f"exit status {status}")
-        except BaseException as exc:  # the job failed, not the worker
-            text = " ".join(str(exc).split())[:300]
-            reply = (job_id, False, f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-        conn.send(reply)
 
 
 # --- in the driver ------------------------------------------------------------------------------
@@ -113,17 +58,28 @@ def _exit_text(code: int | None) -> str:
 
 
 class _Worker:
-    def __init__(self, context: Any, targets: list[str], niceness: int) -> None:
-        self.conn, child = context.Pipe()
-        self.process = context.Process(
-            target=_worker_main,
-            args=(child, os.getpid(), targets, niceness),
-            name="b2cal-worker",
-            daemon=True,
+    """A worker process (:mod:`b2cal.backends.local_worker`) and the connection to it; the
+    connection closing says the process ended."""
+
+    def __init__(self, targets: list[str], niceness: int) -> None:
+        self.conn, child = multiprocessing.Pipe()
+        command = [sys.executable, "-m", "b2cal.backends.local_worker"]
+        self.process = subprocess.Popen(
+            [*command, str(child.fileno()), str(os.getpid()), str(niceness)],
+            pass_fds=[child.fileno()],
+            stdin=subprocess.DEVNULL,
         )
-        self.process.start()
         child.close()
+        self.conn.send(("path", list(sys.path)))
+        self.conn.send(("preload", targets))
         self.job: str | None = None
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
 
 
 @dataclass
@@ -153,7 +109,6 @@ class LocalBackend(Backend):
         super().__init__(Limits(retries=retries, poll_seconds=poll_seconds, job_limit=job_limit))
         self.workers = count
         self._niceness = niceness
-        self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Condition()
         self._entries: dict[str, _Entry] = {}
         self._queue: deque[str] = deque()
@@ -213,7 +168,7 @@ class LocalBackend(Backend):
                 if entry.report.state is JobState.RUNNING:
                     for worker in self._pool:
                         if worker.job == handle.job_id:
-                            worker.process.kill()  # its sentinel fires; it is replaced
+                            worker.process.kill()  # its connection closes; it is replaced
                 entry.report = JobReport(JobState.CANCELLED, "cancelled")
             self._lock.notify_all()
 
@@ -237,10 +192,10 @@ class LocalBackend(Backend):
                 self._send(worker, None)
         deadline = time.monotonic() + _EXIT_GRACE_SECONDS
         for worker in self._pool:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.alive():
                 worker.process.kill()
-                worker.process.join()
+                worker.join()
             worker.conn.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
@@ -262,7 +217,7 @@ class LocalBackend(Backend):
 
     def _assign(self) -> None:
         """Give queued jobs to idle workers (called with the lock held)."""
-        idle = [w for w in self._pool if w.job is None and w.process.is_alive()]
+        idle = [w for w in self._pool if w.job is None and w.alive()]
         while self._queue and idle:
             job_id = self._queue.popleft()
             entry = self._entries[job_id]
@@ -297,10 +252,7 @@ class LocalBackend(Backend):
                     return
                 self._assign()
                 waitables: list[Any] = [self._wake_read]
-                for worker in self._pool:
-                    waitables.append(worker.process.sentinel)
-                    if worker.job is not None:
-                        waitables.append(worker.conn)
+                waitables.extend(worker.conn for worker in self._pool)
             ready = wait_for(waitables, timeout=1.0)
             with self._lock:
                 if self._closed:
@@ -308,30 +260,33 @@ class LocalBackend(Backend):
                 if self._wake_read in ready:
                     os.read(self._wake_read, 4096)
                 for worker in list(self._pool):
-                    if worker.conn in ready:
-                        self._receive(worker)
-                    if worker.process.sentinel in ready:
+                    if worker.conn in ready and not self._receive(worker):
                         self._replace(worker)
                 self._lock.notify_all()
 
-    def _receive(self, worker: _Worker) -> None:
+    def _receive(self, worker: _Worker) -> bool:
+        """The worker's reply; False if its connection closed: it died."""
         try:
             job_id, ok, reason = worker.conn.recv()
         except (EOFError, OSError):
-            return  # it died; its sentinel says so
+            return False
         entry = self._entries[job_id]
         if entry.report.state is JobState.RUNNING:
             entry.report = JobReport(JobState.DONE if ok else JobState.FAILED, reason)
         worker.job = None
+        return True
 
     def _replace(self, worker: _Worker) -> None:
         """A worker died: fail the job it was running (only that one) and start another."""
-        worker.process.join()
+        worker.join(_EXIT_GRACE_SECONDS)
+        if worker.alive():  # it closed its connection but lingers: it is no worker of ours
+            worker.process.kill()
+            worker.join()
         if worker.job is not None:
             entry = self._entries[worker.job]
             if entry.report.state is JobState.RUNNING:
                 reason = (
-                    f"the worker process died ({_exit_text(worker.process.exitcode)}; "
+                    f"the worker process died ({_exit_text(worker.process.returncode)}; "
                     "killed or out of memory?)"
                 )
                 entry.report = JobReport(JobState.FAILED, reason)
@@ -341,7 +296,7 @@ class LocalBackend(Backend):
             self._pool.append(self._start_worker())
 
     def _start_worker(self) -> _Worker:
-        return _Worker(self._context, list(self._targets), self._niceness)
+        return _Worker(list(self._targets), self._niceness)
 
 
 def open_local(settings: BackendSettings) -> LocalBackend:
