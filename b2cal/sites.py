@@ -93,7 +93,8 @@ class BackendSettings(_Strict):
 
     #: A backend registered in the ``b2cal.backends`` entry-point group: local, slurm, ...
     name: str = "local"
-    #: Worker processes of the local backend (Dask: workers of the cluster b2cal starts).
+    #: Worker processes of the local backend (Dask: workers of the cluster b2cal starts); also
+    #: the processes that run algorithm executions side by side, up to the machine's cores.
     workers: int = Field(default=2, gt=0)
     #: Collector jobs per batch: a calibration's collection is one Prefect task per batch, and
     #: a batch system gets one submission (a job array) per batch.

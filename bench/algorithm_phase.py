@@ -9,7 +9,9 @@ so for them the pool costs what sending inputs through the workspace costs.
 
 Then the stall the pool removes: ChannelT0's and ModuleAlignment's algorithm steps started
 together in two threads of one driver (as ``caf run`` and a flow run them, their collections
-having ended together). Reported: ModuleAlignment's wall time from that start, and both ends.
+having ended together), beside a third thread that stands for the driver's own work (a flow
+run's Prefect client, another calibration's collection): it wakes every 5 ms, and its longest
+pause says how long the driver could not act. Reported: that pause, and each step's end.
 
 Usage: python bench/algorithm_phase.py [RUNS FILES_PER_RUN EVENTS_PER_FILE [REPEATS]]
 (default 16 2 40000 3: the 16-run toy set; B2CAL_BENCH_DATA=DIR keeps the data).
@@ -77,20 +79,35 @@ def step(
 def side_by_side(
     workspace: Workspace, calibrations: dict[str, Calibration], pool: AlgorithmPool | None
 ) -> dict[str, float]:
-    """ChannelT0 and ModuleAlignment's steps started together: each one's seconds to its end."""
+    """ChannelT0 and ModuleAlignment's steps started together: each one's seconds to its end,
+    and the longest pause of a thread of the driver that wants to wake every 5 ms."""
     ended: dict[str, float] = {}
     start = time.perf_counter()
+    done = threading.Event()
+    pauses: list[float] = []
+
+    def heartbeat() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            time.sleep(0.005)
+            now = time.perf_counter()
+            pauses.append(now - last - 0.005)
+            last = now
 
     def one(name: str) -> None:
         step(workspace, calibrations[name], pool)()
         ended[name] = time.perf_counter() - start
 
+    beat = threading.Thread(target=heartbeat)
+    beat.start()
     threads = [threading.Thread(target=one, args=(n,)) for n in ("ChannelT0", "ModuleAlignment")]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return ended
+    done.set()
+    beat.join()
+    return {**ended, "pause": max(pauses)}
 
 
 def main() -> int:
@@ -137,14 +154,16 @@ def main() -> int:
         for _ in range(repeats):
             together["serial"].append(side_by_side(workspace, calibrations, None))
             together["pool"].append(side_by_side(workspace, calibrations, pool))
-    alone = {n: statistics_median(together, n) for n in ("ChannelT0", "ModuleAlignment")}
+    median = {n: statistics_median(together, n) for n in ("ChannelT0", "ModuleAlignment", "pause")}
     stall = Table(title="ChannelT0 and ModuleAlignment's algorithm steps started together")
-    for column in ("executions", "ModuleAlignment ends after (s)", "ChannelT0 ends after (s)"):
+    for column in ("executions", "driver's longest pause (ms)", "ModuleAlignment ends (s)",
+                   "ChannelT0 ends (s)"):  # fmt: skip
         stall.add_column(column, justify="right")
     for mode in ("serial", "pool"):
         label = "driver's threads" if mode == "serial" else f"pool of {WORKERS} processes"
-        stall.add_row(label, f"{alone['ModuleAlignment'][mode]:.2f}",
-                      f"{alone['ChannelT0'][mode]:.2f}")  # fmt: skip
+        stall.add_row(label, f"{median['pause'][mode] * 1e3:.0f}",
+                      f"{median['ModuleAlignment'][mode]:.2f}",
+                      f"{median['ChannelT0'][mode]:.2f}")  # fmt: skip
     console.print(stall)
     console.print(f"medians of {repeats} interleaved runs")
     shutil.rmtree(folder)

@@ -253,11 +253,11 @@ def calibrate(request_id: int, calibration: str, site: str | None = None) -> str
     subflow_turns.begun()
     log = get_run_logger()
     here = site_of(site)
-    algorithm_pool(here)  # its workers start now and import while the collection runs
     ready = output_written(request_id, calibration)
     if not awaited_here(request_id, [calibration]):  # a deployment run of its own: watched
         record_process(RequestArea(here.request_folder(request_id)), str(flow_run.id or ""))
     try:
+        algorithm_pool(here)  # its workers start now and import while the collection runs
         with records(here) as (db, store):
             request = db.request(request_id)
             calrun = db.calibration_run_of(request_id, calibration)

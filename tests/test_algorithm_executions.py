@@ -9,6 +9,7 @@ algorithm's bug or a killed process leaves, and two calibrations' executions ove
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -30,6 +31,7 @@ from b2cal.caf.calibration import (
     StrategyName,
 )
 from b2cal.caf.executions import AlgorithmPool
+from b2cal.caf.records import ExecutionOrder
 from b2cal.caf.strategies import (
     Executed,
     ExecutionRunner,
@@ -366,3 +368,91 @@ def test_executions_run_below_the_driver_and_above_collector_jobs(
     (record,) = in_pool(pool, tmp_path, StrategyName.SINGLE_IOV, Niceness(), {1: 1}).records
     assert EXECUTION_NICENESS < WORKER_NICENESS
     assert record.execution.metrics["nice"] == min(19, os.nice(0) + EXECUTION_NICENESS)
+
+
+class Slow(Algorithm):
+    def execute(self, data: Accumulator, context: AlgorithmContext) -> Execution:
+        time.sleep(30)
+        return Execution(AlgorithmResult.OK, payloads={"P": {}})
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_a_stop_interrupts_running_executions_even_as_the_pool_closes(
+    tmp_path: Path, close: bool
+) -> None:
+    """A flow told to stop sets its stop event and closes its pools at once: either way the
+    executions end as an interrupt (Interrupted), never as the calibration's failure."""
+    import threading
+
+    from b2cal.errors import Interrupted
+
+    stop = threading.Event()
+    with AlgorithmPool(2) as own:
+        area = AlgorithmArea(tmp_path / "algorithm")
+        data = per_run({1: 1, 2: 1})
+        runner = own.runner(area, Slow(), None, data, iteration=0, chain=[], stop=stop)
+
+        def stop_soon() -> None:
+            time.sleep(1.0)
+            stop.set()
+            if close:
+                own.close()
+
+        threading.Thread(target=stop_soon).start()
+        started = time.monotonic()
+        with pytest.raises(Interrupted):
+            runner.run([(ExpRun(1, 1),), (ExpRun(1, 2),)])
+        assert time.monotonic() - started < 10
+
+
+def test_a_record_left_by_an_earlier_driver_is_not_taken_for_an_answer(
+    pool: AlgorithmPool, tmp_path: Path
+) -> None:
+    """An execution folder whose record answers another runner's order (a process of a
+    driver killed a moment before) is executed again, not read."""
+    counts = {1: 12}
+    first = in_pool(pool, tmp_path, StrategyName.SINGLE_IOV, Fussy(), counts)
+    done = tmp_path / "algorithm" / "executions" / "e1r1" / "done.json"
+    left = done.read_text()
+    area = AlgorithmArea(tmp_path / "algorithm")
+    runner = pool.runner(area, Fussy(), None, per_run(counts), iteration=0, chain=[])
+    area.execution((ExpRun(1, 1),)).write_order(
+        ExecutionOrder(runs=[(1, 1)], iteration=0, chain=[], token=runner.token)
+    )
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(left)  # the earlier driver's record, written after the inputs were reset
+    (again,) = runner.run([(ExpRun(1, 1),)])
+    assert again.execution == first.records[0].execution
+    assert json.loads(done.read_text())["token"] == runner.token
+
+
+def test_run_algorithm_with_a_pool_redone_after_a_crash_gives_the_serial_result(
+    small_storage: Path, tmp_path: Path
+) -> None:
+    """The step killed after its executions, before its record, and done again in a pool
+    over what the crash left (a stale algorithm/ folder): the result of the serial step."""
+    from b2cal.backends.local import LocalBackend
+    from b2cal.caf.plan import CalibrationRequest
+    from b2cal.caf.registry import load
+    from b2cal.caf.steps import collect, plan, run_algorithm
+    from b2cal.caf.workspace import Workspace
+
+    calibration = load("ChannelT0")
+    request = CalibrationRequest(exp=1, first_run=1, last_run=4, storage=small_storage)
+    results = {}
+    with LocalBackend(2) as backend, AlgorithmPool(2) as own:
+        for mode in ("serial", "pool"):
+            workspace = Workspace(tmp_path / mode)
+            plan(workspace, request, {"ChannelT0": calibration})
+            collect(workspace, calibration, 0, backend)
+            results[mode] = run_algorithm(
+                workspace, calibration, 0, pool=own if mode == "pool" else None
+            )
+        iteration = Workspace(tmp_path / "pool").calibration("ChannelT0").iteration(0)
+        (iteration.root / "result.json").unlink()  # killed before its record
+        stale = iteration.algorithm.root / "executions" / "e1r2"
+        assert stale.is_dir()
+        again = run_algorithm(Workspace(tmp_path / "pool"), calibration, 0, pool=own)
+    assert results["pool"].computed() == results["serial"].computed()
+    assert again.computed() == results["serial"].computed()
+    assert not (iteration.algorithm.root / "runs").exists()  # inputs dropped with the result

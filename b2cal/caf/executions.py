@@ -27,6 +27,7 @@ import pickle
 import threading
 import time
 import traceback
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
@@ -62,9 +63,10 @@ EXECUTION_NICENESS = 5
 
 # --- inside a worker process --------------------------------------------------------------------
 @functools.lru_cache(maxsize=8)
-def _algorithm(path: str, stamp: int) -> tuple[Algorithm, ExpertSettings | None]:
+def _algorithm(path: str, stamp: tuple[int, int, int]) -> tuple[Algorithm, ExpertSettings | None]:
     """The algorithm and settings of an iteration, unpickled once per worker (``stamp``: the
-    file's mtime, so an iteration run again is read again)."""
+    file's inode, size and mtime, so an iteration whose inputs were written again is read
+    again)."""
     with open(path, "rb") as handle:
         algorithm, settings = pickle.load(handle)
     return algorithm, settings
@@ -81,7 +83,8 @@ def execute(folder: Path) -> int:
         raise B2CalError(f"{folder} holds no execution order")
     inputs = AlgorithmArea(folder.parent.parent)
     path = inputs.algorithm_path
-    algorithm, settings = _algorithm(str(path), path.stat().st_mtime_ns)
+    stat = path.stat()
+    algorithm, settings = _algorithm(str(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns))
     group = order.group()
     data = sum_runs({run: inputs.read_run(run) for run in group}, group)
     context = AlgorithmContext(group, order.iteration, PayloadChain(order.chain).lookup, settings)
@@ -93,21 +96,24 @@ def execute(folder: Path) -> int:
         execution.error_log.write_text(traceback.format_exc())
         outcome = None
         error = f"internal error {type(exc).__name__}: {exc} (traceback in {execution.error_log})"
-    done = ExecutionDone(process=os.getpid(), started=started, ended=time.time(), error=error)
+    done = ExecutionDone(
+        process=os.getpid(), started=started, ended=time.time(), error=error, token=order.token
+    )
     execution.write_outcome(outcome, done)
     return 0
 
 
 # --- in the driver ------------------------------------------------------------------------------
 class AlgorithmPool:
-    """``workers`` warm processes for algorithm executions, shared by every calibration of a
-    driver (started at once: they import while the collection runs). Close it when done (a
-    ``with`` block); the processes also end if the driver dies."""
+    """``workers`` warm processes for algorithm executions (no more than this machine has
+    cores: at a batch site ``[backend] workers`` may count slots elsewhere), shared by every
+    calibration of a driver, started at once so they import while the collection runs. Close
+    it when done (a ``with`` block); the processes also end if the driver dies."""
 
     def __init__(self, workers: int) -> None:
-        self.workers = workers
+        self.workers = max(1, min(workers, os.cpu_count() or 1))
         self.backend = LocalBackend(
-            workers, retries=0, poll_seconds=_STOP_CHECK_SECONDS, niceness=EXECUTION_NICENESS
+            self.workers, retries=0, poll_seconds=_STOP_CHECK_SECONDS, niceness=EXECUTION_NICENESS
         )
         self.backend.preload([TARGET])
 
@@ -168,6 +174,9 @@ class ProcessRunner:
         self.iteration = iteration
         self.chain = chain
         self.stop = stop
+        #: Names this runner's orders: a record left by a process of an earlier driver (one
+        #: that outlived it by a moment) is not taken for an answer.
+        self.token = uuid.uuid4().hex
 
     def run(self, groups: Sequence[tuple[ExpRun, ...]]) -> list[Executed]:
         backend = self.pool.backend
@@ -190,9 +199,15 @@ class ProcessRunner:
                         handle = running.pop(job_id)
                         if report.state is not JobState.DONE:
                             failed[handle.job.directory] = report.reason or report.state.value
+        except B2CalError:
+            if self.stop is not None and self.stop.is_set():  # the pool closed as we stopped
+                raise Interrupted(f"algorithm executions in {self.area.root}") from None
+            raise
         except BaseException:
             backend.cancel(list(running.values()))
             raise
+        if self.stop is not None and self.stop.is_set():  # ended by the stop (pool closed)
+            raise Interrupted(f"algorithm executions in {self.area.root}")
         return [
             self._outcome(group, area, failed) for group, area in zip(groups, areas, strict=True)
         ]
@@ -200,7 +215,10 @@ class ProcessRunner:
     def _order(self, group: tuple[ExpRun, ...]) -> ExecutionArea:
         area = self.area.execution(group)
         order = ExecutionOrder(
-            runs=[(r.exp, r.run) for r in group], iteration=self.iteration, chain=self.chain
+            runs=[(r.exp, r.run) for r in group],
+            iteration=self.iteration,
+            chain=self.chain,
+            token=self.token,
         )
         recorded = area.order()
         if recorded is not None and recorded != order:
@@ -213,6 +231,8 @@ class ProcessRunner:
     ) -> Executed:
         folder = self._relative(area)
         done = area.done()
+        if done is not None and done.token != self.token:
+            done = None
         if done is None:
             reason = failed.get(area.root, "it left no record")
             failure = Execution(AlgorithmResult.FAILURE, message=reason)

@@ -150,6 +150,8 @@ class ExecutionOrder(Record):
     runs: list[tuple[int, int]]
     iteration: int
     chain: list[Path]
+    #: Echoed in the record of how it ended: which order that record answers.
+    token: str = ""
 
     def group(self) -> tuple[ExpRun, ...]:
         return tuple(ExpRun(exp, run) for exp, run in self.runs)
@@ -164,6 +166,7 @@ class ExecutionDone(Record):
     started: float
     ended: float
     error: str = ""
+    token: str = ""
 
 
 class JobStatus(Record):

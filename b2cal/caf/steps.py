@@ -284,7 +284,7 @@ def run_algorithm(
                 current.algorithm,
                 calibration.algorithm,
                 calibration.settings,
-                per_run,
+                {exprun: data for exprun, data in per_run.items() if exprun in run.requested},
                 iteration=iteration,
                 chain=directories,
                 stop=stop,
@@ -316,6 +316,7 @@ def run_algorithm(
             algorithm_seconds=round(computed - merged, 3),
         )
         current.write_result(result)
+        current.algorithm.forget_runs()
     for bad in result.bad_files:
         log.warning("%s: bad input file %s: %s", name, bad.path, bad.reason)
     iovs = sorted({p.iov for p in result.payloads}, key=lambda iov: iov.first)

@@ -17,7 +17,8 @@
             localdb/                        the iteration's payloads (next iteration's chain)
             algorithm/                      inputs and outputs of the algorithm executions:
                 algorithm.pkl               the algorithm and its settings
-                runs/e<exp>r<run>.pkl       the merged collector output of each run
+                runs/e<exp>r<run>.pkl       the merged collector output of each requested run
+                                            (removed once the iteration has its result)
                 executions/<runs>/          one execution (e1r3, or e1r3-e1r5 for a group of
                                             runs): order.json, execution.pkl,
                                             error.log, done.json (last)
@@ -210,6 +211,11 @@ class AlgorithmArea:
         for exprun, accumulator in per_run.items():
             atomic_write_bytes(self.run_path(exprun), pickle.dumps(accumulator, protocol=5))
         atomic_write_bytes(self.algorithm_path, algorithm)
+
+    def forget_runs(self) -> None:
+        """Remove the runs' copies of the collector output once the iteration has its result
+        (the job outputs keep it)."""
+        shutil.rmtree(self.root / "runs", ignore_errors=True)
 
     def read_run(self, exprun: ExpRun) -> Any:
         with self.run_path(exprun).open("rb") as handle:
