@@ -266,3 +266,20 @@ def test_the_summary_names_the_bucket_and_the_sites_of_placed_calibrations(
     assert made.markdown.rstrip().endswith(
         "As of 2026-03-04 05:06:07 UTC, the end of its process-request run."
     )
+
+
+def test_a_scalar_fields_reference_of_another_shape_is_not_drawn(tmp_path: Path) -> None:
+    """The per-IoV plot of a payload of scalars takes a reference only where it has the
+    field's shape (an empty or longer reference array drew its first element, or failed)."""
+    import numpy as np
+
+    curves = {
+        ("BeamSpot", "x"): [
+            ("1,1,1,4", np.array([0.1]), np.array([0.01]), np.array([])),
+            ("1,5,1,8", np.array([0.2]), None, np.array([1.0, 2.0])),
+            ("1,9,1,-1", np.array([0.3]), None, np.array([0.25])),
+        ]
+    }
+    written = validation_module._plots(tmp_path, curves, {}, [])
+    assert [p.name for p in written] == ["BeamSpot_per_iov.png"]
+    assert written[0].stat().st_size > 0

@@ -330,7 +330,11 @@ def _plots(
                 fmt="o",
                 markersize=3,
             )
-            refs = [(iovs.index(iov), r[0]) for iov, _, _, r in series if r is not None]
+            refs = [  # a reference of another shape is no reference for this field
+                (iovs.index(iov), r[0])
+                for iov, v, _, r in series
+                if r is not None and r.shape == v.shape
+            ]
             if refs:
                 axes.plot(*zip(*refs, strict=True), "x", color="grey")
             axes.set_ylabel(label(payload, key), fontsize=8)
