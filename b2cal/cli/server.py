@@ -55,6 +55,16 @@ def server_up(
             min=1,
         ),
     ] = 30.0,
+    prefect_database: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="The Prefect server's database, postgresql+asyncpg://USER:PASSWORD@HOST/DB "
+            "(with the pg_trgm extension; what a site runs). Default: "
+            "B2CAL_PREFECT_DATABASE_URL, else SQLite in B2CAL_HOME/server/prefect. A server "
+            "already up keeps its database.",
+        ),
+    ] = None,
 ) -> None:
     """Start the local stack (what runs already is kept); prints where the UI is."""
     from b2cal.cli.console import console, errors
@@ -69,6 +79,7 @@ def server_up(
         notify_url=notify_url,
         heartbeat_timeout=heartbeat_timeout,
         reconcile_seconds=reconcile_seconds,
+        prefect_database=prefect_database,
     )
     stack = LocalStack()
     with errors.status("starting the local stack") as shown:

@@ -3,7 +3,8 @@ site, the deployments of ``prefect.yaml`` and the automations, started and stopp
 ``b2cal server``.
 
 Everything lives under ``B2CAL_HOME/server/``: the Prefect home (its SQLite database unless
-``B2CAL_PREFECT_DATABASE_URL`` names a PostgreSQL one), one log per process, and
+``server up --prefect-database`` or ``B2CAL_PREFECT_DATABASE_URL`` names a PostgreSQL one), one
+log per process, and
 ``stack.json`` with the API address and the process ids, so ``server status`` and
 ``server down`` find them and ``server up`` is idempotent. The server listens on 127.0.0.1
 only: the Prefect API has no users, so people reach it through b2cal (and, with the dashboard,
@@ -59,6 +60,9 @@ class StackOptions:
     heartbeat_timeout: int = HEARTBEAT_TIMEOUT
     #: Seconds between the passes of each site's reconciler (crashes healed).
     reconcile_seconds: float = RECONCILE_SECONDS
+    #: The Prefect server's database (``postgresql+asyncpg://…``); None: the environment's
+    #: ``B2CAL_PREFECT_DATABASE_URL``, else SQLite in the stack's Prefect home.
+    prefect_database: str | None = None
 
 
 def _prefect() -> str:
@@ -162,6 +166,7 @@ class LocalStack:
         """Start what is not running; idempotent. Returns the stack's record. If it fails
         half-way (or is interrupted), what this call started is stopped again."""
         sites = [load_site(name) for name in options.sites]
+        prefect_database(options, self.prefect_home)  # a wrong URL refused before anything
         state = self.state()
         url = f"http://127.0.0.1:{options.port}/api"
         server = state.get("server_pid")
@@ -189,7 +194,7 @@ class LocalStack:
                             _stop_group(pid)
                 kept = {k: state[k] for k in ("profile_before",) if k in state}
                 state = {"workers": {}, **kept}
-                state["server_pid"] = self._start_server(options.port, say)
+                state["server_pid"] = self._start_server(options, say)
                 started.append(state["server_pid"])
                 state["api_url"] = url
                 state["auth_string"] = self.auth_string
@@ -233,22 +238,12 @@ class LocalStack:
                 self._save(recorded)
             raise
 
-    def _start_server(self, port: int, say: Callable[[str], None]) -> int:
-        database = os.environ.get("B2CAL_PREFECT_DATABASE_URL") or (
-            f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"
-        )
+    def _start_server(self, options: StackOptions, say: Callable[[str], None]) -> int:
         self.prefect_home.mkdir(parents=True, exist_ok=True)
-        extra = {
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
-            "PREFECT_SERVER_API_HOST": "127.0.0.1",
-            "PREFECT_SERVER_API_PORT": str(port),
-            # Say in the server log why a request was answered 503 (the client retries it).
-            "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",
-        }
-        if self.auth_string:
-            extra["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string
+        extra = server_environment(options, self.prefect_home, self.auth_string)
         say("starting the Prefect server (the first start migrates its database: ~20 s)")
-        command = [_prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        port = str(options.port)
+        command = [_prefect(), "server", "start", "--host", "127.0.0.1", "--port", port]
         return self._spawn("server", command, self._env(**extra))
 
     def _wait_healthy(self, url: str, pid: int, timeout: float = 180.0) -> None:
@@ -373,6 +368,41 @@ class LocalStack:
             restore(ProfileBefore.model_validate(before))
             say("Prefect profile restored")
         self._save(state)
+
+
+#: The database URLs the Prefect server takes (its async drivers).
+DATABASE_SCHEMES = ("postgresql+asyncpg://", "sqlite+aiosqlite://")
+
+
+def prefect_database(options: StackOptions, prefect_home: Path) -> str:
+    """The Prefect server's database: the option, else ``B2CAL_PREFECT_DATABASE_URL``, else
+    SQLite in the stack's Prefect home."""
+    url = options.prefect_database or os.environ.get("B2CAL_PREFECT_DATABASE_URL")
+    if not url:
+        return f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
+    if not url.startswith(DATABASE_SCHEMES):
+        scheme = url.partition("://")[0] or url
+        raise B2CalError(
+            f"the Prefect server's database must be postgresql+asyncpg://USER:PASSWORD@HOST/DB "
+            f"(or sqlite+aiosqlite:///FILE), not {scheme}://…"
+        )
+    return url
+
+
+def server_environment(
+    options: StackOptions, prefect_home: Path, auth_string: str | None = None
+) -> dict[str, str]:
+    """The Prefect settings of the stack's server (its environment on top of the stack's)."""
+    extra = {
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": prefect_database(options, prefect_home),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(options.port),
+        # Say in the server log why a request was answered 503 (the client retries it).
+        "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",
+    }
+    if auth_string:
+        extra["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
+    return extra
 
 
 def _stop_group(pid: int) -> None:
