@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -138,6 +139,15 @@ def algorithm_pool(site: Site) -> AlgorithmPool:
         return pool
 
 
+def start_backend(site: Site) -> None:
+    """Open the site's backend ahead of the first collection: a local backend's workers start
+    and import what jobs need (~2 s on two busy cores) while the request is planned, instead
+    of after its first job is submitted. A backend that cannot open is left to that first
+    collection to report, as before."""
+    with contextlib.suppress(Exception):
+        site_backend(site)
+
+
 _outputs: dict[tuple[int, str], threading.Event] = {}
 
 #: Set when the flow-run process is told to stop (cancel, SIGTERM): nothing new starts, and
@@ -205,10 +215,28 @@ class StartTurns:
             self.begun()
 
     def begun(self) -> None:
-        """The subflow's body has begun (the same thread that took the turn)."""
+        """The subflow's body has begun (the same thread that took the turn): the turn ends,
+        and the body's task runs are made without tags (:func:`untagged_tasks`)."""
+        untagged_tasks()
         if getattr(self._held, "value", False):
             self._held.value = False
             self._lock.release()
 
 
 subflow_turns = StartTurns()
+
+
+def untagged_tasks() -> None:
+    """The task runs this flow body makes from here on carry no tags (the ``with tags(…)``
+    that made its flow run puts the tags back when the run returns).
+
+    The tags name a request's flow runs (``request:17``, ``calib:ChannelT0``: the UI's filters
+    and b2cal's views find runs by them); on a task run they cost a write: before it runs a
+    task with tags, Prefect asks the API for a slot of the concurrency limit ``tag:<tag>`` of
+    each, an UPDATE even where no such limit exists. On SQLite those were the writes that
+    collided ("database is locked", retried by the client 2 s later: docs/orchestration.md).
+    b2cal's jobs are limited by the site's ``job_limit``, not by tags.
+    """
+    from prefect.context import TagsContext
+
+    TagsContext.__var__.set(TagsContext())

@@ -41,6 +41,7 @@ from flows.common import (
     refused,
     run_here,
     site_of,
+    start_backend,
     stop_everything,
     stopping,
     subflow_turns,
@@ -128,13 +129,14 @@ def process(here: Site, request_id: int) -> str:
     record_process(RequestArea(here.request_folder(request_id)), str(flow_run.id or ""))
     title = begun.title
     name_and_tag(f"request {request_id}", begun.tags)
-    with tags(*begun.tags):
-        planned = plan_task(here, request_id)
-        for started in planned.started:
-            log.info("started %s", started)
-        order = planned.here  # dependencies first
-        run_here(request_id, order)
-        failures: list[str] = []
+    start_backend(here)
+    planned = plan_task(here, request_id)  # without the tags: see untagged_tasks
+    for started in planned.started:
+        log.info("started %s", started)
+    order = planned.here  # dependencies first
+    run_here(request_id, order)
+    failures: list[str] = []
+    with tags(*begun.tags):  # the calibrations' flow runs carry the request's tags
         if order:
             with ThreadPoolExecutor(len(order), thread_name_prefix="calibrate") as pool:
                 futures: dict[str, Future[str]] = {
