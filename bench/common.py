@@ -7,6 +7,7 @@ turn (interleaved), so a noisy neighbour slows both alike; the median of the rep
 
 from __future__ import annotations
 
+import os
 import socket
 import statistics
 import tempfile
@@ -32,6 +33,20 @@ workers = 2
 [signoff]
 default = "auto"
 """
+
+
+def stack_home(folder: Path, storage: Path) -> Path:
+    """A b2cal home in ``folder`` whose ``local`` site (:data:`STACK_SITE`) reads ``storage``,
+    made this process's (and its children's) home, Prefect's user profiles kept in it."""
+    home = folder / "home"
+    sites = home / "sites"
+    sites.mkdir(parents=True)
+    (sites / "local.toml").write_text(STACK_SITE.format(storage=storage, home=home))
+    os.environ.update(
+        B2CAL_HOME=str(home), B2CAL_SITES_DIR=str(sites), PREFECT_HOME=str(home / "prefect-user")
+    )
+    os.environ.pop("PREFECT_API_URL", None)
+    return home
 
 
 def free_port() -> int:

@@ -34,7 +34,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import EXP, STACK_SITE, free_port, interleaved
+from common import EXP, free_port, interleaved, stack_home
 from rich.console import Console
 from rich.table import Table
 
@@ -130,14 +130,7 @@ def main() -> int:
         console.print(f"generating {runs} runs x {files_per_run} files x {events} events")
         generate_toy(storage, EXP, list(range(1, runs + 1)), files_per_run=files_per_run,
                      events=events, seed=11)  # fmt: skip
-    home = folder / "home"
-    sites = home / "sites"
-    sites.mkdir(parents=True)
-    (sites / "local.toml").write_text(STACK_SITE.format(storage=storage, home=home))
-    os.environ.update(
-        B2CAL_HOME=str(home), B2CAL_SITES_DIR=str(sites), PREFECT_HOME=str(home / "prefect-user")
-    )
-    os.environ.pop("PREFECT_API_URL", None)
+    stack_home(folder, storage)
 
     from b2cal.db import discovery
     from b2cal.db.database import StateDatabase
