@@ -1,5 +1,6 @@
 """What ``b2cal server up`` gives the Prefect server it starts, without starting one: the
-database (``--prefect-database``, else ``B2CAL_PREFECT_DATABASE_URL``, else SQLite)."""
+database (``--prefect-database``, else ``B2CAL_PREFECT_DATABASE_URL``, else SQLite), and the
+settings that keep its writes few (docs/orchestration.md, "SQLite or PostgreSQL")."""
 
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ def test_without_either_the_server_runs_on_sqlite_in_its_home(
     assert env[DATABASE] == f"sqlite+aiosqlite:///{tmp_path / 'prefect' / 'prefect.db'}"
     assert env["PREFECT_SERVER_API_PORT"] == "4321"
     assert env["PREFECT_SERVER_API_AUTH_STRING"] == "u:p"
+    # task-run events written in batches, within a second
+    assert int(env["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"]) > 1
+    assert env["PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL"] == "1"
 
 
 def test_a_database_the_server_cannot_use_is_refused_before_anything_starts(

@@ -370,6 +370,8 @@ class LocalStack:
         self._save(state)
 
 
+#: Task-run events the Prefect server writes in one transaction (its default: 1).
+TASK_RUN_BATCH = 25
 #: The database URLs the Prefect server takes (its async drivers).
 DATABASE_SCHEMES = ("postgresql+asyncpg://", "sqlite+aiosqlite://")
 
@@ -399,6 +401,12 @@ def server_environment(
         "PREFECT_SERVER_API_PORT": str(options.port),
         # Say in the server log why a request was answered 503 (the client retries it).
         "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",
+        # Task runs reach the server as events, which its task-run recorder writes one per
+        # transaction by default: a burst of them (a calibration's batches starting and
+        # ending) holds SQLite's one writer lock against the API's writes. Up to
+        # TASK_RUN_BATCH events in one transaction, at most 1 s after they came.
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": str(TASK_RUN_BATCH),
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
     }
     if auth_string:
         extra["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
