@@ -62,7 +62,7 @@ from b2cal.caf.records import (
     JobSubmission,
     RunRecord,
 )
-from b2cal.core.files import atomic_write_bytes
+from b2cal.core.files import atomic_write_bytes, write_scratch
 from b2cal.core.iov import ExpRun
 from b2cal.core.localdb import PROVENANCE_FOLDER
 from b2cal.errors import ArgumentsChanged, CalibrationBusy, WorkspaceError
@@ -171,8 +171,7 @@ class ExecutionArea:
         return ExecutionOrder.read(self.root / "order.json")
 
     def write_order(self, order: ExecutionOrder) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        order.write(self.root / "order.json")
+        write_scratch(self.root / "order.json", order.model_dump_json().encode())
 
     def done(self) -> ExecutionDone | None:
         return ExecutionDone.read(self.root / "done.json")
@@ -183,10 +182,12 @@ class ExecutionArea:
             return pickle.load(handle)
 
     def write_outcome(self, execution: Any, done: ExecutionDone) -> None:
-        """Keep the outcome, then the record that says the execution ended (last)."""
+        """Keep the outcome, then the record that says the execution ended (last). Scratch
+        files: the driver reads them once the process said it is done, and a driver that runs
+        the iteration again writes everything afresh."""
         if execution is not None:
-            atomic_write_bytes(self.root / "execution.pkl", pickle.dumps(execution, protocol=5))
-        done.write(self.root / "done.json")
+            write_scratch(self.root / "execution.pkl", pickle.dumps(execution, protocol=5))
+        write_scratch(self.root / "done.json", done.model_dump_json().encode())
 
 
 class AlgorithmArea:
@@ -207,10 +208,9 @@ class AlgorithmArea:
         """Start afresh: the algorithm and its settings (pickled by the caller) and each run's
         collector output, one file per run (an execution reads only its runs)."""
         shutil.rmtree(self.root, ignore_errors=True)
-        (self.root / "runs").mkdir(parents=True)
         for exprun, accumulator in per_run.items():
-            atomic_write_bytes(self.run_path(exprun), pickle.dumps(accumulator, protocol=5))
-        atomic_write_bytes(self.algorithm_path, algorithm)
+            write_scratch(self.run_path(exprun), pickle.dumps(accumulator, protocol=5))
+        write_scratch(self.algorithm_path, algorithm)
 
     def forget_runs(self) -> None:
         """Remove the runs' copies of the collector output once the iteration has its result

@@ -42,6 +42,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def write_scratch(path: Path, data: bytes) -> None:
+    """Write a file that only the processes of this computation read, and that is written
+    afresh if the computation runs again (an algorithm execution's inputs and outputs): no
+    temporary file, no sync, which cost milliseconds per file and durability nobody needs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
 def create_exclusive(path: Path, data: bytes) -> bool:
     """Write ``data`` to ``path`` only if no file is there yet, atomically; whether it did.
 
