@@ -19,7 +19,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from b2cal.errors import B2CalError, SiteError
@@ -117,6 +125,13 @@ class BackendSettings(_Strict):
     shared_roots: list[Path] = Field(default_factory=list)
     #: What only one backend reads (Slurm: ``sbatch_args``; Dask: ``scheduler``).
     options: dict[str, Any] = Field(default_factory=dict)
+    #: The site file these settings were read from (not a key of it): a backend checking its
+    #: ``options`` names the file in its errors.
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
 
 
 class Discovery(_Strict):
@@ -279,6 +294,7 @@ def load_site(name: str | None = None) -> Site:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"]) or "file"
         raise SiteError(name, f"{path} [{where}]: {error['msg']}") from None
+    site.backend._source = path
     roots = [Path(p).expanduser() for p in site.storage_roots]
     return site.model_copy(
         update={"storage_roots": roots, "work_root": Path(site.work_root).expanduser()}

@@ -1,0 +1,333 @@
+"""The HTCondor backend's state machine against schedds that follow HTCondor's documented
+behaviour: no schedd can run on these machines, so they are the stand-ins of
+tests/fake_htcondor.py (real bindings for the submit text, the item data, the constraints and
+the job event logs; queues, status codes, holds, removals that take time, timeouts and several
+schedds by name in Python).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import htcondor2
+import pytest
+from fake_htcondor import FakePool, FakeSchedd
+
+from b2cal.backends.base import Job, JobHandle, JobState, Limits
+from b2cal.backends.htcondor import HTCondorBackend, item_data, submit_description
+from b2cal.backends.htcondor.options import HTCondorOptions
+from b2cal.errors import B2CalError
+from b2cal.sites import JobResources
+
+pytestmark = pytest.mark.services
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_796_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def pool(clock: Clock) -> FakePool:
+    return FakePool("ap1.sdcc.bnl.gov", "ap2.sdcc.bnl.gov", clock=clock)
+
+
+def backend(pool: FakePool, clock: Clock, home: str = "ap1.sdcc.bnl.gov", **options: object):  # type: ignore[no-untyped-def]
+    return HTCondorBackend(
+        Limits(poll_seconds=15),
+        HTCondorOptions(schedd=home, **options),  # type: ignore[arg-type]
+        connect=pool.connect,
+        owner="calib",
+        clock=clock,
+    )
+
+
+def jobs(root: Path, count: int, first: int = 0) -> list[Job]:
+    found = []
+    for index in range(first, first + count):
+        folder = root / "jobs" / f"{index:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        found.append(Job(f"T0.i0.j{index:04d}", folder, "m:f", JobResources(wall_minutes=60)))
+    return found
+
+
+def submitted(
+    pool: FakePool, clock: Clock, root: Path, count: int, **options: object
+) -> tuple[HTCondorBackend, list[JobHandle], FakeSchedd]:
+    """A backend on ``ap1``, ``count`` jobs submitted to it, and that schedd."""
+    condor = backend(pool, clock, **options)
+    return condor, condor.submit(jobs(root, count)), pool.schedds["ap1.sdcc.bnl.gov"]
+
+
+def states(reports: dict[str, object]) -> list[JobState]:
+    return [r.state for r in reports.values()]  # type: ignore[attr-defined]
+
+
+def test_one_cluster_per_submission_tagged_with_the_folders(
+    tmp_path: Path, pool: FakePool, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("B2CAL_STATE_URL", "postgresql://calib:hunter2@db/b2cal")
+    condor = backend(pool, clock)
+    handles = condor.submit(jobs(tmp_path / "with space", 3))
+    schedd = pool.schedds["ap1.sdcc.bnl.gov"]
+    assert [h.job_id for h in handles] == [f"ap1.sdcc.bnl.gov#100.{p}" for p in range(3)]
+    assert schedd.calls["submit"] == 1
+    sent = schedd.received[0]
+    assert "QUEUE job_dir,job_arg,job_tag FROM (" in sent
+    assert "getenv" not in sent and "hunter2" not in sent
+    assert [ad["B2CalJobDir"] for ad in schedd.queue.values()] == [
+        str(h.job.directory) for h in handles
+    ]
+    assert states(condor.poll(handles)) == [JobState.PENDING] * 3
+    assert schedd.constraints[-1] == 'member(ClusterId, {100}) && Owner == "calib"'
+
+
+def test_ids_name_their_schedd_and_jobs_are_picked_up_there_if_theirs(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    first = backend(pool, clock).submit(jobs(tmp_path / "a", 2))
+    other = backend(pool, clock, home="ap2.sdcc.bnl.gov").submit(jobs(tmp_path / "b", 2))
+    assert [h.job_id.split("#")[1] for h in first] == [h.job_id.split("#")[1] for h in other]
+    ap1, ap2 = pool.schedds["ap1.sdcc.bnl.gov"], pool.schedds["ap2.sdcc.bnl.gov"]
+    ap1.start("100.0")
+    # the driver restarts on the other access point: it asks the schedd that holds the jobs
+    restarted = backend(pool, clock, home="ap2.sdcc.bnl.gov")
+    found = restarted.attach([(h.job, h.job_id) for h in first])
+    assert [h.job_id for h in found] == [h.job_id for h in first]
+    assert states(restarted.poll(found)) == [JobState.RUNNING, JobState.PENDING]
+    # an id that names another folder's job (a record copied, a schedd whose ids started
+    # again) is not picked up
+    wrong = [(first[0].job, other[0].job_id), (first[1].job, "ap1.sdcc.bnl.gov#100.1")]
+    assert [h.job_id for h in restarted.attach(wrong)] == ["ap1.sdcc.bnl.gov#100.1"]
+    # every question is about this user's jobs only
+    for constraint in ap1.constraints + ap2.constraints:
+        assert constraint.endswith('Owner == "calib"'), constraint
+
+
+def test_a_driver_that_died_before_recording_its_jobs_submits_nothing_twice(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    folders = jobs(tmp_path, 3)
+    lost = backend(pool, clock).submit(folders)  # ... and the driver dies before recording
+    schedd = pool.schedds["ap1.sdcc.bnl.gov"]
+    schedd.start("100.1")
+    again = backend(pool, clock).submit(folders)
+    assert schedd.calls["submit"] == 1
+    assert [h.job_id for h in again] == [h.job_id for h in lost]
+    # one that completed meanwhile is submitted again (its end is the engine's to judge)
+    schedd.finish("100.2", code=3)
+    third = backend(pool, clock).submit(folders)
+    assert schedd.calls["submit"] == 2 and third[2].job_id == "ap1.sdcc.bnl.gov#101.0"
+
+
+def test_a_schedd_that_does_not_answer_for_a_while_fails_nothing(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    condor, handles, schedd = submitted(pool, clock, tmp_path, 2, unreachable_seconds=300)
+    schedd.start("100.0")
+    assert states(condor.poll(handles)) == [JobState.RUNNING, JobState.PENDING]
+    connects = pool.connects
+    schedd.timeouts["query"] = 3
+    for _ in range(3):
+        clock.now += 60
+        assert states(condor.poll(handles)) == [JobState.RUNNING, JobState.PENDING]
+    assert pool.connects > connects  # opened again after each failed call
+    clock.now += 60
+    schedd.finish("100.0")
+    assert states(condor.poll(handles)) == [JobState.DONE, JobState.PENDING]
+    # a removal that times out is asked again at the next poll, and fails nothing
+    schedd.hold("100.1", "memory usage exceeded request_memory", 34)
+    schedd.timeouts["act"] = 1
+    clock.now += 60
+    assert condor.poll(handles[1:])[handles[1].job_id].state is JobState.RUNNING
+    clock.now += 60
+    condor.poll(handles[1:])
+    assert schedd.queue["100.1"]["JobStatus"] == 3
+    # past the grace period, the jobs it holds fail, saying why
+    schedd.timeouts["query"] = 100
+    for _ in range(6):
+        clock.now += 60
+        last = condor.poll(handles[1:])[handles[1].job_id]
+    assert last.state is JobState.FAILED
+    assert "did not answer for 300 s" in last.reason
+
+
+def test_jobs_that_never_run_are_failed_with_the_reason(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    condor, handles, schedd = submitted(
+        pool, clock, tmp_path, 3, idle_limit_minutes=60, max_starts=3
+    )
+    schedd.reject("100.0", "no match found", idle_since=clock.now - 2 * 3600)
+    for _ in range(4):  # evicted and started again and again
+        schedd.start("100.1")
+        schedd.evict("100.1")
+    schedd.reject("100.2", "no match found", idle_since=clock.now - 600)
+    first = condor.poll(handles)
+    assert [r.state.finished for r in first.values()] == [False, False, False]
+    assert first[handles[2].job_id].reason == "idle: no match found"
+    for _ in range(2):
+        schedd.step()
+    clock.now += 60
+    ended = condor.poll(handles)
+    zero, one = ended[handles[0].job_id], ended[handles[1].job_id]
+    assert (
+        zero.state is JobState.FAILED
+        and "no slot of the pool matched it for 120 min" in zero.reason
+    )
+    assert "no match found" in zero.reason and "FileSystemDomain" in zero.reason
+    assert one.state is JobState.FAILED and "started 4 times" in one.reason
+    assert ended[handles[2].job_id].state is JobState.PENDING
+
+
+def test_a_removed_or_held_job_has_ended_only_once_it_left_the_queue(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    condor = backend(pool, clock)
+    folders = jobs(tmp_path, 2)
+    handles = condor.submit(folders)
+    schedd = pool.schedds["ap1.sdcc.bnl.gov"]
+    for job in ("100.0", "100.1"):
+        schedd.start(job)
+    schedd.hold("100.0", "memory usage exceeded request_memory", 34)
+    condor.cancel(handles[1:])
+    assert schedd.queue["100.1"]["RemoveReason"] == "cancelled by b2cal"  # passed as it should
+    for _ in range(2):  # removed (status 3), still running on its node
+        clock.now += 15
+        reports = condor.poll(handles)
+        assert [r.state.finished for r in reports.values()] == [False, False], reports
+        with pytest.raises(AssertionError, match="live job's folder"):  # what a retry would do
+            schedd.submit(*_resubmission(condor, folders[1:]))  # type: ignore[arg-type]
+        schedd.step()
+    clock.now += 15
+    reports = condor.poll(handles)
+    held, cancelled = reports[handles[0].job_id], reports[handles[1].job_id]
+    assert held.state is JobState.FAILED
+    assert held.reason.startswith("it ran out of memory: held (code 34)") and "node7" in held.reason
+    assert cancelled.state is JobState.CANCELLED
+    assert condor.submit(folders)[0].job_id == "ap1.sdcc.bnl.gov#101.0"  # gone: tried again
+
+
+def _resubmission(condor: HTCondorBackend, folders: list[Job]) -> tuple[object, object]:
+    """What a retry submitted at once would send for ``folders``."""
+    log = folders[0].directory.parent / ".htcondor" / "events@ap1.sdcc.bnl.gov@retry.log"
+    description = submit_description("m:f", condor.python, JobResources(), log)
+    return htcondor2.Submit(description), iter(item_data(folders))
+
+
+def test_holds_and_removals_keep_their_reasons(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    condor, handles, schedd = submitted(pool, clock, tmp_path, 4)
+    schedd.start("100.0")
+    schedd.hold("100.0", "The job exceeded allowed execute duration of 01:00:00", 47)
+    schedd.hold("100.1", "submitted on hold at user's request", 15)
+    schedd.hold("100.2", "Spooling input data files", 16)
+    schedd.act(htcondor2.JobAction.Remove, ["100.3"], ("drained by the admins", 0))
+    first = condor.poll(handles)
+    assert [r.state for r in first.values()][1:3] == [JobState.PENDING, JobState.PENDING]
+    assert "submitted on hold" in first[handles[1].job_id].reason
+    assert first[handles[3].job_id].reason == "being removed (drained by the admins)"
+    assert schedd.calls["act"] == 2  # the wall-time hold only; the others are no failures
+    for _ in range(2):
+        schedd.step()
+    clock.now += 15
+    ended = condor.poll(handles)
+    wall = ended[handles[0].job_id]
+    assert wall.state is JobState.FAILED and wall.reason.startswith(
+        "it ran past its wall time: held (code 47): The job exceeded allowed execute duration"
+    )
+    removed = ended[handles[3].job_id]
+    assert removed.state is JobState.CANCELLED and "drained by the admins" in removed.reason
+
+
+def test_a_job_that_left_the_queue_without_a_logged_end(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    condor, handles, schedd = submitted(pool, clock, tmp_path, 2)
+    (handles[0].job.directory / "status.json").write_text('{"state": "done"}')
+    schedd.leave("100.0")
+    schedd.leave("100.1")
+    reports = condor.poll(handles)
+    assert reports[handles[0].job_id].state is JobState.DONE
+    lost = reports[handles[1].job_id]
+    assert lost.state is JobState.FAILED and "without an end in its event log" in lost.reason
+
+
+def test_one_query_per_poll_interval_for_every_collection(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    condor = backend(pool, clock)
+    first = condor.submit(jobs(tmp_path / "T0", 2))
+    second = condor.submit(jobs(tmp_path / "Gain", 2))
+    schedd = pool.schedds["ap1.sdcc.bnl.gov"]
+    condor.poll(first)
+    condor.poll(second)
+    asked = schedd.calls["query"]
+    for _ in range(4):
+        clock.now += 15
+        condor.poll(first)
+        condor.poll(second)
+    assert schedd.calls["query"] - asked == 4
+    assert schedd.constraints[-1] == 'member(ClusterId, {100, 101}) && Owner == "calib"'
+
+
+def test_the_shared_schedd_is_called_by_one_thread_at_a_time(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    condor = backend(pool, clock)
+    groups = [condor.submit(jobs(tmp_path / f"c{n}", 2)) for n in range(6)]
+    errors: list[BaseException] = []
+
+    def follow(handles: list[JobHandle]) -> None:
+        try:
+            for _ in range(30):
+                clock.now += 1
+                condor.poll(handles)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=follow, args=(g,)) for g in groups]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_a_removal_the_schedd_refuses_is_an_error(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    condor = backend(pool, clock)
+    handles = condor.submit(jobs(tmp_path, 2))
+    pool.schedds["ap1.sdcc.bnl.gov"].refuse_removal = True
+    with pytest.raises(
+        B2CalError, match=r"HTCondor refused the removal of 2 jobs \(2 not permitted"
+    ):
+        condor.cancel(handles)
+
+
+def test_credentials_are_issued_before_each_submission(
+    tmp_path: Path, pool: FakePool, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued: list[str] = []
+    monkeypatch.setattr(
+        htcondor2.Submit, "issue_credentials", lambda self: issued.append(str(self)) or None
+    )
+    condor = backend(pool, clock, credentials=True, wall_time_attribute="+RequestRuntime")
+    condor.submit(jobs(tmp_path, 2))
+    assert len(issued) == 1 and "MY.RequestRuntime = 3600" in issued[0]
+    monkeypatch.setattr(
+        htcondor2.Submit, "issue_credentials", lambda self: "https://token.desy.de/x"
+    )
+    with pytest.raises(B2CalError, match=r"needs a credential first: visit https://token"):
+        condor.submit(jobs(tmp_path, 1, first=5))
