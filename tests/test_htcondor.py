@@ -23,6 +23,7 @@ from b2cal.backends.base import Job, JobState
 from b2cal.backends.htcondor import (
     HTCondorBackend,
     item_data,
+    open_htcondor,
     reports_from_event_log,
     submit_description,
 )
@@ -31,7 +32,7 @@ from b2cal.backends.htcondor.options import HTCondorOptions
 from b2cal.backends.htcondor.schedd import locate_schedd
 from b2cal.backends.registry import open_backend
 from b2cal.errors import B2CalError
-from b2cal.sites import BackendSettings, JobResources
+from b2cal.sites import BackendSettings, JobResources, load_site
 
 pytestmark = pytest.mark.services
 
@@ -205,6 +206,32 @@ def test_an_unknown_schedd_is_refused_not_replaced_by_the_local_one(
     backend = open_backend(BackendSettings(name="htcondor", options={"schedd": "spool9"}))
     with pytest.raises(B2CalError, match="no HTCondor schedd named 'spool9'"):
         backend.submit([Job("T0.i0.j0000", Path("/tmp"), "m:f")])
+
+
+@pytest.mark.parametrize("site", ["bnl", "desy"])
+def test_both_production_sites_run_htcondor(site: str) -> None:
+    settings = load_site(site).backend
+    assert settings.name == "htcondor" and settings.shared_roots
+    backend = open_htcondor(settings)
+    assert any(Path(backend.python).is_relative_to(r) for r in settings.shared_roots)
+    assert settings.resources.memory_mb and settings.resources.wall_minutes
+    if site == "desy":
+        assert backend.options.wall_time_attribute == "+RequestRuntime"
+        assert backend.options.credentials
+    else:
+        assert settings.resources.queue  # the accounting group
+
+
+def test_an_unknown_option_names_the_site_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (ROOT / "deployments" / "sites" / "desy.toml").read_text()
+    (tmp_path / "desy.toml").write_text(
+        text.replace("[backend.options]", '[backend.options]\ncolour = "red"')
+    )
+    monkeypatch.setenv("B2CAL_SITES_DIR", str(tmp_path))
+    with pytest.raises(B2CalError, match=rf"{tmp_path / 'desy.toml'} \[backend.options\] colour"):
+        open_backend(load_site("desy").backend)
 
 
 def test_the_bindings_are_those_the_access_points_run() -> None:
