@@ -10,8 +10,10 @@ queue goes to the history; queries are ClassAd constraints, evaluated by the rea
 ``act`` answers as the bindings do (``TotalSuccess``...), and takes a reason as the bindings
 pass it on (a ``(text, code)`` tuple; a plain string is dropped); every state change is written
 to the cluster's job event log in HTCondor's format, read back by the real ``JobEventLog``.
-A schedd can be made to time out (``timeouts``), and it fails a test if two threads call it at
-once or a job is submitted into the folder of one that may still run.
+The Owner a schedd records is its ``owner`` (the authenticated identity, which may not be the
+local user name); the cluster ad a submission returns says ``submitter`` (the same unless a test
+sets it apart). A schedd can be made to time out (``timeouts``), and it fails a test if two
+threads call it at once or a job is submitted into the folder of one that may still run.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class FakeSchedd:
         self.name = name
         self.clock = clock
         self.removal_steps = removal_steps
+        self.owner = "calib"
+        self.submitter: str | None = None  # the cluster ad's Owner (None: ``owner``)
         self.queue: dict[str, dict[str, Any]] = {}
         self.history: dict[str, dict[str, Any]] = {}
         self.received: list[str] = []  # submit texts as the schedd receives them
@@ -119,13 +123,13 @@ class FakeSchedd:
                 job = f"{cluster}.{proc}"
                 tag = item["job_tag"].replace('\\"', '"').replace("\\\\", "\\")
                 self.queue[job] = {
-                    "ClusterId": cluster, "ProcId": proc, "Owner": "calib", "JobStatus": 1,
+                    "ClusterId": cluster, "ProcId": proc, "Owner": self.owner, "JobStatus": 1,
                     "EnteredCurrentStatus": int(self.clock()), "NumJobStarts": 0,
                     "B2CalJobDir": tag, "Iwd": item["job_dir"],
                 }  # fmt: skip
                 self._logs[job] = log
                 self._write(job, event(0, job))
-            return _Result(cluster)
+            return _Result(cluster, self.submitter or self.owner)
 
     def query(self, constraint: str, projection: list[str]) -> list[classad2.ClassAd]:
         with self._call("query"):
@@ -244,11 +248,15 @@ class FakePool:
 
 
 class _Result:
-    def __init__(self, cluster: int) -> None:
+    def __init__(self, cluster: int, owner: str) -> None:
         self._cluster = cluster
+        self._owner = owner
 
     def cluster(self) -> int:
         return self._cluster
+
+    def clusterad(self) -> classad2.ClassAd:
+        return classad2.ClassAd({"ClusterId": self._cluster, "Owner": self._owner})
 
 
 def _as_received(description: htcondor2.Submit, items: list[dict[str, str]]) -> str:

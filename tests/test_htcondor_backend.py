@@ -46,7 +46,6 @@ def backend(pool: FakePool, clock: Clock, home: str = "ap1.sdcc.bnl.gov", **opti
         Limits(poll_seconds=15),
         HTCondorOptions(schedd=home, **options),  # type: ignore[arg-type]
         connect=pool.connect,
-        owner="calib",
         clock=clock,
     )
 
@@ -108,9 +107,46 @@ def test_ids_name_their_schedd_and_jobs_are_picked_up_there_if_theirs(
     # again) is not picked up
     wrong = [(first[0].job, other[0].job_id), (first[1].job, "ap1.sdcc.bnl.gov#100.1")]
     assert [h.job_id for h in restarted.attach(wrong)] == ["ap1.sdcc.bnl.gov#100.1"]
-    # every question is about this user's jobs only
-    for constraint in ap1.constraints + ap2.constraints:
-        assert constraint.endswith('Owner == "calib"'), constraint
+    # once a schedd took a submission, every question is about the owner it recorded; a
+    # restarted driver that submitted nothing there yet assumes no owner
+    assert not any("Owner" in c for c in ap1.constraints), ap1.constraints
+    restarted.submit(jobs(tmp_path / "c", 1))
+    assert "Owner" not in ap2.constraints[-1]  # asked before its first submission there
+    clock.now += 15
+    assert states(restarted.poll(other)) == [JobState.PENDING] * 2
+    assert ap2.constraints[-1] == 'member(ClusterId, {100}) && Owner == "calib"'
+
+
+def test_the_owner_is_the_one_the_schedd_records(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    # a Kerberos principal, not the local user name the driver runs as
+    schedd = pool.schedds["ap1.sdcc.bnl.gov"]
+    schedd.owner = "calib@BNL.GOV"
+    condor = backend(pool, clock)
+    folders = jobs(tmp_path, 2)
+    handles = condor.submit(folders)
+    schedd.start("100.0")
+    assert states(condor.poll(handles)) == [JobState.RUNNING, JobState.PENDING]
+    assert schedd.constraints[-1].endswith('Owner == "calib@BNL.GOV"')
+    again = backend(pool, clock).submit(folders)  # a restarted driver: followed, not twice
+    assert [h.job_id for h in again] == [h.job_id for h in handles]
+    # a cluster ad that names another owner than the schedd records: a job the owner's query
+    # misses while its log shows no end is asked for again, and not taken for gone
+    schedd.submitter = "calib"
+    other = backend(pool, clock)
+    later = other.submit(jobs(tmp_path / "later", 1))
+    schedd.start("101.0")
+    clock.now += 15
+    assert states(other.poll(later)) == [JobState.RUNNING]
+    assert schedd.constraints[-2:] == ['member(ClusterId, {101}) && Owner == "calib"',
+                                       "member(ClusterId, {101})"]  # fmt: skip
+    clock.now += 15
+    assert states(other.poll(later)) == [JobState.RUNNING]  # and asked for from now on
+    assert schedd.constraints[-1] == 'member(ClusterId, {101}) && Owner == "calib@BNL.GOV"'
+    schedd.finish("101.0")  # and once it has ended, it has
+    clock.now += 15
+    assert states(other.poll(later)) == [JobState.DONE]
 
 
 def test_a_driver_that_died_before_recording_its_jobs_submits_nothing_twice(

@@ -2,8 +2,11 @@
 
 A job's id is ``<schedd>#<cluster>.<proc>``: cluster ids are unique per schedd only, and a
 site may have several access points, so a restarted driver asks the schedd that holds the
-job. Every query is restricted to the submitting user's jobs, and a job found by its id is
-taken for the folder's own only if its ``B2CalJobDir`` names that folder.
+job. Queries are restricted to the owner the schedd recorded for this backend's submissions
+(taken from the cluster ad a submission returns, per schedd; until then nothing is assumed),
+and a job found by its id is taken for the folder's own only if its ``B2CalJobDir`` names that
+folder. A job the owner's query misses while its event log shows no end is asked for again by
+its cluster alone before it counts as gone: the owner recorded may not be the one assumed.
 
 Never twice at once: before a submission the schedd is asked for jobs already tagged with the
 folders (a driver that died between submitting and recording its ids left them), and those are
@@ -16,7 +19,6 @@ for ``unreachable_seconds`` before its jobs are failed.
 
 from __future__ import annotations
 
-import getpass
 import itertools
 import logging
 import os
@@ -86,18 +88,18 @@ class HTCondorBackend(Backend):
         options: HTCondorOptions | None = None,
         *,
         connect: Connector = locate_schedd,
-        owner: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(limits or Limits(poll_seconds=POLL_SECONDS))
         self.options = options or HTCondorOptions()
         self.python = self.options.python or sys.executable
-        self.owner = owner or getpass.getuser()
         self.patience = Patience(self.options.idle_limit_minutes * 60, self.options.max_starts)
         self._connect = connect
         self._clock = clock
         self._home = ScheddLink(self.options.schedd, self.options.pool, connect)
         self._links: dict[str, ScheddLink] = {}
+        #: The Owner each schedd records for this backend's jobs (from its submissions).
+        self._owners: dict[str, str] = {}
         self._lock = threading.RLock()  # one poll at a time: the others use its answer
         self._counter = itertools.count(1)
         self._queues: dict[str, _Queue] = {}
@@ -169,7 +171,7 @@ class HTCondorBackend(Backend):
                 link = self._link(schedd)
                 clusters = [_cluster(h.job_id) for h in group]
                 try:
-                    ads = self._ask(link, clusters)
+                    ads = self._ask(link, clusters, self._owners.get(link.name))
                 except ScheddUnreachable as exc:
                     raise B2CalError(
                         f"HTCondor cannot be asked about the jobs recorded in the job folders "
@@ -193,6 +195,7 @@ class HTCondorBackend(Backend):
         now = self._clock()
         try:
             ads = self._queue(link, [_cluster(h.job_id) for h in group], now)
+            ads = self._unlisted(link, group, ads)
         except ScheddUnreachable as exc:
             return self._unanswered(link.name, group, now, str(exc))
         self._unreachable_since.pop(link.name, None)
@@ -226,6 +229,33 @@ class HTCondorBackend(Backend):
             except (ScheddUnreachable, B2CalError) as exc:
                 log.warning("htcondor: %s (asked again at the next poll)", exc)
         return reports
+
+    def _unlisted(
+        self, link: ScheddLink, group: list[JobHandle], ads: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``ads`` and those of ``group``'s jobs the owner's query missed though their event logs
+        show no end, asked for by cluster alone: a job counts as gone only once the schedd
+        confirms it (the Owner it records may not be the one taken)."""
+        owner = self._owners.get(link.name)
+        missing = [h for h in group if _local(h.job_id) not in ads]
+        if owner is None or not missing:
+            return ads  # the query had no owner term: what it missed has left the queue
+        logged = self._logged(link, missing)
+        unended = [h for h in missing if not _ended(logged.get(_local(h.job_id)))]
+        if not unended:
+            return ads
+        found = self._ask(link, [_cluster(h.job_id) for h in unended], None)
+        for handle in unended:
+            ad = found.get(_local(handle.job_id))
+            recorded = str(ad.get("Owner") or "") if ad is not None else ""
+            if ad is not None and _owns(ad, handle.job) and recorded not in ("", owner):
+                log.warning(
+                    "htcondor: schedd %s records the owner %s, not %s: asked for from now on",
+                    link.name, recorded, owner,
+                )  # fmt: skip
+                self._owners[link.name] = recorded
+                self._queues.pop(link.name, None)
+        return {**ads, **found}
 
     def _gone(self, handle: JobHandle, said: JobReport | None) -> JobReport:
         """A job that has left the queue (or whose log says it was aborted): its end."""
@@ -271,19 +301,22 @@ class HTCondorBackend(Backend):
         for cluster in [c for c, at in wanted.items() if at < recent]:
             del wanted[cluster]
         asked = frozenset(wanted)
-        ads = self._ask(link, list(asked))
+        ads = self._ask(link, list(asked), self._owners.get(name))
         self._queues[name] = _Queue(now, asked, ads)
         return ads
 
-    def _ask(self, link: ScheddLink, clusters: list[int]) -> dict[str, Mapping[str, Any]]:
-        constraint = owned_by(self.owner, clusters)
+    def _ask(
+        self, link: ScheddLink, clusters: list[int], owner: str | None
+    ) -> dict[str, Mapping[str, Any]]:
+        constraint = owned_by(owner, clusters)
         ads = link.call("query", lambda s: s.query(constraint=constraint, projection=PROJECTION))
         return {f"{ad['ClusterId']}.{ad['ProcId']}": ad for ad in ads}
 
     def _left_in_queue(self, link: ScheddLink, jobs: Sequence[Job]) -> dict[str, str]:
         """Jobs of ``jobs``' folders the schedd still holds and that have not completed, by
         folder: a live one rather than one being removed, the newest first."""
-        constraint = in_folders(self.owner, [str(job.directory) for job in jobs])
+        owner = self._owners.get(link.name)
+        constraint = in_folders(owner, [str(job.directory) for job in jobs])
         try:
             ads = link.call(
                 "query", lambda s: s.query(constraint=constraint, projection=PROJECTION)
@@ -319,6 +352,9 @@ class HTCondorBackend(Backend):
         except ScheddUnreachable as exc:
             raise B2CalError(f"HTCondor refused the submission: {exc}") from None
         cluster = int(result.cluster())
+        owner = result.clusterad().get("Owner")
+        if owner:  # what the schedd records: the submitting user's name may be another
+            self._owners.setdefault(link.name, str(owner))
         log.info("htcondor: cluster %s of %d jobs on %s", cluster, len(group), link.name)
         return cluster
 
@@ -370,6 +406,10 @@ def _local(job_id: str) -> str:
 
 def _cluster(job_id: str) -> int:
     return int(_local(job_id).split(".")[0])
+
+
+def _ended(said: JobReport | None) -> bool:
+    return said is not None and said.state.finished
 
 
 def _owns(ad: Mapping[str, Any], job: Job) -> bool:

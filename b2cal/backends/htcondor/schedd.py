@@ -89,16 +89,20 @@ class ScheddLink:
         return self._schedd
 
 
-def owned_by(owner: str, clusters: Sequence[int]) -> str:
-    """The constraint of ``owner``'s jobs in ``clusters``."""
+def owned_by(owner: str | None, clusters: Sequence[int]) -> str:
+    """The constraint of ``owner``'s jobs in ``clusters`` (None: anyone's)."""
     listed = ", ".join(str(c) for c in sorted(set(clusters)))
-    return f"member(ClusterId, {{{listed}}}) && Owner == {_string(owner)}"
+    return _of(owner, f"member(ClusterId, {{{listed}}})")
 
 
-def in_folders(owner: str, folders: Sequence[str]) -> str:
-    """The constraint of ``owner``'s jobs tagged with one of ``folders``."""
+def in_folders(owner: str | None, folders: Sequence[str]) -> str:
+    """The constraint of ``owner``'s jobs tagged with one of ``folders`` (None: anyone's)."""
     listed = ", ".join(_string(f) for f in folders)
-    return f"identicalMember(B2CalJobDir, {{{listed}}}) && Owner == {_string(owner)}"
+    return _of(owner, f"identicalMember(B2CalJobDir, {{{listed}}})")
+
+
+def _of(owner: str | None, constraint: str) -> str:
+    return constraint if owner is None else f"{constraint} && Owner == {_string(owner)}"
 
 
 def checked(result: Any, what: str) -> None:
