@@ -12,8 +12,9 @@ pass it on (a ``(text, code)`` tuple; a plain string is dropped); every state ch
 to the cluster's job event log in HTCondor's format, read back by the real ``JobEventLog``.
 The Owner a schedd records is its ``owner`` (the authenticated identity, which may not be the
 local user name); the cluster ad a submission returns says ``submitter`` (the same unless a test
-sets it apart). A schedd can be made to time out (``timeouts``), and it fails a test if two
-threads call it at once or a job is submitted into the folder of one that may still run.
+sets it apart). A schedd can be made to time out before a call (``timeouts``) or after queuing
+a submission (``lost_answers``), and it fails a test if two threads call it at once or a job is
+submitted into the folder of one that may still run.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class FakeSchedd:
         self.constraints: list[str] = []
         self.calls: dict[str, int] = {"submit": 0, "query": 0, "act": 0}
         self.timeouts: dict[str, int] = {}  # how many of the next calls of a kind time out
+        self.lost_answers = 0  # how many of the next submissions time out once done
         self.refuse_removal = False
         self._clusters = itertools.count(100)
         self._logs: dict[str, Path] = {}
@@ -129,6 +131,9 @@ class FakeSchedd:
                 }  # fmt: skip
                 self._logs[job] = log
                 self._write(job, event(0, job))
+            if self.lost_answers > 0:  # the cluster is queued, but its answer never arrives
+                self.lost_answers -= 1
+                raise Timeout("Failed to receive the schedd's reply: timed out")
             return _Result(cluster, self.submitter or self.owner)
 
     def query(self, constraint: str, projection: list[str]) -> list[classad2.ClassAd]:

@@ -165,6 +165,22 @@ def test_a_driver_that_died_before_recording_its_jobs_submits_nothing_twice(
     assert schedd.calls["submit"] == 2 and third[2].job_id == "ap1.sdcc.bnl.gov#101.0"
 
 
+def test_a_submission_whose_answer_was_lost_is_not_called_refused(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    condor = backend(pool, clock)
+    folders = jobs(tmp_path, 2)
+    schedd = pool.schedds["ap1.sdcc.bnl.gov"]
+    schedd.lost_answers = 1  # the schedd queued the cluster; its reply timed out
+    with pytest.raises(B2CalError, match="did not confirm the submission") as raised:
+        condor.submit(folders)
+    assert "whether the jobs were queued is unknown" in str(raised.value)
+    assert "refused" not in str(raised.value)
+    again = condor.submit(folders)  # the next try finds them by their tag
+    assert [h.job_id for h in again] == ["ap1.sdcc.bnl.gov#100.0", "ap1.sdcc.bnl.gov#100.1"]
+    assert schedd.calls["submit"] == 1
+
+
 def test_a_schedd_that_does_not_answer_for_a_while_fails_nothing(
     tmp_path: Path, pool: FakePool, clock: Clock
 ) -> None:

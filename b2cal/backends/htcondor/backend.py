@@ -349,8 +349,11 @@ class HTCondorBackend(Backend):
             _issue_credentials(description)
         try:
             result = link.call("submit", lambda s: s.submit(description, itemdata=iter(items)))
-        except ScheddUnreachable as exc:
-            raise B2CalError(f"HTCondor refused the submission: {exc}") from None
+        except ScheddUnreachable as exc:  # it may have queued the cluster, its answer lost
+            raise B2CalError(
+                f"HTCondor did not confirm the submission ({exc}): whether the jobs were queued "
+                "is unknown; the next try follows them if they were (found by their folder tag)"
+            ) from None
         cluster = int(result.cluster())
         owner = result.clusterad().get("Owner")
         if owner:  # what the schedd records: the submitting user's name may be another
