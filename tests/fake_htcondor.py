@@ -109,6 +109,7 @@ class FakeSchedd:
         self._clusters = itertools.count(100)
         self._logs: dict[str, Path] = {}
         self._removing: dict[str, int] = {}
+        self._aborted: set[str] = set()  # abort events written, the ads not gone yet
         self._busy = threading.Lock()
 
     # --- what the bindings call ----------------------------------------------------------
@@ -199,9 +200,16 @@ class FakeSchedd:
             self._removing[job] -= 1
             if self._removing[job] <= 0:
                 del self._removing[job]
-                reason = self.queue[job].get("RemoveReason") or "via condor_rm"
-                self._write(job, aborted(job, reason))
+                if job not in self._aborted:
+                    self.log_abort(job)
                 self.leave(job)
+
+    def log_abort(self, job: str) -> None:
+        """The removed job's starter is gone and its abort event written; its ad is still in
+        the queue (status 3) until :meth:`step` takes it out."""
+        reason = self.queue[job].get("RemoveReason") or "via condor_rm"
+        self._write(job, aborted(job, reason))
+        self._aborted.add(job)
 
     def leave(self, job: str) -> None:
         self.history[job] = self.queue.pop(job)
@@ -211,7 +219,9 @@ class FakeSchedd:
         return [
             job
             for job, ad in self.queue.items()
-            if ad["B2CalJobDir"] == str(folder) and ad["JobStatus"] != 4
+            if ad.get("B2CalJobDir") == str(folder)
+            and ad["JobStatus"] != 4
+            and job not in self._aborted
         ]
 
     def _write(self, job: str, text: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from fake_htcondor import FakePool, FakeSchedd
 
 from b2cal.backends.base import Job, JobHandle, JobState, Limits
-from b2cal.backends.htcondor import HTCondorBackend, item_data, submit_description
+from b2cal.backends.htcondor import HTCondorBackend
 from b2cal.backends.htcondor.options import HTCondorOptions
 from b2cal.errors import B2CalError
 from b2cal.sites import JobResources
@@ -47,6 +47,7 @@ def backend(pool: FakePool, clock: Clock, home: str = "ap1.sdcc.bnl.gov", **opti
         HTCondorOptions(schedd=home, **options),  # type: ignore[arg-type]
         connect=pool.connect,
         clock=clock,
+        sleep=lambda seconds: setattr(clock, "now", clock.now + seconds),
     )
 
 
@@ -257,8 +258,9 @@ def test_a_removed_or_held_job_has_ended_only_once_it_left_the_queue(
         clock.now += 15
         reports = condor.poll(handles)
         assert [r.state.finished for r in reports.values()] == [False, False], reports
-        with pytest.raises(AssertionError, match="live job's folder"):  # what a retry would do
-            schedd.submit(*_resubmission(condor, folders[1:]))  # type: ignore[arg-type]
+        with pytest.raises(B2CalError, match="still removing the last job of 1 job folders"):
+            condor.submit(folders[1:])  # a retry now waits for it, and submits nothing
+        assert schedd.calls["submit"] == 1
         schedd.step()
     clock.now += 15
     reports = condor.poll(handles)
@@ -269,11 +271,30 @@ def test_a_removed_or_held_job_has_ended_only_once_it_left_the_queue(
     assert condor.submit(folders)[0].job_id == "ap1.sdcc.bnl.gov#101.0"  # gone: tried again
 
 
-def _resubmission(condor: HTCondorBackend, folders: list[Job]) -> tuple[object, object]:
-    """What a retry submitted at once would send for ``folders``."""
-    log = folders[0].directory.parent / ".htcondor" / "events@ap1.sdcc.bnl.gov@retry.log"
-    description = submit_description("m:f", condor.python, JobResources(), log)
-    return htcondor2.Submit(description), iter(item_data(folders))
+def test_a_job_being_removed_is_waited_for_not_followed(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    schedd = pool.schedds["ap1.sdcc.bnl.gov"]
+    slept: list[float] = []
+
+    def wait(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+        schedd.step()
+
+    condor = HTCondorBackend(
+        Limits(poll_seconds=15), HTCondorOptions(schedd=schedd.name), connect=pool.connect,
+        clock=clock, sleep=wait,
+    )  # fmt: skip
+    folders = jobs(tmp_path, 4)
+    handles = condor.submit(folders)
+    for proc in range(4):
+        schedd.start(f"100.{proc}")
+    condor.cancel(handles[:3])  # by b2cal jobs cancel: removed, still running on their nodes
+    schedd.log_abort("100.0")  # its abort is logged, its ad not gone yet: it has ended
+    retry = condor.submit(folders)  # after b2cal jobs resubmit
+    assert slept == [15.0, 15.0]  # until 100.1 and 100.2 had left the queue
+    assert [h.job_id.split("#")[1] for h in retry] == ["101.0", "101.1", "101.2", "100.3"]
 
 
 def test_holds_and_removals_keep_their_reasons(

@@ -10,7 +10,9 @@ its cluster alone before it counts as gone: the owner recorded may not be the on
 
 Never twice at once: before a submission the schedd is asked for jobs already tagged with the
 folders (a driver that died between submitting and recording its ids left them), and those are
-followed instead of submitting again; a job counts as ended only once it has left the queue or
+followed instead of submitting again, except jobs being removed: a folder whose job is leaving
+the queue gets its new one only once the old one is gone (the submission waits for that); a job
+counts as ended only once it has left the queue or
 its event log says it was aborted, since a removed or held job may still be running on its
 node. The states of one schedd are asked for once per poll interval, whatever the number of
 collections polling, and a schedd that does not answer leaves the last known states standing
@@ -89,6 +91,7 @@ class HTCondorBackend(Backend):
         *,
         connect: Connector = locate_schedd,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         super().__init__(limits or Limits(poll_seconds=POLL_SECONDS))
         self.options = options or HTCondorOptions()
@@ -96,6 +99,7 @@ class HTCondorBackend(Backend):
         self.patience = Patience(self.options.idle_limit_minutes * 60, self.options.max_starts)
         self._connect = connect
         self._clock = clock
+        self._sleep = sleep
         self._home = ScheddLink(self.options.schedd, self.options.pool, connect)
         self._links: dict[str, ScheddLink] = {}
         #: The Owner each schedd records for this backend's jobs (from its submissions).
@@ -116,7 +120,7 @@ class HTCondorBackend(Backend):
         already in the queue (unrecorded: their driver died) are followed instead."""
         self.check_folders(jobs)
         link = self._home
-        left = self._left_in_queue(link, jobs)
+        left = self._after_removals(link, jobs)
         handles: dict[Path, JobHandle] = {
             job.directory: JobHandle(left[str(job.directory)], job)
             for job in jobs
@@ -177,7 +181,7 @@ class HTCondorBackend(Backend):
                         f"HTCondor cannot be asked about the jobs recorded in the job folders "
                         f"({exc}): nothing is submitted again until it answers"
                     ) from None
-                logged = self._logged(link, group)
+                logged = self._logged(link, [h.job.directory for h in group])
                 for handle in group:
                     ad = ads.get(_local(handle.job_id))
                     if ad is not None and not _owns(ad, handle.job):
@@ -217,7 +221,7 @@ class HTCondorBackend(Backend):
                     reports[job_id] = verdict.report
                 continue
             if logged is None:
-                logged = self._logged(link, group)
+                logged = self._logged(link, [h.job.directory for h in group])
             said = logged.get(key)
             if ad is not None and (said is None or said.state is not JobState.CANCELLED):
                 reports[job_id] = judge(ad, now, self.patience).report  # removed, not gone
@@ -240,7 +244,7 @@ class HTCondorBackend(Backend):
         missing = [h for h in group if _local(h.job_id) not in ads]
         if owner is None or not missing:
             return ads  # the query had no owner term: what it missed has left the queue
-        logged = self._logged(link, missing)
+        logged = self._logged(link, [h.job.directory for h in missing])
         unended = [h for h in missing if not _ended(logged.get(_local(h.job_id)))]
         if not unended:
             return ads
@@ -312,9 +316,30 @@ class HTCondorBackend(Backend):
         ads = link.call("query", lambda s: s.query(constraint=constraint, projection=PROJECTION))
         return {f"{ad['ClusterId']}.{ad['ProcId']}": ad for ad in ads}
 
-    def _left_in_queue(self, link: ScheddLink, jobs: Sequence[Job]) -> dict[str, str]:
-        """Jobs of ``jobs``' folders the schedd still holds and that have not completed, by
-        folder: a live one rather than one being removed, the newest first."""
+    def _after_removals(self, link: ScheddLink, jobs: Sequence[Job]) -> dict[str, str]:
+        """:meth:`_left_in_queue` once none of ``jobs``' folders has a job being removed that
+        may still run; B2CalError if one has not left after ``unreachable_seconds``."""
+        limit = self.options.unreachable_seconds
+        deadline = self._clock() + limit
+        left, leaving = self._left_in_queue(link, jobs)
+        while leaving:
+            if self._clock() >= deadline:
+                raise B2CalError(
+                    f"HTCondor is still removing the last job of {len(leaving)} job folders "
+                    f"({sorted(leaving)[0]}) after {limit:g} s: nothing is submitted into a "
+                    "folder whose job may still run (the next try looks again)"
+                )
+            log.info("htcondor: %d job folders wait for their removed job to leave", len(leaving))
+            self._sleep(self.poll_seconds)
+            left, leaving = self._left_in_queue(link, jobs)
+        return left
+
+    def _left_in_queue(
+        self, link: ScheddLink, jobs: Sequence[Job]
+    ) -> tuple[dict[str, str], set[str]]:
+        """Jobs of ``jobs``' folders the schedd still holds: by folder the newest that has not
+        completed and is not being removed (to follow); and the folders with none such but a job
+        being removed whose event log does not say aborted yet (to wait for)."""
         owner = self._owners.get(link.name)
         constraint = in_folders(owner, [str(job.directory) for job in jobs])
         try:
@@ -323,15 +348,23 @@ class HTCondorBackend(Backend):
             )
         except ScheddUnreachable as exc:
             raise B2CalError(f"HTCondor refused the submission: {exc}") from None
-        left: dict[str, tuple[bool, int, str]] = {}
+        left: dict[str, tuple[int, str]] = {}
+        leaving: set[str] = set()
+        logged: dict[str, JobReport] | None = None
         for ad in ads:
             status = int(ad.get("JobStatus", 0))
-            if status == COMPLETED:
-                continue
-            rank = (status != REMOVED, int(ad["ClusterId"]), f"{ad['ClusterId']}.{ad['ProcId']}")
-            folder = str(ad.get(FOLDER_ATTRIBUTE))
-            left[folder] = max(left.get(folder, rank), rank)
-        return {folder: f"{link.name}#{rank[2]}" for folder, rank in left.items()}
+            key, folder = f"{ad['ClusterId']}.{ad['ProcId']}", str(ad.get(FOLDER_ATTRIBUTE))
+            if status == REMOVED:
+                if logged is None:
+                    logged = self._logged(link, [job.directory for job in jobs])
+                said = logged.get(key)
+                if said is None or said.state is not JobState.CANCELLED:
+                    leaving.add(folder)
+            elif status != COMPLETED:
+                rank = (int(ad["ClusterId"]), key)
+                left[folder] = max(left.get(folder, rank), rank)
+        followed = {folder: f"{link.name}#{rank[1]}" for folder, rank in left.items()}
+        return followed, leaving - set(left)
 
     def _submit_cluster(
         self, link: ScheddLink, group: list[Job], resources: JobResources, target: str
@@ -371,8 +404,9 @@ class HTCondorBackend(Backend):
         )
         checked(result, "the removal")
 
-    def _logged(self, link: ScheddLink, handles: Sequence[JobHandle]) -> dict[str, JobReport]:
-        folders = [h.job.directory.parent / ".htcondor" for h in handles]
+    def _logged(self, link: ScheddLink, directories: Sequence[Path]) -> dict[str, JobReport]:
+        """What the event logs beside the job folders ``directories`` say of ``link``'s jobs."""
+        folders = [directory.parent / ".htcondor" for directory in directories]
         return self._logs.reports(folders, link.name, legacy=link is self._home)
 
     def _link(self, schedd: str) -> ScheddLink:
