@@ -170,7 +170,8 @@ class FakeSchedd:
     # --- what the pool does --------------------------------------------------------------
     def start(self, job: str) -> None:
         ad = self.queue[job]
-        ad.update(JobStatus=2, NumJobStarts=ad["NumJobStarts"] + 1, RemoteHost="slot1@node7")
+        ad.update(JobStatus=2, NumJobStarts=ad["NumJobStarts"] + 1, RemoteHost="slot1@node7",
+                  LastMatchTime=int(self.clock()))  # fmt: skip
         self._write(job, event(1, job))
 
     def evict(self, job: str) -> None:
@@ -192,7 +193,12 @@ class FakeSchedd:
         self._write(job, held(job, reason, code, subcode))
 
     def reject(self, job: str, reason: str, idle_since: float) -> None:
+        """The negotiator did not match the job (the reason stays on its ad)."""
         self.queue[job].update(LastRejMatchReason=reason, EnteredCurrentStatus=int(idle_since))
+
+    def match(self, job: str) -> None:
+        """The negotiator matched the job to a slot (it may not start there, the claim lost)."""
+        self.queue[job].update(LastMatchTime=int(self.clock()))
 
     def step(self) -> None:
         """Time passes: removed jobs whose starters are gone leave the queue."""

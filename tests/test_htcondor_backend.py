@@ -242,6 +242,22 @@ def test_jobs_that_never_run_are_failed_with_the_reason(
     assert ended[handles[2].job_id].state is JobState.PENDING
 
 
+def test_a_busy_pool_fails_no_idle_job(tmp_path: Path, pool: FakePool, clock: Clock) -> None:
+    condor, handles, schedd = submitted(pool, clock, tmp_path, 4, idle_limit_minutes=60)
+    long_ago = clock.now - 5 * 3600
+    schedd.reject("100.0", "insufficient priority", idle_since=long_ago)
+    schedd.reject("100.1", "group quota exceeded", idle_since=long_ago)
+    schedd.match("100.2")  # it matched once: a slot can run it, the pool is full now
+    schedd.reject("100.2", "no match found", idle_since=long_ago)
+    schedd.start("100.3")  # it ran, was evicted, and waits for a slot again
+    schedd.evict("100.3")
+    schedd.reject("100.3", "no match found", idle_since=long_ago)
+    reports = condor.poll(handles)
+    assert states(reports) == [JobState.PENDING] * 4
+    assert reports[handles[0].job_id].reason == "idle: insufficient priority"
+    assert schedd.calls["act"] == 0
+
+
 def test_a_removed_or_held_job_has_ended_only_once_it_left_the_queue(
     tmp_path: Path, pool: FakePool, clock: Clock
 ) -> None:

@@ -58,8 +58,9 @@ class HTCondorOptions(BaseModel):
     environment: dict[str, str] = Field(default_factory=dict)
     #: Local scratch each job asks for; jobs write to their folder on the shared filesystem.
     disk_mb: int = Field(default=1000, gt=0)
-    #: A job idle this long that the negotiator has rejected (no slot matches it) is failed
-    #: with the negotiator's reason instead of waiting forever.
+    #: A job idle this long that the negotiator rejects and that never matched a slot nor
+    #: started is failed with the negotiator's reason instead of waiting forever (a full pool
+    #: says "no match found" too; priority and quota reasons never fail a job).
     idle_limit_minutes: float = Field(default=720, gt=0)
     #: A job started more often than this (evicted and restarted again and again) is failed.
     max_starts: int = Field(default=3, gt=0)

@@ -19,11 +19,15 @@ from b2cal.backends.base import JobReport, JobState
 #: What a job ad says, as asked for in every query.
 PROJECTION = [
     "ClusterId", "ProcId", "Owner", "JobStatus", "EnteredCurrentStatus", "NumJobStarts",
-    "LastRejMatchReason", "HoldReason", "HoldReasonCode", "HoldReasonSubCode", "RemoveReason",
-    "ExitCode", "ExitBySignal", "ExitSignal", "RemoteHost", "LastRemoteHost", "B2CalJobDir",
+    "LastMatchTime", "LastRejMatchReason", "HoldReason", "HoldReasonCode", "HoldReasonSubCode",
+    "RemoveReason", "ExitCode", "ExitBySignal", "ExitSignal", "RemoteHost", "LastRemoteHost",
+    "B2CalJobDir",
 ]  # fmt: skip
 #: HTCondor's JobStatus values.
 IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(1, 8)
+
+#: Negotiator reasons that say the pool is busy, not that no slot could ever run the job.
+BUSY_POOL = ("insufficient priority", "submitter limit", "group quota")
 
 #: Holds that are not failures (HoldReasonCode): a person's ``condor_hold``, a job submitted
 #: on hold, input being spooled. The job goes on once released.
@@ -114,7 +118,12 @@ def _idle(ad: Mapping[str, Any], now: float, patience: Patience) -> Verdict:
     rejected = str(ad.get("LastRejMatchReason") or "")
     since = float(ad.get("EnteredCurrentStatus", now) or now)
     idle = now - since
-    if rejected and idle > patience.idle_limit_seconds:
+    # LastRejMatchReason stays once the job failed to match at some point, and a full pool
+    # says "no match found" too: only a job that never matched nor started, and was not merely
+    # short of priority or quota, counts as one no slot can run
+    never = starts == 0 and not ad.get("LastMatchTime")
+    busy = any(words in rejected.lower() for words in BUSY_POOL)
+    if rejected and never and not busy and idle > patience.idle_limit_seconds:
         return Verdict(
             JobReport(
                 JobState.FAILED,
