@@ -150,6 +150,18 @@ def test_the_owner_is_the_one_the_schedd_records(
     assert states(other.poll(later)) == [JobState.DONE]
 
 
+def test_an_untagged_job_is_picked_up_only_under_a_legacy_id(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    _, handles, schedd = submitted(pool, clock, tmp_path, 2)
+    for job in ("100.0", "100.1"):
+        del schedd.queue[job]["B2CalJobDir"]  # not b2cal's tag: someone else's cluster 100
+    restarted = backend(pool, clock)
+    assert restarted.attach([(handles[0].job, handles[0].job_id)]) == []
+    legacy = restarted.attach([(handles[1].job, "100.1")])  # recorded before jobs were tagged
+    assert [h.job_id for h in legacy] == ["100.1"]
+
+
 def test_a_driver_that_died_before_recording_its_jobs_submits_nothing_twice(
     tmp_path: Path, pool: FakePool, clock: Clock
 ) -> None:
@@ -393,16 +405,28 @@ def test_the_shared_schedd_is_called_by_one_thread_at_a_time(
     assert errors == []
 
 
-def test_a_removal_the_schedd_refuses_is_an_error(
+def test_a_removal_the_schedd_refuses_is_an_error_of_cancel_and_asked_again_in_poll(
     tmp_path: Path, pool: FakePool, clock: Clock
 ) -> None:
     condor = backend(pool, clock)
     handles = condor.submit(jobs(tmp_path, 2))
-    pool.schedds["ap1.sdcc.bnl.gov"].refuse_removal = True
+    schedd = pool.schedds["ap1.sdcc.bnl.gov"]
+    schedd.refuse_removal = True
     with pytest.raises(
         B2CalError, match=r"HTCondor refused the removal of 2 jobs \(2 not permitted"
     ):
         condor.cancel(handles)
+    # b2cal's own removal of a job that would never end: logged, asked again at the next poll
+    more = condor.submit(jobs(tmp_path / "held", 1))
+    schedd.hold("101.0", "memory usage exceeded request_memory", 34)
+    clock.now += 15
+    first = condor.poll(more)[more[0].job_id]
+    assert first.state is JobState.RUNNING and first.reason.startswith("being removed")
+    assert schedd.queue["101.0"]["JobStatus"] == 5
+    schedd.refuse_removal = False
+    clock.now += 15
+    condor.poll(more)
+    assert schedd.queue["101.0"]["JobStatus"] == 3
 
 
 def test_credentials_are_issued_before_each_submission(

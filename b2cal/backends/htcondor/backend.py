@@ -184,7 +184,7 @@ class HTCondorBackend(Backend):
                 logged = self._logged(link, [h.job.directory for h in group])
                 for handle in group:
                     ad = ads.get(_local(handle.job_id))
-                    if ad is not None and not _owns(ad, handle.job):
+                    if ad is not None and not _owns(ad, handle):
                         log.warning(
                             "htcondor: job %s belongs to %s, not to %s: not picked up",
                             handle.job_id, ad.get(FOLDER_ATTRIBUTE), handle.job.directory,
@@ -252,7 +252,7 @@ class HTCondorBackend(Backend):
         for handle in unended:
             ad = found.get(_local(handle.job_id))
             recorded = str(ad.get("Owner") or "") if ad is not None else ""
-            if ad is not None and _owns(ad, handle.job) and recorded not in ("", owner):
+            if ad is not None and _owns(ad, handle) and recorded not in ("", owner):
                 log.warning(
                     "htcondor: schedd %s records the owner %s, not %s: asked for from now on",
                     link.name, recorded, owner,
@@ -449,6 +449,10 @@ def _ended(said: JobReport | None) -> bool:
     return said is not None and said.state.finished
 
 
-def _owns(ad: Mapping[str, Any], job: Job) -> bool:
+def _owns(ad: Mapping[str, Any], handle: JobHandle) -> bool:
+    """Whether the job ad is the handle's folder's: tagged with it. An untagged job is taken
+    only under a legacy id (no schedd in it), recorded before jobs were tagged."""
     tag = ad.get(FOLDER_ATTRIBUTE)
-    return tag is None or str(tag) == str(job.directory)
+    if tag is None:
+        return "#" not in handle.job_id
+    return str(tag) == str(handle.job.directory)
