@@ -11,6 +11,7 @@ a stand-in that follows HTCondor's documented behaviour (tests/test_htcondor_bac
 
 from __future__ import annotations
 
+import socket
 import time
 import tomllib
 from pathlib import Path
@@ -101,10 +102,8 @@ def test_a_cluster_is_described_once_with_each_job_folder_as_an_item(tmp_path: P
     assert item_data(jobs)[1]["job_arg"] == str(folders[1]).replace("'", "''")
 
 
-def test_a_sites_wall_time_attribute_and_credentials(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    desy = HTCondorOptions(wall_time_attribute="+RequestRuntime", credentials=True)
+def test_a_sites_wall_time_attribute_and_no_late_materialization(tmp_path: Path) -> None:
+    desy = HTCondorOptions(wall_time_attribute="+RequestRuntime")
     text = described(tmp_path, JobResources(wall_minutes=300), desy)
     assert "MY.RequestRuntime = 18000" in text and "allowed_execute_duration" not in text
     # late materialization would hide jobs not yet in the queue: refused
@@ -112,6 +111,27 @@ def test_a_sites_wall_time_attribute_and_credentials(
         settings = BackendSettings(name="htcondor", options={"submit": {key: "10"}})
         with pytest.raises(B2CalError, match="late materialization"):
             open_backend(settings)
+
+
+def test_credentials_are_for_this_access_points_schedd_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (ROOT / "deployments" / "sites" / "desy.toml").read_text()
+    assert "credentials = true" in text
+    elsewhere = text.replace(
+        "[backend.options]", '[backend.options]\nschedd = "naf-belle12.desy.de"'
+    )
+    (tmp_path / "desy.toml").write_text(elsewhere)
+    monkeypatch.setenv("B2CAL_SITES_DIR", str(tmp_path))
+    # the bindings issue credentials for the local machine's access point, as condor_submit
+    with pytest.raises(B2CalError) as refused:
+        open_backend(load_site("desy").backend)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'desy.toml'} [backend.options]")
+    assert "credentials" in message and "naf-belle12.desy.de" in message
+    for here in (socket.getfqdn(), f"calib@{socket.gethostname()}"):
+        settings = BackendSettings(name="htcondor", options={"credentials": True, "schedd": here})
+        assert isinstance(open_backend(settings), HTCondorBackend)
 
 
 def test_the_job_python_must_be_on_the_shared_filesystem() -> None:

@@ -5,6 +5,7 @@ is a one-line error naming the site file, not a job that fails hours later on a 
 from __future__ import annotations
 
 import re
+import socket
 import sys
 from pathlib import PurePosixPath
 
@@ -52,7 +53,8 @@ class HTCondorOptions(BaseModel):
     #: policy reads (DESY NAF: ``+RequestRuntime``).
     wall_time_attribute: str = "allowed_execute_duration"
     #: Ask for credentials (Kerberos/AFS tokens, OAuth) before each submission, as
-    #: ``condor_submit`` does on the access point (``Submit.issue_credentials()``).
+    #: ``condor_submit`` does on the access point (``Submit.issue_credentials()``). They are
+    #: issued for this machine's access point only: refused with a ``schedd`` of another one.
     credentials: bool = False
     #: The job's environment: nothing of the driver's is copied (``getenv`` is never set).
     environment: dict[str, str] = Field(default_factory=dict)
@@ -93,8 +95,21 @@ def read_options(settings: BackendSettings, where: str) -> HTCondorOptions:
                 f"{where} [backend.options.environment] {name}: looks like a secret; job ads "
                 "are readable by every user of the pool (jobs need no database password)"
             )
+    if options.credentials and options.schedd and not _on_this_machine(options.schedd):
+        raise B2CalError(
+            f"{where} [backend.options] credentials: issued for this machine's access point "
+            f"only (Submit.issue_credentials), not for schedd {options.schedd!r}: run the "
+            "driver on that access point and leave schedd unset"
+        )
     _check_python(options.python or sys.executable, settings, where)
     return options
+
+
+def _on_this_machine(schedd: str) -> bool:
+    """Whether the schedd's name (``host`` or ``name@host``) is this machine's."""
+    host = schedd.rpartition("@")[2].lower()
+    names = {socket.getfqdn().lower(), socket.gethostname().lower()}
+    return host in names or ("." not in host and host in {n.split(".")[0] for n in names})
 
 
 def _check_python(python: str, settings: BackendSettings, where: str) -> None:
