@@ -106,6 +106,7 @@ class FakeSchedd:
         self.timeouts: dict[str, int] = {}  # how many of the next calls of a kind time out
         self.lost_answers = 0  # how many of the next submissions time out once done
         self.refuse_removal = False
+        self.latency = 0.0  # seconds each call takes (two threads at once then overlap)
         self._clusters = itertools.count(100)
         self._logs: dict[str, Path] = {}
         self._removing: dict[str, int] = {}
@@ -178,13 +179,18 @@ class FakeSchedd:
         self.queue[job].update(JobStatus=1, EnteredCurrentStatus=int(self.clock()))
         self._write(job, evicted(job))
 
-    def finish(self, job: str, code: int = 0, signal: int | None = None) -> None:
-        """The job ends; it stays in the queue as completed until :meth:`leave`."""
+    def finish(
+        self, job: str, code: int = 0, signal: int | None = None, leave_in_queue: bool = False
+    ) -> None:
+        """The job ends and leaves the queue; with ``leave_in_queue`` (a job whose
+        ``leave_in_queue`` expression holds) it stays there as completed (status 4) until
+        :meth:`leave`."""
         self.queue[job].update(
             JobStatus=4, ExitCode=code, ExitBySignal=signal is not None, ExitSignal=signal
         )
         self._write(job, terminated(job, code, signal))
-        self.leave(job)
+        if not leave_in_queue:
+            self.leave(job)
 
     def hold(self, job: str, reason: str, code: int, subcode: int = 0) -> None:
         self.queue[job].update(
@@ -240,6 +246,7 @@ class FakeSchedd:
         class Call:
             def __enter__(self) -> None:
                 assert schedd._busy.acquire(blocking=False), "two threads call the schedd at once"
+                time.sleep(schedd.latency)
                 schedd.calls[what] += 1
                 if schedd.timeouts.get(what, 0) > 0:
                     schedd.timeouts[what] -= 1

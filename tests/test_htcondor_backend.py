@@ -351,6 +351,23 @@ def test_holds_and_removals_keep_their_reasons(
     assert removed.state is JobState.CANCELLED and "drained by the admins" in removed.reason
 
 
+def test_a_completed_job_still_in_the_queue_has_ended(
+    tmp_path: Path, pool: FakePool, clock: Clock
+) -> None:
+    condor, handles, schedd = submitted(pool, clock, tmp_path, 3)
+    for job in ("100.0", "100.1", "100.2"):
+        schedd.start(job)
+    schedd.finish("100.0", leave_in_queue=True)
+    schedd.finish("100.1", code=2, leave_in_queue=True)
+    schedd.finish("100.2", signal=9, leave_in_queue=True)
+    assert all(schedd.queue[f"100.{p}"]["JobStatus"] == 4 for p in range(3))
+    reports = condor.poll(handles)
+    assert states(reports) == [JobState.DONE, JobState.FAILED, JobState.FAILED]
+    assert reports[handles[1].job_id].reason == "exit status 2 on node7"
+    assert reports[handles[2].job_id].reason == "killed by signal 9 on node7"
+    assert condor.submit(jobs(tmp_path, 1))[0].job_id.endswith("#101.0")  # not followed
+
+
 def test_a_job_that_left_the_queue_without_a_logged_end(
     tmp_path: Path, pool: FakePool, clock: Clock
 ) -> None:
@@ -362,6 +379,33 @@ def test_a_job_that_left_the_queue_without_a_logged_end(
     assert reports[handles[0].job_id].state is JobState.DONE
     lost = reports[handles[1].job_id]
     assert lost.state is JobState.FAILED and "without an end in its event log" in lost.reason
+
+
+def test_nothing_is_kept_of_jobs_that_ended(tmp_path: Path, pool: FakePool, clock: Clock) -> None:
+    condor, handles, schedd = submitted(pool, clock, tmp_path, 3, unreachable_seconds=60)
+    schedd.start("100.0")
+    schedd.hold("100.1", "memory usage exceeded request_memory", 34)
+    condor.cancel(handles[2:])
+    condor.poll(handles)
+    for _ in range(2):
+        schedd.step()
+    schedd.finish("100.0")
+    clock.now += 15
+    assert all(r.state.finished for r in condor.poll(handles).values())
+    # a long driver follows thousands of jobs: what it kept of each ended one would pile up
+    assert condor._last == {} and condor._removing == {}
+    # also of one failed while being removed, its schedd not answering
+    more = condor.submit(jobs(tmp_path / "more", 1))
+    schedd.hold("101.0", "memory usage exceeded request_memory", 34)
+    clock.now += 15
+    condor.poll(more)
+    assert more[0].job_id in condor._removing
+    schedd.timeouts["query"] = 100
+    for _ in range(2):
+        clock.now += 61
+        last = condor.poll(more)[more[0].job_id]
+    assert last.state is JobState.FAILED
+    assert condor._last == {} and condor._removing == {}
 
 
 def test_one_query_per_poll_interval_for_every_collection(
@@ -386,7 +430,8 @@ def test_the_shared_schedd_is_called_by_one_thread_at_a_time(
     tmp_path: Path, pool: FakePool, clock: Clock
 ) -> None:
     condor = backend(pool, clock)
-    groups = [condor.submit(jobs(tmp_path / f"c{n}", 2)) for n in range(6)]
+    groups = [condor.submit(jobs(tmp_path / f"c{n}", 2)) for n in range(4)]
+    pool.schedds["ap1.sdcc.bnl.gov"].latency = 0.002
     errors: list[BaseException] = []
 
     def follow(handles: list[JobHandle]) -> None:
@@ -397,7 +442,15 @@ def test_the_shared_schedd_is_called_by_one_thread_at_a_time(
         except BaseException as exc:
             errors.append(exc)
 
+    def submit() -> None:  # submissions do not wait for a poll: only the schedd's lock
+        try:
+            for n in range(15):
+                condor.submit(jobs(tmp_path / f"s{n}", 1))
+        except BaseException as exc:
+            errors.append(exc)
+
     threads = [threading.Thread(target=follow, args=(g,)) for g in groups]
+    threads.append(threading.Thread(target=submit))
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -149,7 +149,12 @@ class HTCondorBackend(Backend):
         with self._lock:
             for schedd, group in self._by_schedd(handles).items():
                 reports.update(self._poll_schedd(schedd, group))
-            self._last.update(reports)
+            for job_id, report in reports.items():
+                if report.state.finished:  # nothing more is asked of an ended job
+                    self._last.pop(job_id, None)
+                    self._removing.pop(job_id, None)
+                else:
+                    self._last[job_id] = report
         return reports
 
     def cancel(self, handles: Sequence[JobHandle]) -> None:
