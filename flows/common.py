@@ -18,16 +18,12 @@ from b2cal.backends.base import Backend
 from b2cal.backends.registry import open_backend
 from b2cal.caf.collection import JOB_TARGET
 from b2cal.caf.executions import AlgorithmPool
-from b2cal.caf.registry import import_in_background
 from b2cal.cdb.connect import open_store
 from b2cal.cdb.store import ConditionsStore
 from b2cal.db.database import StateDatabase
 from b2cal.errors import B2CalError, DatabaseError, NopayloaddbError, OrchestratorUnreachable
 from b2cal.orchestrator.client import prefect_client
 from b2cal.sites import Site, load_site
-
-if os.environ.get("PREFECT__FLOW_RUN_ID"):  # a flow run's process, starting: see the function
-    import_in_background()
 
 _backends: dict[str, Backend] = {}
 _pools: dict[str, AlgorithmPool] = {}

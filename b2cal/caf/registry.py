@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import threading
 from importlib.metadata import EntryPoint, entry_points
 
 from b2cal.caf.calibration import Calibration
@@ -58,22 +57,3 @@ def load(name: str) -> Calibration:
             f"calibration plugin {name!r} declares the name {calibration.name!r}; they must match"
         )
     return calibration
-
-
-def import_in_background() -> threading.Thread:
-    """Import every registered calibration's module now, in a thread of its own. A flow run
-    needs them at its plan, and importing them (their collectors' file readers, their fitters:
-    ~0.5 s of CPU) costs most of the plan's time; started when the run's process starts, the
-    imports overlap what Prefect and the run do first (API calls, the database) instead of
-    following it. A plugin that fails to import is left for :func:`load` to report."""
-
-    def import_all() -> None:
-        for point in _entry_points().values():
-            try:
-                point.load()
-            except Exception:
-                continue
-
-    thread = threading.Thread(target=import_all, name="import-calibrations", daemon=True)
-    thread.start()
-    return thread
