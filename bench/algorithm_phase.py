@@ -19,7 +19,6 @@ Usage: python bench/algorithm_phase.py [RUNS FILES_PER_RUN EVENTS_PER_FILE [REPE
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import sys
@@ -29,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import EXP, interleaved
+from common import EXP, interleaved, sized_storage
 from rich.console import Console
 from rich.table import Table
 
@@ -40,7 +39,6 @@ from b2cal.caf.plan import CalibrationRequest
 from b2cal.caf.registry import load
 from b2cal.caf.steps import collect, finish, plan, run_algorithm
 from b2cal.caf.workspace import Workspace
-from b2cal.toy.generate import generate_toy
 
 NAMES = ("ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot")
 WORKERS = 2
@@ -116,13 +114,8 @@ def main() -> int:
     )
     repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 3
     folder = Path(tempfile.mkdtemp(prefix="b2cal-bench-"))
-    kept = os.environ.get("B2CAL_BENCH_DATA")
-    storage = Path(kept) / f"r{runs}-f{files_per_run}-e{events}" if kept else folder / "storage"
     console = Console(width=140)
-    if not (storage / "truth.json").is_file():
-        console.print(f"generating {runs} runs x {files_per_run} files x {events} events")
-        generate_toy(storage, EXP, list(range(1, runs + 1)), files_per_run=files_per_run,
-                     events=events, seed=11)  # fmt: skip
+    storage = sized_storage(folder, runs, files_per_run, events, console.print)
     workspace = Workspace(folder / "out")
     console.print("collecting once")
     calibrations = prepare(workspace, storage, runs)

@@ -63,6 +63,20 @@ def make_storage(events: int = 4000, files_per_run: int = 2, runs: list[int] = R
     return storage
 
 
+def sized_storage(
+    folder: Path, runs: int, files_per_run: int, events: int, say: Callable[[str], object]
+) -> Path:
+    """The toy data of a benchmark's size: generated in ``folder``, or, with
+    ``B2CAL_BENCH_DATA=DIR``, once in DIR and kept there for the next run."""
+    kept = os.environ.get("B2CAL_BENCH_DATA")
+    storage = Path(kept) / f"r{runs}-f{files_per_run}-e{events}" if kept else folder / "storage"
+    if not (storage / "truth.json").is_file():
+        say(f"generating {runs} runs x {files_per_run} files x {events} events")
+        generate_toy(storage, EXP, list(range(1, runs + 1)), files_per_run=files_per_run,
+                     events=events, seed=11)  # fmt: skip
+    return storage
+
+
 def interleaved(repeats: int, actions: Mapping[str, Callable[[], object]]) -> dict[str, float]:
     """Median wall time of each action, the actions timed in turn ``repeats`` times."""
     times: dict[str, list[float]] = {name: [] for name in actions}

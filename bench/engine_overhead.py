@@ -20,7 +20,6 @@ B2CAL_BENCH_DATA=DIR the data is generated there once and kept for the next run)
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 import uproot
-from common import EXP, interleaved
+from common import EXP, interleaved, sized_storage
 from rich.console import Console
 from rich.table import Table
 
@@ -128,13 +127,8 @@ def main() -> int:
     )
     repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 3
     folder = Path(tempfile.mkdtemp(prefix="b2cal-bench-"))
-    kept = os.environ.get("B2CAL_BENCH_DATA")
-    storage = Path(kept) / f"r{runs}-f{files_per_run}-e{events}" if kept else folder / "storage"
     console = Console(width=140)
-    if not (storage / "truth.json").is_file():
-        console.print(f"generating {runs} runs x {files_per_run} files x {events} events")
-        generate_toy(storage, EXP, list(range(1, runs + 1)), files_per_run=files_per_run,
-                     events=events, seed=11)  # fmt: skip
+    storage = sized_storage(folder, runs, files_per_run, events, console.print)
     outputs = iter(range(1000))
     launched: list[tuple[Path, float]] = []
 

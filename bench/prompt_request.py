@@ -34,12 +34,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import EXP, free_port, interleaved, stack_home
+from common import EXP, free_port, interleaved, sized_storage, stack_home
 from rich.console import Console
 from rich.table import Table
 
 from b2cal.caf.workspace import Workspace
-from b2cal.toy.generate import generate_toy
 
 HERE = Path(__file__).parent
 CALIBRATIONS = ("ChannelT0", "ChannelGain", "ModuleAlignment", "BeamSpot")
@@ -124,12 +123,7 @@ def main() -> int:
     repeats = int(sys.argv[4]) if len(sys.argv) > 4 else 2
     console = Console(width=140)
     folder = Path(tempfile.mkdtemp(prefix="b2cal-bench-prompt-"))
-    kept = os.environ.get("B2CAL_BENCH_DATA")
-    storage = Path(kept) / f"r{runs}-f{files_per_run}-e{events}" if kept else folder / "storage"
-    if not (storage / "truth.json").is_file():
-        console.print(f"generating {runs} runs x {files_per_run} files x {events} events")
-        generate_toy(storage, EXP, list(range(1, runs + 1)), files_per_run=files_per_run,
-                     events=events, seed=11)  # fmt: skip
+    storage = sized_storage(folder, runs, files_per_run, events, console.print)
     stack_home(folder, storage)
 
     from b2cal.db import discovery
